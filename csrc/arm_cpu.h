@@ -1,0 +1,5 @@
+#pragma once
+
+namespace lcar {
+int openmp_max_threads();
+}

@@ -1,0 +1,5 @@
+#pragma once
+
+namespace lcar {
+int cuda_device_count();
+}

@@ -1,0 +1,1 @@
+"""Torch -> ONNX/TorchScript export: backbones, heads, bundle writer."""

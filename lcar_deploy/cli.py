@@ -1,0 +1,5 @@
+"""Command-line interface (placeholder until the foundation lands)."""
+
+
+def main() -> None:
+    raise SystemExit("not implemented yet")

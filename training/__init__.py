@@ -1,0 +1,1 @@
+"""Training of the SD-CAM heads on frozen backbone features."""
