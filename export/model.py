@@ -1,0 +1,94 @@
+"""The exported graph: backbone + heads, one forward with named outputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import BackboneConfig, build_backbone
+from .heads import Heads, HeadsConfig, HeadsError, classifier_heads
+
+FEATURE_OUTPUTS = ("global", "grid", "affinity")
+HEAD_OUTPUTS = ("logits", "cam_logits", "cams")
+
+
+class LcarModel(nn.Module):
+    """Backbone + SD-CAM heads. images (B, 3, S, S) RGB in [0, 1] -> tuple of outputs.
+
+    Outputs, in ``output_names`` order: ``global`` (B, Dg), ``grid`` (B, h, w, D),
+    ``affinity`` (B, ha, wa, Da) and, with heads, ``logits`` (B, C, teacher),
+    ``cam_logits`` (B, C, student) and ``cams`` (B, C, h, w).
+    """
+
+    def __init__(self, backbone: nn.Module, heads: Heads | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.output_names = FEATURE_OUTPUTS + (HEAD_OUTPUTS if heads is not None else ())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.backbone(images)
+        outputs = [feats[name] for name in FEATURE_OUTPUTS]
+        if self.heads is not None:
+            outputs.extend(self.heads(feats["global"], feats["grid"]))
+        return tuple(outputs)
+
+
+def heads_config_for(backbone: nn.Module, config: BackboneConfig, **kwargs) -> HeadsConfig:
+    """A HeadsConfig whose dimensions match ``backbone`` (measured with one dummy forward)."""
+    with torch.no_grad():
+        feats = backbone(torch.zeros(1, 3, config.input_size, config.input_size))
+    return HeadsConfig(
+        backbone=config.name,
+        input_size=config.input_size,
+        grid_layer=config.grid_layer,
+        affinity_layer=config.affinity_layer,
+        grid_dim=feats["grid"].shape[-1],
+        global_dim=feats["global"].shape[-1],
+        **kwargs,
+    )
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class descriptions bundled with timm (no download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def check_heads_fit(heads_cfg: HeadsConfig, config: BackboneConfig) -> None:
+    """Raise HeadsError when heads were trained on another backbone or layer."""
+    mine = (config.name, config.input_size, config.grid_layer)
+    theirs = (heads_cfg.backbone, heads_cfg.input_size, heads_cfg.grid_layer)
+    if mine != theirs:
+        raise HeadsError(
+            "heads were trained for backbone/input size/grid layer "
+            f"{theirs}, but the export uses {mine}"
+        )
+
+
+def build_model(
+    config: BackboneConfig,
+    weights: str | None = None,
+    heads: Heads | None = None,
+    *,
+    random_init: bool = False,
+) -> LcarModel:
+    """Backbone + heads; without heads, the backbone's own classifier when it has one."""
+    backbone = build_backbone(config, weights, random_init=random_init)
+    if heads is not None:
+        check_heads_fit(heads.config, config)
+    elif config.name == "efficientnet_lite0" and config.grid_layer == "head":
+        names = imagenet_class_names()
+        heads_cfg = heads_config_for(
+            backbone,
+            config,
+            num_classes=len(names),
+            class_ids=list(range(len(names))),
+            class_names=names,
+            teacher_hidden=0,
+            teacher_input="global",
+        )
+        heads = classifier_heads(backbone.model.classifier, heads_cfg)
+    return LcarModel(backbone, heads).eval()

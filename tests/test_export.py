@@ -1,0 +1,211 @@
+"""Foundation: backbones, bundle export (ONNX + TorchScript), parity, real-weights checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import timm
+import torch
+
+from lcar_deploy.bundle import Bundle, BundleError
+from lcar_deploy.export.backbones import (
+    BackboneConfig,
+    WeightsError,
+    build_backbone,
+    default_config,
+    read_checkpoint,
+)
+from lcar_deploy.export.exporter import export_bundle
+from lcar_deploy.export.model import build_model
+from lcar_deploy.image_io import load_rgb, resize_rgb, to_chw_float
+
+pytestmark = pytest.mark.slow
+
+
+def _batch(paths: list[Path], size: int) -> np.ndarray:
+    return np.stack([to_chw_float(resize_rgb(load_rgb(p), size)) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    out = tmp_path_factory.mktemp("bundles") / "default"
+    export_bundle(out, formats="both")
+    return Bundle.load(out)
+
+
+@pytest.fixture(scope="module")
+def default_model() -> torch.nn.Module:
+    return build_model(default_config("efficientnet_lite0"))
+
+
+@pytest.fixture(scope="module")
+def cub_images(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "CUB_200_2011" / "images").rglob("*.jpg"))[:3]
+
+
+def test_manifest_describes_the_bundle(default_bundle: Bundle) -> None:
+    m = default_bundle.manifest
+    assert m["backbone"] == "efficientnet_lite0"
+    assert m["input_size"] == 320
+    assert m["mean"] == [0.5, 0.5, 0.5] and m["std"] == [0.5, 0.5, 0.5]
+    assert m["grid_size"] == [10, 10] and m["affinity_size"] == [20, 20]
+    assert set(m["files"]) == {"model.onnx", "model.ts"}
+    assert len(m["classes"]["ids"]) == 1000 and len(m["classes"]["names"]) == 1000
+    assert "tabby" in m["classes"]["names"][281]
+    assert {"torch", "timm", "onnx"} <= set(m["versions"])
+    assert m["outputs"]["cams"] == ["batch", 1000, 10, 10]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_and_torchscript_match_torch(
+    default_bundle: Bundle, default_model: torch.nn.Module, cub_images: list[Path], batch: int
+) -> None:
+    images = _batch((cub_images * 2)[:batch], 320)
+    with torch.no_grad():
+        expected = default_model(torch.from_numpy(images))
+    onnx_out = default_bundle.session(device="cpu").run(images)
+    scripted = torch.jit.load(str(default_bundle.path / "model.ts"))
+    with torch.no_grad():
+        ts_out = scripted(torch.from_numpy(images))
+    for name, ref, ts in zip(default_model.output_names, expected, ts_out, strict=True):
+        assert onnx_out[name].shape == tuple(ref.shape)
+        assert np.abs(onnx_out[name] - ref.numpy()).max() <= 1e-4, name
+        assert (ts - ref).abs().max().item() <= 1e-4, name
+
+
+def test_embedded_backbone_sees_a_cat(default_bundle: Bundle) -> None:
+    image = to_chw_float(resize_rgb(skimage.data.chelsea(), 320))[None]
+    logits = default_bundle.session(device="cpu").run(image)["logits"]
+    assert 281 <= int(logits.argmax()) <= 285
+
+
+def test_embedded_backbone_top1_on_ilsvrc_mini(default_bundle: Bundle, shared_data: Path) -> None:
+    root = shared_data / "ILSVRC-mini"
+    lines = (root / "metadata" / "test" / "class_labels.txt").read_text().split()
+    items = [(root / p, int(c)) for p, c in (line.split(",") for line in lines)]
+    session = default_bundle.session(device="cpu")
+    correct = 0
+    for start in range(0, len(items), 25):
+        chunk = items[start : start + 25]
+        logits = session.run(_batch([p for p, _ in chunk], 320))["logits"]
+        correct += int((logits.argmax(1) == np.array([c for _, c in chunk])).sum())
+    assert correct / len(items) >= 0.65
+
+
+def _hook_keys(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Last block's keys as TokenCut takes them: a forward hook on blocks[-1].attn.qkv."""
+    captured = {}
+    handle = model.blocks[-1].attn.qkv.register_forward_hook(
+        lambda _m, _i, out: captured.setdefault("qkv", out)
+    )
+    model.forward_features(images)
+    handle.remove()
+    dim = model.embed_dim
+    return captured["qkv"][:, 1:, dim : 2 * dim]
+
+
+def test_dino_export_from_dino_format_checkpoint(tmp_path: Path) -> None:
+    reference = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).eval()
+    dino_state = {k: v for k, v in reference.state_dict().items() if not k.startswith("head")}
+    assert "cls_token" in dino_state and "blocks.11.attn.qkv.weight" in dino_state
+    ckpt = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(dino_state, ckpt)
+
+    out = export_bundle(tmp_path / "dino", backbone="dino_vits16", weights=str(ckpt))
+    bundle = Bundle.load(out)
+    assert bundle.outputs == ["global", "grid", "affinity"]
+    assert not bundle.has_heads
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    got = bundle.session(device="cpu").run(images.numpy())
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        keys = _hook_keys(reference, (images - mean) / std).reshape(2, 14, 14, 384)
+        tokens = reference.forward_features((images - mean) / std)
+    assert np.abs(got["affinity"] - keys.numpy()).max() <= 1e-4
+    assert np.abs(got["global"] - tokens[:, 0].numpy()).max() <= 1e-4
+
+
+def test_dino_random_weights_and_wrapped_checkpoint(tmp_path: Path) -> None:
+    backbone = build_backbone(default_config("dino_vits16"), random_init=True)
+    state = {f"module.backbone.{k}": v for k, v in backbone.model.state_dict().items()}
+    ckpt = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": state, "epoch": 3}, ckpt)
+    flat = read_checkpoint(ckpt)
+    assert "pos_embed" in flat and not any(k.startswith("module.") for k in flat)
+    loaded = build_backbone(default_config("dino_vits16"), ckpt)
+    images = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = backbone(images), loaded(images)
+    assert torch.equal(a["affinity"], b["affinity"])
+
+
+def test_dino_without_weights_is_a_clear_error() -> None:
+    with pytest.raises(WeightsError, match="--weights"):
+        build_backbone(default_config("dino_vits16"))
+
+
+def test_mismatched_checkpoint_names_the_keys(tmp_path: Path) -> None:
+    ckpt = tmp_path / "resnet.pth"
+    torch.save(
+        {"conv1.weight": torch.zeros(64, 3, 7, 7), "cls_token": torch.zeros(1, 1, 384)}, ckpt
+    )
+    with pytest.raises(WeightsError) as info:
+        build_backbone(default_config("dino_vits16"), ckpt)
+    message = str(info.value)
+    assert "unexpected keys: ['conv1.weight']" in message
+    assert "missing keys: ['blocks.0.attn.proj.bias'" in message
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        read_checkpoint(bad)
+
+
+def test_unknown_layer_is_rejected() -> None:
+    with pytest.raises(ValueError, match="no layer"):
+        build_backbone(
+            BackboneConfig("efficientnet_lite0", 64, "blocks.9", "blocks.4"), random_init=True
+        )
+
+
+def _copy_bundle(src: Bundle, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.path.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_tampered_bundle_is_rejected(default_bundle: Bundle, tmp_path: Path) -> None:
+    copy = _copy_bundle(default_bundle, tmp_path / "b")
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        Bundle.load(copy)
+
+
+def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_path: Path) -> None:
+    copy = _copy_bundle(default_bundle, tmp_path / "b")
+    (copy / "model.ts").unlink()
+    with pytest.raises(BundleError, match=r"model\.ts.*missing"):
+        Bundle.load(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="newer"):
+        Bundle.load(copy)
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.load(tmp_path / "nowhere")
+
+
+def test_unknown_class_id_is_rejected(default_bundle: Bundle) -> None:
+    assert default_bundle.class_index(281) == 281
+    with pytest.raises(BundleError, match="class id 5000"):
+        default_bundle.class_index(5000)
