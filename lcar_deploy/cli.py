@@ -131,10 +131,127 @@ def _not_implemented(command: str) -> typer.Exit:
     return fail(f"`lcar-deploy {command}` is not implemented yet")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def localize() -> None:
-    """Localize objects in every image of a folder (not implemented yet)."""
-    raise _not_implemented("localize")
+class Method(str, Enum):
+    cam = "cam"
+    graphcut = "graphcut"
+    arm = "arm"
+    lcar = "lcar"
+
+
+class ArmBackend(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpp = "cpp"
+    reference = "reference"
+
+
+def load_bundle_or_default(bundle: Path | None):
+    """The bundle at ``bundle``, or the default one (exported on first use)."""
+    from .bundle import Bundle, default_bundle_dir
+
+    if bundle is not None:
+        return Bundle.load(bundle)
+    path = default_bundle_dir()
+    if not (path / "manifest.json").is_file():
+        from .export.exporter import export_bundle
+
+        typer.echo(
+            f"no default bundle yet: exporting the embedded backbone to {path} ...", err=True
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_bundle(path)
+    return Bundle.load(path)
+
+
+def make_localizer(
+    bundle, method: Method, device: Device, threads: int | None, arm_backend: ArmBackend
+):
+    from .pipeline import Localizer, PipelineConfig
+
+    overrides = {"method": method.value, "arm_backend": arm_backend.value}
+    if device == Device.cuda:
+        overrides["sgrm_device"] = "cuda"
+    config = PipelineConfig.from_settings(bundle.settings, **overrides)
+    return Localizer(bundle, config, device=device.value, threads=threads)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy localize photos/ --out runs/photos --overlays\n\n"
+        "  lcar-deploy localize birds/ --bundle bundles/cub --save-masks --class 17\n\n"
+        "  lcar-deploy localize photos/ --method arm --device cpu --threads 2\n\n"
+        "Output: OUT/predictions.jsonl, one JSON line per image: path, status (ok | error), "
+        "class_id, class_name, score, box [x0, y0, x1, y1] (inclusive, original image pixels), "
+        "boxes (all objects), mask / overlay files, timings_ms per stage, or error. "
+        "Running again with the same --out resumes. Exit code 3: some images failed."
+    )
+)
+def localize(
+    img_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-output"),
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
+    ] = None,
+    method: Annotated[
+        Method, typer.Option(help="Last stage: cam | graphcut | arm | lcar (full method).")
+    ] = Method.lcar,
+    device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads (default: all cores).")
+    ] = None,
+    save_masks: Annotated[bool, typer.Option(help="Write OUT/masks/*.png.")] = False,
+    overlays: Annotated[bool, typer.Option(help="Write OUT/overlays/*.jpg (box + mask).")] = False,
+    class_id: Annotated[
+        int | None,
+        typer.Option(
+            "--class", help="Use this class id's map for every image (default: predicted)."
+        ),
+    ] = None,
+    arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
+    retry_errors: Annotated[
+        bool, typer.Option(help="On resume, retry images that failed.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after N new images.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Localize the objects in every image of a folder: boxes, masks, overlays."""
+    from .bundle import BundleError
+    from .localize import LocalizeOptions, localize_folder
+
+    if not img_dir.is_dir():
+        raise fail(f"{img_dir}: not a folder")
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out}: exists and is not a folder")
+    try:
+        loaded = load_bundle_or_default(bundle)
+        if class_id is not None:
+            loaded.class_index(class_id)
+        localizer = make_localizer(loaded, method, device, threads, arm_backend)
+    except (BundleError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    options = LocalizeOptions(
+        batch_size=batch_size,
+        save_masks=save_masks,
+        overlays=overlays,
+        class_id=class_id,
+        retry_errors=retry_errors,
+        limit=limit,
+    )
+    summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
+    done = summary.ok + summary.errors
+    if done == 0 and summary.skipped == 0:
+        typer.echo(f"no images found in {img_dir}", err=True)
+    stats = summary.to_dict()
+    typer.echo(
+        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done; "
+        f"{stats['images_per_second'] or 0:.2f} img/s; providers {summary.providers}; "
+        f"mean ms/stage {stats['mean_ms_per_stage']}; results in {out / 'predictions.jsonl'}",
+        err=True,
+    )
+    if summary.errors:
+        raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

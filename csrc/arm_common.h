@@ -1,0 +1,160 @@
+// ARM (LCAR eqs. 7-9): definitions shared by the CPU and the CUDA implementations.
+//
+// The per-pixel functions are compiled for the host and, under nvcc, for the device, so both
+// backends evaluate the same arithmetic in the same order.
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define LCAR_HD __host__ __device__
+#else
+#define LCAR_HD
+#endif
+
+namespace lcar {
+
+constexpr int kNeighboursPerDilation = 8;
+constexpr int kMaxDilations = 16;
+constexpr int kMaxNeighbours = kNeighboursPerDilation * kMaxDilations;
+
+// Neighbour set N of eqs. 8-9 and the (pixel independent) position term of eq. 8.
+// Small enough (about 2 KiB) to be passed to a CUDA kernel by value.
+struct NeighbourTable {
+  int count = 0;                // |N| = 8 * number of dilations
+  int dy[kMaxNeighbours] = {};  // row offset of neighbour k
+  int dx[kMaxNeighbours] = {};  // column offset of neighbour k
+  double pos[kMaxNeighbours] = {};  // w_p * softmax_N(kappa_pos)[k]
+};
+
+// Settings of one ARM run (see lcar_deploy.arm.ArmConfig for their meaning).
+struct ArmParams {
+  std::vector<int> dilations{1};
+  double eta = 0.1;
+  int iterations = 50;
+  double w_p = 0.01;
+  double w_rgb = 0.3;
+  double w_pos = 0.3;
+  double sigma_eps = 1e-8;
+};
+
+inline void validate_params(const ArmParams& p) {
+  if (p.dilations.empty()) throw std::invalid_argument("dilations must not be empty");
+  if (static_cast<int>(p.dilations.size()) > kMaxDilations) {
+    throw std::invalid_argument("at most " + std::to_string(kMaxDilations) + " dilations");
+  }
+  for (int d : p.dilations) {
+    if (d < 1) throw std::invalid_argument("dilations must be >= 1, got " + std::to_string(d));
+  }
+  if (!(p.eta >= 0.0 && p.eta <= 1.0)) throw std::invalid_argument("eta must be in [0, 1]");
+  if (p.iterations < 0) throw std::invalid_argument("iterations must be >= 0");
+  if (!(p.w_p >= 0.0 && isfinite(p.w_p))) throw std::invalid_argument("w_p must be >= 0");
+  if (!(p.w_rgb > 0.0 && isfinite(p.w_rgb))) throw std::invalid_argument("w_rgb must be > 0");
+  if (!(p.w_pos > 0.0 && isfinite(p.w_pos))) throw std::invalid_argument("w_pos must be > 0");
+  if (!(p.sigma_eps >= 0.0 && isfinite(p.sigma_eps))) {
+    throw std::invalid_argument("sigma_eps must be >= 0");
+  }
+}
+
+// Offsets in PAR's order for each dilation d: (-d,-d) (-d,0) (-d,d) (0,-d) (0,d) (d,-d) (d,0) (d,d);
+// position term: kappa_pos = -(dist / (w_pos * (sigma_pos + eps)))^2 with dist = |offset|
+// (d or sqrt(2) d) and sigma_pos the unbiased standard deviation of the |N| distances.
+inline NeighbourTable make_neighbour_table(const ArmParams& p) {
+  validate_params(p);
+  static constexpr int kUnitDy[kNeighboursPerDilation] = {-1, -1, -1, 0, 0, 1, 1, 1};
+  static constexpr int kUnitDx[kNeighboursPerDilation] = {-1, 0, 1, -1, 1, -1, 0, 1};
+  NeighbourTable t;
+  std::vector<double> dist;
+  for (int d : p.dilations) {
+    for (int j = 0; j < kNeighboursPerDilation; ++j) {
+      t.dy[t.count] = kUnitDy[j] * d;
+      t.dx[t.count] = kUnitDx[j] * d;
+      dist.push_back(sqrt(static_cast<double>(kUnitDy[j] * kUnitDy[j] + kUnitDx[j] * kUnitDx[j])) *
+                     d);
+      ++t.count;
+    }
+  }
+  const int n = t.count;
+  double mean = 0.0;
+  for (double v : dist) mean += v;
+  mean /= n;
+  double ss = 0.0;
+  for (double v : dist) ss += (v - mean) * (v - mean);
+  const double scale = p.w_pos * (sqrt(ss / (n - 1)) + p.sigma_eps);
+  double logit_max = -INFINITY;
+  std::vector<double> logit(n);
+  for (int k = 0; k < n; ++k) {
+    logit[k] = -(dist[k] / scale) * (dist[k] / scale);
+    logit_max = logit[k] > logit_max ? logit[k] : logit_max;
+  }
+  double z = 0.0;
+  for (int k = 0; k < n; ++k) z += exp(logit[k] - logit_max);
+  for (int k = 0; k < n; ++k) t.pos[k] = p.w_p * exp(logit[k] - logit_max) / z;
+  return t;
+}
+
+LCAR_HD inline int clamp_index(int v, int n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+
+// Eqs. 7-8 at pixel (y, x) of one image `img` (3 planes of H*W floats, RGB): writes the |N|
+// affinities kappa_aff to out[k * plane]. Replicate padding: neighbour coordinates are clamped.
+// sigma_rgb = unbiased std of the neighbour values per channel; kappa_rgb averaged over channels.
+// Evaluated in double; the softmax subtracts its maximum, so flat regions give uniform weights.
+LCAR_HD inline void pixel_affinities(const float* img, int64_t plane, int H, int W, int y, int x,
+                                     const NeighbourTable& t, double w_rgb, double sigma_eps,
+                                     float* out) {
+  const int n = t.count;
+  float nb[3][kMaxNeighbours];
+  double logit[kMaxNeighbours];
+  for (int k = 0; k < n; ++k) {
+    const int64_t q =
+        static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W);
+    for (int c = 0; c < 3; ++c) nb[c][k] = img[c * plane + q];
+  }
+  double centre[3];
+  double inv_scale[3];
+  for (int c = 0; c < 3; ++c) {
+    centre[c] = img[c * plane + static_cast<int64_t>(y) * W + x];
+    double sum = 0.0;
+    for (int k = 0; k < n; ++k) sum += nb[c][k];
+    const double mean = sum / n;
+    double ss = 0.0;
+    for (int k = 0; k < n; ++k) ss += (nb[c][k] - mean) * (nb[c][k] - mean);
+    inv_scale[c] = 1.0 / (w_rgb * (sqrt(ss / (n - 1)) + sigma_eps));
+  }
+  double m = -INFINITY;
+  for (int k = 0; k < n; ++k) {
+    double acc = 0.0;
+    for (int c = 0; c < 3; ++c) {
+      const double r = (nb[c][k] - centre[c]) * inv_scale[c];
+      acc += r * r;
+    }
+    logit[k] = -acc / 3.0;
+    m = logit[k] > m ? logit[k] : m;
+  }
+  double z = 0.0;
+  for (int k = 0; k < n; ++k) {
+    logit[k] = exp(logit[k] - m);
+    z += logit[k];
+  }
+  for (int k = 0; k < n; ++k) out[k * plane] = static_cast<float>(logit[k] / z + t.pos[k]);
+}
+
+// Eq. 9 at pixel (y, x): eta * E(y, x) + (1 - eta) * sum_k kappa_aff[k] * E(neighbour k), float32,
+// neighbours summed in table order (the CPU row kernel uses the same order).
+LCAR_HD inline float propagate_pixel(const float* src, const float* aff, int64_t plane, int H,
+                                     int W, int y, int x, const NeighbourTable& t, float eta) {
+  const int64_t p = static_cast<int64_t>(y) * W + x;
+  float acc = 0.0f;
+  for (int k = 0; k < t.count; ++k) {
+    acc += aff[k * plane + p] *
+           src[static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W)];
+  }
+  return eta * src[p] + (1.0f - eta) * acc;
+}
+
+}  // namespace lcar

@@ -1,0 +1,388 @@
+"""Dataset loaders for weakly-supervised localization (training and ``lcar-deploy eval``).
+
+Two on-disk layouts, the ones the full datasets use:
+
+- ``cub``: the official CUB-200-2011 layout under ``root`` (``images.txt``,
+  ``image_class_labels.txt``, ``train_test_split.txt``, ``bounding_boxes.txt`` with
+  ``id x y width height``, ``classes.txt``; images under ``root/images``). Boxes become
+  ``x0 = x, y0 = y, x1 = x + width, y1 = y + height``, the conversion behind wsolevaluation's
+  CUB ``localization.txt`` (image 1: ``60 27 325 304`` -> ``60,27,385,331``). The fractional
+  values of the file are kept (wsolevaluation's own metadata rounds them to integers).
+- ``ilsvrc`` / ``wsol``: the wsolevaluation layout, ``metadata/{split}/image_ids.txt``,
+  ``class_labels.txt`` (``path,class_id``), ``localization.txt`` (``path,x0,y0,x1,y1``, one line
+  per box, several lines for several objects) and, when present, ``image_sizes.txt``
+  (``path,width,height``); paths are relative to ``root``. ``ilsvrc`` names classes by ImageNet
+  index (timm's ImageNet info); ``wsol`` is the same reader with the ids as names, for other
+  datasets in that layout. OpenImages-style ``localization.txt`` lines (``path,mask_path,
+  ignore_path``) are read as mask paths (:attr:`Record.masks`), with no boxes.
+
+Class ids are the dataset's own (CUB: 1..200, ILSVRC: 0..999); every dataset also maps the ids
+that occur in its label files (all splits together, so train and test agree) to contiguous
+labels ``0..C-1`` in increasing id order.
+
+Boxes stay in original pixels; :meth:`Record.scaled_boxes` brings them to the evaluation size
+with :func:`lcar_deploy.metrics.scale_boxes` (``int(x * 224 / W)``), the one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("cub", "ilsvrc", "wsol")
+CUB_FILES = (
+    "images.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "classes.txt",
+)
+
+
+class DatasetError(ValueError):
+    """Missing metadata file or malformed line; the message names the file and the line."""
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One image of a dataset.
+
+    image_id: path relative to the image root, as written in the metadata.
+    path: absolute path of the image file.
+    class_id: the dataset's own class id; label: its contiguous index in ``0..C-1``.
+    boxes: (K, 4) float64 ``x0 y0 x1 y1`` GT boxes in original pixels (K = 0: none).
+    size: original ``(width, height)`` when the metadata gives it (``image_sizes.txt``),
+        else ``None`` (read it from the image, e.g. ``load_image(path).original_size``).
+    masks: GT mask files (OpenImages-style metadata), else empty.
+    """
+
+    image_id: str
+    path: Path
+    class_id: int
+    label: int
+    boxes: np.ndarray
+    size: tuple[int, int] | None = None
+    masks: tuple[Path, ...] = ()
+
+    def scaled_boxes(
+        self, resize_size: int = 224, image_size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """(K, 4) int64 GT boxes at ``resize_size`` x ``resize_size`` (``int(x * S / W)``).
+
+        ``image_size``: the original ``(width, height)``; defaults to :attr:`size`.
+        """
+        from .metrics import scale_boxes
+
+        size = image_size or self.size
+        if size is None:
+            raise DatasetError(
+                f"{self.image_id}: original size unknown; pass image_size (read it from the image)"
+            )
+        if len(self.boxes) == 0:
+            return np.zeros((0, 4), dtype=np.int64)
+        return scale_boxes(self.boxes, size, (resize_size, resize_size))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The records of one split, with the class table shared by every split.
+
+    kind: ``cub`` / ``ilsvrc`` / ``wsol``; root: image root; split: ``train`` / ``test`` / ...
+    records: the images, in metadata order.
+    class_ids, class_names: the C classes, index = contiguous label.
+    metadata: the metadata folder that was read.
+    """
+
+    kind: str
+    root: Path
+    split: str
+    records: list[Record]
+    class_ids: list[int]
+    class_names: list[str]
+    metadata: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 contiguous labels."""
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines of ``path``."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: metadata file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _fields(path: Path, lineno: int, line: str, sep: str | None, count: int) -> list[str]:
+    parts = line.split(sep) if sep is None else [p.strip() for p in line.split(sep)]
+    if len(parts) != count:
+        what = "comma-separated fields" if sep else "fields"
+        raise DatasetError(f"{path}:{lineno}: expected {count} {what}, got {len(parts)}: {line!r}")
+    return parts
+
+
+def _int(path: Path, lineno: int, value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
+
+
+def _float(path: Path, lineno: int, value: str, what: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not finite")
+    return number
+
+
+def _box(path: Path, lineno: int, values: list[str]) -> list[float]:
+    x0, y0, x1, y1 = (_float(path, lineno, v, "box coordinate") for v in values)
+    if min(x0, y0) < 0 or x1 < x0 or y1 < y0:
+        raise DatasetError(
+            f"{path}:{lineno}: box {values} is not x0,y0,x1,y1 with 0 <= x0 <= x1, 0 <= y0 <= y1"
+        )
+    return [x0, y0, x1, y1]
+
+
+def _subset(n: int, limit: int | None) -> list[int]:
+    """Indices of an evenly spread subset of ``limit`` of ``n`` items (all when no limit)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise DatasetError(f"limit must be >= 1, got {limit}")
+    return sorted({int(i) for i in np.linspace(0, n - 1, limit).round()})
+
+
+def _cub_names(classes_file: Path) -> dict[int, str]:
+    names = {}
+    for lineno, line in _read_lines(classes_file):
+        cid, name = _fields(classes_file, lineno, line, None, 2)
+        names[_int(classes_file, lineno, cid, "class id")] = name.split(".", 1)[-1]
+    return names
+
+
+def _id_table(path: Path) -> dict[int, tuple[int, str]]:
+    """CUB ``id value`` lines -> {image id: (line number, value)}; duplicate ids are errors."""
+    table: dict[int, tuple[int, str]] = {}
+    for lineno, line in _read_lines(path):
+        key, value = _fields(path, lineno, line, None, 2)
+        image = _int(path, lineno, key, "image id")
+        if image in table:
+            raise DatasetError(f"{path}:{lineno}: image id {image} appears twice")
+        table[image] = (lineno, value)
+    return table
+
+
+def _cub_boxes(path: Path) -> dict[int, list[float]]:
+    """``bounding_boxes.txt`` (``id x y w h``) -> {image id: [x, y, x + w, y + h]}."""
+    boxes: dict[int, list[float]] = {}
+    for lineno, line in _read_lines(path):
+        parts = _fields(path, lineno, line, None, 5)
+        image = _int(path, lineno, parts[0], "image id")
+        x, y, w, h = (_float(path, lineno, v, "box value") for v in parts[1:])
+        if min(x, y, w, h) < 0:
+            raise DatasetError(f"{path}:{lineno}: negative box value in {line!r}")
+        boxes[image] = [x, y, x + w, y + h]
+    return boxes
+
+
+def _load_cub(root: Path, split: str, metadata: Path | None) -> tuple[list[dict], dict[int, str]]:
+    """Items of one CUB split, and {class id: name} of the classes in the label file."""
+    if split not in ("train", "test"):
+        raise DatasetError(f"CUB has splits 'train' and 'test', not {split!r}")
+    meta = metadata or root
+    images = _id_table(meta / "images.txt")
+    labels_file, split_file = meta / "image_class_labels.txt", meta / "train_test_split.txt"
+    names = _cub_names(meta / "classes.txt")
+    labels = {}
+    for image, (lineno, value) in _id_table(labels_file).items():
+        labels[image] = _int(labels_file, lineno, value, "class id")
+        if labels[image] not in names:
+            raise DatasetError(
+                f"{labels_file}:{lineno}: class id {labels[image]} is not in classes.txt"
+            )
+    is_train = {}
+    for image, (lineno, value) in _id_table(split_file).items():
+        if value not in ("0", "1"):
+            raise DatasetError(f"{split_file}:{lineno}: train flag {value!r} is not 0 or 1")
+        is_train[image] = value == "1"
+    boxes = _cub_boxes(meta / "bounding_boxes.txt")
+    items = []
+    for image, (_, rel) in images.items():
+        for table, file in ((labels, labels_file), (is_train, split_file)):
+            if image not in table:
+                raise DatasetError(f"{file}: no line for image id {image} of images.txt")
+        if is_train[image] != (split == "train"):
+            continue
+        items.append(
+            {
+                "image_id": rel,
+                "path": root / "images" / rel,
+                "class_id": labels[image],
+                "boxes": [boxes[image]] if image in boxes else [],
+                "size": None,
+                "masks": (),
+            }
+        )
+    return items, {cid: names[cid] for cid in sorted(set(labels.values()))}
+
+
+def _wsol_class_labels(path: Path) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for lineno, line in _read_lines(path):
+        image, cid = _fields(path, lineno, line, ",", 2)
+        table[image] = _int(path, lineno, cid, "class id")
+    return table
+
+
+def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict], list[int]]:
+    meta = metadata or root / "metadata"
+    folder = meta / split
+    if not folder.is_dir():
+        found = sorted(p.name for p in meta.iterdir() if p.is_dir()) if meta.is_dir() else []
+        raise DatasetError(f"{folder}: split folder not found (splits here: {found or 'none'})")
+    ids_file = folder / "image_ids.txt"
+    image_ids = [line for _, line in _read_lines(ids_file)]
+    labels_file = folder / "class_labels.txt"
+    labels = _wsol_class_labels(labels_file)
+    boxes: dict[str, list[list[float]]] = {}
+    masks: dict[str, list[Path]] = {}
+    loc_file = folder / "localization.txt"
+    if loc_file.is_file():
+        for lineno, line in _read_lines(loc_file):
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 5:
+                boxes.setdefault(parts[0], []).append(_box(loc_file, lineno, parts[1:]))
+            elif len(parts) == 3:
+                masks.setdefault(parts[0], []).append(root / parts[1])
+            else:
+                raise DatasetError(
+                    f"{loc_file}:{lineno}: expected path,x0,y0,x1,y1 (or path,mask,ignore), "
+                    f"got {len(parts)} fields: {line!r}"
+                )
+    sizes: dict[str, tuple[int, int]] = {}
+    sizes_file = folder / "image_sizes.txt"
+    if sizes_file.is_file():
+        for lineno, line in _read_lines(sizes_file):
+            image, w, h = _fields(sizes_file, lineno, line, ",", 3)
+            width, height = (
+                _int(sizes_file, lineno, w, "width"),
+                _int(sizes_file, lineno, h, "height"),
+            )
+            if width < 1 or height < 1:
+                raise DatasetError(f"{sizes_file}:{lineno}: size must be positive: {line!r}")
+            sizes[image] = (width, height)
+    items = []
+    for image in image_ids:
+        if image not in labels:
+            raise DatasetError(f"{labels_file}: no class label for {image} of image_ids.txt")
+        items.append(
+            {
+                "image_id": image,
+                "path": root / image,
+                "class_id": labels[image],
+                "boxes": boxes.get(image, []),
+                "size": sizes.get(image),
+                "masks": tuple(masks.get(image, ())),
+            }
+        )
+    class_ids = set(labels.values())
+    if meta.is_dir():
+        for other in sorted(meta.iterdir()):
+            other_labels = other / "class_labels.txt"
+            if other.is_dir() and other != folder and other_labels.is_file():
+                class_ids |= set(_wsol_class_labels(other_labels).values())
+    return items, sorted(class_ids)
+
+
+def _imagenet_names(class_ids: list[int]) -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    bad = [c for c in class_ids if not 0 <= c < info.num_classes()]
+    if bad:
+        raise DatasetError(f"ILSVRC class ids must be ImageNet indices 0..999, got {bad[:5]}")
+    return [info.index_to_description(c) for c in class_ids]
+
+
+def load_dataset(
+    kind: str,
+    root: str | Path,
+    split: str = "test",
+    *,
+    metadata: str | Path | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Read one split of a dataset.
+
+    Args:
+        kind: ``cub``, ``ilsvrc`` or ``wsol`` (see the module docstring).
+        root: dataset root (CUB: the folder with ``images.txt``; wsolevaluation layout: the
+            folder the metadata paths are relative to).
+        split: ``train`` or ``test`` (wsolevaluation layout: any folder under the metadata).
+        metadata: override of the metadata folder (CUB: the folder holding the five files;
+            wsolevaluation: the folder holding ``{split}/``), default ``root`` /
+            ``root/metadata``.
+        limit: keep ``limit`` images spread evenly over the split (metadata order), so that a
+            small limit still covers many classes.
+
+    Raises:
+        DatasetError: unknown kind or split, missing file, malformed line (file:line named).
+    """
+    root = Path(root).expanduser().resolve()
+    meta = Path(metadata).expanduser().resolve() if metadata is not None else None
+    if kind not in DATASETS:
+        raise DatasetError(f"unknown dataset {kind!r}; choose one of {', '.join(DATASETS)}")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root not found")
+    if kind == "cub":
+        items, names = _load_cub(root, split, meta)
+        class_ids = sorted(names)
+        class_names = [names[c] for c in class_ids]
+        meta_dir = meta or root
+    else:
+        items, class_ids = _load_wsol(root, split, meta)
+        class_names = (
+            _imagenet_names(class_ids) if kind == "ilsvrc" else [str(c) for c in class_ids]
+        )
+        meta_dir = meta or root / "metadata"
+    if not items:
+        raise DatasetError(f"{meta_dir}: split {split!r} has no images")
+    index = {cid: i for i, cid in enumerate(class_ids)}
+    records = [
+        Record(
+            image_id=item["image_id"],
+            path=item["path"],
+            class_id=item["class_id"],
+            label=index[item["class_id"]],
+            boxes=np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4),
+            size=item["size"],
+            masks=item["masks"],
+        )
+        for item in (items[i] for i in _subset(len(items), limit))
+    ]
+    return Dataset(kind, root, split, records, class_ids, class_names, meta_dir)

@@ -1,0 +1,313 @@
+"""One code path for every method: backbone -> CAM/seed -> graph cut -> ARM -> SGRM -> boxes.
+
+``method`` says where to stop: ``cam`` (SD-CAM map), ``graphcut`` (eigenvector map, oriented
+by the CAM seed), ``arm`` (refined map) or ``lcar`` (SGRM mask). Map methods give a score map,
+and their box for users is taken at ``PipelineConfig.box_threshold``; ``eval`` sweeps the
+threshold instead. All maps are at ``work_size`` (224, the evaluation size); boxes are mapped
+back to the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage
+
+from .arm import ArmConfig, orient, refine
+from .bundle import Bundle, OnnxRunner
+from .cam import CamConfig, cam_map, softmax
+from .graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
+from .image_io import resize_rgb, to_chw_float
+from .metrics import scoremap_to_boxes
+from .sgrm import SgrmConfig, mask_to_box, sgrm_batched
+
+Method = Literal["cam", "graphcut", "arm", "lcar"]
+METHODS: tuple[str, ...] = ("cam", "graphcut", "arm", "lcar")
+STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the stages are chained.
+
+    method: last stage to run (``cam | graphcut | arm | lcar``).
+    work_size: side of the maps, ARM and SGRM input (the evaluation size, 224).
+    arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l) or ``cam``.
+    box_threshold: threshold on a map method's [0, 1] score map for the user-facing box.
+    arm_backend: ``auto | cuda | cpp | reference``.
+    sgrm_device: torch device of the SGRM nets (``cpu`` or ``cuda``).
+    sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
+    """
+
+    method: Method = "lcar"
+    work_size: int = 224
+    arm_input: Literal["graphcut", "cam"] = "graphcut"
+    box_threshold: float = 0.5
+    arm_backend: str = "auto"
+    sgrm_device: str = "cpu"
+    sgrm_seed: int = 0
+    cam: CamConfig = field(default_factory=CamConfig)
+    graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
+    arm: ArmConfig = field(default_factory=ArmConfig)
+    sgrm: SgrmConfig = field(default_factory=SgrmConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.arm_input not in ("graphcut", "cam"):
+            raise ValueError(f"arm_input must be 'graphcut' or 'cam', got {self.arm_input!r}")
+        if not 0.0 <= self.box_threshold < 1.0:
+            raise ValueError(f"box_threshold must be in [0, 1), got {self.box_threshold}")
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
+        """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides."""
+        nested = {
+            "cam": CamConfig,
+            "graph_cut": GraphCutConfig,
+            "arm": ArmConfig,
+            "sgrm": SgrmConfig,
+        }
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in {**settings, **overrides}.items():
+            if key not in known:
+                raise ValueError(f"unknown pipeline setting {key!r}")
+            if key in nested and isinstance(value, dict):
+                value = nested[key](
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                )
+            values[key] = value
+        return cls(**values)
+
+
+@dataclass
+class Localization:
+    """Result for one image.
+
+    class_index: bundle output index used for the map (None without heads); class_id /
+        class_name / score: that class's dataset id, name and softmax probability.
+    map: (work_size, work_size) float32 score map in [0, 1] of the method's last stage (for
+        ``lcar`` the mask as 0/1).
+    mask: (work_size, work_size) bool. box / boxes: inclusive ``[x0, y0, x1, y1]`` in work
+        pixels (None: nothing found). timings_ms: per stage, this image's share of its batch.
+    """
+
+    class_index: int | None
+    class_id: int | None
+    class_name: str | None
+    score: float | None
+    map: np.ndarray
+    mask: np.ndarray
+    box: tuple[int, int, int, int] | None
+    boxes: list[tuple[int, int, int, int]]
+    timings_ms: dict[str, float]
+    sgrm_steps: int | None = None
+
+
+def component_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Inclusive boxes of every 8-connected component of a bool mask, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    slices = ndimage.find_objects(labels)
+    order = np.argsort(-sizes, kind="stable")
+    return [
+        (slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1)
+        for i in order
+    ]
+
+
+def box_to_original(
+    box: tuple[int, int, int, int], work_size: int, original_size: tuple[int, int]
+) -> list[int]:
+    """Inclusive work-pixel box -> inclusive box in the original (W, H) image's pixels."""
+    sx, sy = original_size[0] / work_size, original_size[1] / work_size
+    x0, y0, x1, y1 = box
+    return [
+        int(np.floor(x0 * sx)),
+        int(np.floor(y0 * sy)),
+        min(int(np.ceil((x1 + 1) * sx)) - 1, original_size[0] - 1),
+        min(int(np.ceil((y1 + 1) * sy)) - 1, original_size[1] - 1),
+    ]
+
+
+class Localizer:
+    """Runs a bundle and the stages on batches of images.
+
+    ``bundle``: a loaded :class:`Bundle`; ``config``: stage settings (defaults: the bundle's
+    ``settings``); ``device``: onnxruntime device (``auto | cpu | cuda``); ``threads``: CPU
+    threads for onnxruntime and the C++ ARM.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: PipelineConfig | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.config = config or PipelineConfig.from_settings(bundle.settings)
+        if self.config.method == "cam" and not bundle.has_heads:
+            raise ValueError(f"{bundle.path}: method 'cam' needs a bundle with heads")
+        self.threads = threads
+        self.session: OnnxRunner = bundle.session(device=device, threads=threads)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.providers
+
+    def with_method(self, method: Method) -> Localizer:
+        """The same session and bundle with another last stage (shares the onnxruntime session)."""
+        clone = object.__new__(Localizer)
+        clone.__dict__.update(self.__dict__)
+        clone.config = replace(self.config, method=method)
+        return clone
+
+    def run(
+        self, images: list[np.ndarray], class_ids: list[int | None] | None = None
+    ) -> list[Localization]:
+        """Localize a batch. images: list of (H, W, 3) uint8 RGB; class_ids: dataset class ids
+        to use for the maps (GT-known), None entries for the predicted class."""
+        return self.run_methods(images, class_ids, (self.config.method,))[self.config.method]
+
+    def run_methods(
+        self,
+        images: list[np.ndarray],
+        class_ids: list[int | None] | None = None,
+        methods: tuple[str, ...] = METHODS,
+    ) -> dict[str, list[Localization]]:
+        """Every method in ``methods`` on the same batch, sharing the stages they have in common."""
+        for method in methods:
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}")
+        cfg = self.config
+        n = len(images)
+        if n == 0:
+            return {m: [] for m in methods}
+        class_ids = class_ids or [None] * n
+        times = dict.fromkeys(STAGES, 0.0)
+        size, work = self.bundle.input_size, cfg.work_size
+
+        tick = time.perf_counter()
+        net_in = np.stack([to_chw_float(resize_rgb(im, size)) for im in images])
+        out = self.session.run(net_in)
+        work_rgb = np.stack([resize_rgb(im, work) for im in images])
+        times["backbone"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        classes, seeds, cam_maps = self._cam_stage(out, class_ids)
+        times["cam"] = time.perf_counter() - tick
+
+        deepest = max(METHODS.index(m) for m in methods)
+        maps: dict[str, np.ndarray] = {}
+        if cam_maps is not None:
+            maps["cam"] = cam_maps
+        need_cut = deepest >= 1 and (
+            "graphcut" in methods or cfg.arm_input == "graphcut" or cam_maps is None
+        )
+        e_low = None
+        if need_cut:
+            tick = time.perf_counter()
+            e_low = np.stack(
+                [second_eigenvector(a, cfg.graph_cut) for a in out["affinity"]]
+            ).astype(np.float32)
+            if "graphcut" in methods:
+                e_full = eigen_scoremaps(e_low, work)
+                maps["graphcut"] = e_full if seeds is None else orient(e_full, seeds)
+            times["graph_cut"] = time.perf_counter() - tick
+
+        if deepest >= 2:
+            tick = time.perf_counter()
+            coarse = e_low if cfg.arm_input == "graphcut" or cam_maps is None else cam_maps
+            chw = np.ascontiguousarray(work_rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+            maps["arm"] = refine(
+                coarse, chw, cfg.arm, backend=cfg.arm_backend, seed=seeds, num_threads=self.threads
+            )
+            times["arm"] = time.perf_counter() - tick
+
+        sgrm_results = None
+        if deepest >= 3:
+            tick = time.perf_counter()
+            sgrm_results = sgrm_batched(
+                work_rgb.astype(np.float32) / 255.0,
+                np.asarray(maps["arm"], dtype=np.float32),
+                cfg.sgrm,
+                device=cfg.sgrm_device,
+                seeds=[cfg.sgrm_seed] * n,
+            )
+            times["sgrm"] = time.perf_counter() - tick
+
+        results: dict[str, list[Localization]] = {}
+        for method in methods:
+            stages = STAGES[: 2 + METHODS.index(method)]
+            timings = {s: 1000.0 * times[s] / n for s in stages}
+            per_image = []
+            for i in range(n):
+                if method == "lcar":
+                    mask = sgrm_results[i].mask
+                    score_map = mask.astype(np.float32)
+                    box = mask_to_box(mask, cfg.sgrm.box_mode)
+                    all_boxes = component_boxes(mask)
+                    steps = sgrm_results[i].steps
+                else:
+                    if method not in maps:
+                        raise ValueError(f"method {method!r} needs a bundle with heads")
+                    score_map = np.asarray(maps[method][i], dtype=np.float32)
+                    box, all_boxes, mask = threshold_boxes(score_map, cfg.box_threshold)
+                    steps = None
+                per_image.append(
+                    Localization(
+                        *classes[i],
+                        map=score_map,
+                        mask=mask,
+                        box=None if box is None else tuple(int(v) for v in box),
+                        boxes=all_boxes,
+                        timings_ms=timings,
+                        sgrm_steps=steps,
+                    )
+                )
+            results[method] = per_image
+        return results
+
+    def _cam_stage(
+        self, out: dict[str, np.ndarray], class_ids: list[int | None]
+    ) -> tuple[list[tuple], np.ndarray | None, np.ndarray | None]:
+        """Per image (class_index, class_id, class_name, score), seeds (B, H, W), maps (B, H, W)."""
+        n = len(class_ids)
+        if not self.bundle.has_heads:
+            return [(None, None, None, None)] * n, None, None
+        ids, names = self.bundle.class_ids, self.bundle.class_names
+        cam_cfg = replace(self.config.cam, size=self.config.work_size)
+        classes, seeds, maps = [], [], []
+        for i in range(n):
+            gt_index = None if class_ids[i] is None else self.bundle.class_index(class_ids[i])
+            result = cam_map(out["cams"][i], out["logits"][i], cam_cfg, gt_index)
+            index = int(result.classes[np.argmax(result.weights)])
+            probs = softmax(out["logits"][i])
+            classes.append((index, ids[index], names[index], float(probs[index])))
+            seeds.append(result.seed)
+            maps.append(result.map.astype(np.float32))
+        return classes, np.stack(seeds), np.stack(maps)
+
+
+def eigen_scoremaps(e_low: np.ndarray, size: int) -> np.ndarray:
+    """(B, h, w) eigenvector maps -> (B, size, size) bilinear, min-max to [0, 1] per image."""
+    return np.stack([eigenvector_scoremap(e, size) for e in e_low]).astype(np.float32)
+
+
+def threshold_boxes(
+    score_map: np.ndarray, threshold: float
+) -> tuple[tuple[int, int, int, int] | None, list[tuple[int, int, int, int]], np.ndarray]:
+    """A map method's user-facing result at ``threshold``: (V1 box, V2 boxes, mask)."""
+    v1, v2 = scoremap_to_boxes(score_map, [threshold])
+    peak = float(score_map.max())
+    mask = score_map > threshold * peak if peak > 0 else np.zeros(score_map.shape, dtype=bool)
+    if not mask.any():
+        return None, [], mask
+    return tuple(v1[0][0].tolist()), [tuple(b) for b in v2[0].tolist()], mask

@@ -1,0 +1,592 @@
+"""SGRM: the self-guided re-prediction module (paper eqs. 12-16, SPEC step 5).
+
+For each image a fresh, small convolutional *Aggregation Net* is trained from scratch on that
+image alone. Its input is the image's RGB in [0, 1] and the refined map (the ARM output) in
+[0, 1], 4 channels at H x W; its output is 2-class (background / object) logits per pixel. It is
+supervised by
+
+- ``y_cls`` (eq. 12): the refined map thresholded at ``gamma_l1`` / ``gamma_h1`` (0 = background,
+  1 = object, 255 = ignored), through the classification loss ``w1 L_cls+ + w2 L_cls-`` (eq. 15);
+- ``y_s`` (eq. 13): the net's own argmax, voted by majority inside each Felzenszwalb superpixel
+  (``y_pred``) and overridden where the superpixel-averaged refined map ``E_s`` is reliable
+  (``y_s*``, eq. 12), through the superpixel consistency loss ``w3 L_spix`` (eq. 14).
+
+Training is SGD (lr 0.05, momentum 0.9) and stops as soon as under 10% of the reliable pixels of
+``y_cls`` disagree with the net's argmax, or after 200 steps. The output mask is that argmax; the
+box is the bounding box of its largest 8-connected component (or of all foreground pixels).
+
+Choices the paper leaves open (all are :class:`SgrmConfig` settings):
+
+- *Aggregation Net*: ``depth`` 3x3 convolutions of ``width`` channels (zero padding 1, ReLU
+  after each), then a 1x1 convolution to 2 logits. No normalisation layers, so every image's
+  net is independent and the batched path is exact. Inputs are mapped from [0, 1] to [-1, 1].
+  Initialisation is PyTorch's default for ``nn.Conv2d`` (weights and biases uniform in
+  +-1/sqrt(fan_in)), drawn from a ``torch.Generator`` seeded per image, so the reference and
+  the batched path start from identical weights.
+- *Losses*: ``L_spix`` is the mean cross-entropy over all H x W pixels (eq. 14); ``L_cls+`` /
+  ``L_cls-`` are the mean cross-entropy over the pixels with ``y_cls`` = 1 / 0 (0 when there are
+  none).
+- *Vote*: a superpixel is foreground when strictly more than half of its pixels are predicted
+  foreground (ties go to background).
+- *Stop rule*: checked on the forward pass of every step, before the update; the returned mask is
+  the prediction that met it (or the one after the last update). ``steps`` counts updates.
+
+Two implementations: :func:`sgrm_reference` (one image, ``nn.Module`` + ``torch.optim.SGD``,
+written to be read against the paper) and :func:`sgrm_batched` (several images' nets in one
+grouped convolution, per-image SGD state and per-image early stopping, CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.segmentation import felzenszwalb
+from torch import nn
+
+IGNORE = 255
+"""Label value of pixels that no loss term looks at (eq. 12)."""
+
+BoxMode = Literal["largest", "all"]
+StopRule = Literal["pooled", "balanced"]
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class SgrmConfig:
+    """Settings of SGRM; defaults are the paper's (CUB) where it gives them.
+
+    Attributes:
+        gamma_l1: ``gamma_l1``, eq. 12: refined map below it -> ``y_cls`` = 0 (background).
+        gamma_h1: ``gamma_h1``, eq. 12: refined map above it -> ``y_cls`` = 1 (object).
+        gamma_l2: ``gamma_l2``, eq. 12: ``E_s`` below it -> ``y_s*`` = 0.
+        gamma_h2: ``gamma_h2``, eq. 12: ``E_s`` above it -> ``y_s*`` = 1 (paper: 0.4 on CUB,
+            0.6 on ILSVRC).
+        w1: ``w1``, eq. 15: weight of ``L_cls+`` (reliable object pixels).
+        w2: ``w2``, eq. 15: weight of ``L_cls-`` (reliable background pixels).
+        w3: ``w3``, eq. 16: weight of the superpixel consistency loss ``L_spix`` (eq. 14).
+        lr: SGD learning rate.
+        momentum: SGD momentum (no dampening, no Nesterov, no weight decay).
+        max_steps: most SGD updates per image.
+        stop_error: stop once the share of reliable ``y_cls`` pixels that disagree with the
+            net's argmax is strictly below this.
+        stop_rule: ``"pooled"`` (the paper's words): errors over all reliable pixels / their
+            count; ``"balanced"``: the mean of the error rates over the reliable object pixels
+            and over the reliable background pixels (a class with no pixels counts 0), so a
+            net that predicts all background cannot stop on an image whose reliable object
+            region is under ``stop_error`` of the reliable pixels.
+        width: channels of every hidden layer of the Aggregation Net.
+        kernels: kernel size of each hidden convolution of the Aggregation Net (each followed
+            by a ReLU; then one 1x1 convolution to 2 logits).
+        fz_scale: Felzenszwalb ``scale`` (larger -> larger superpixels), for 224 px images.
+        fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma``.
+        fz_min_size: Felzenszwalb minimum superpixel size in pixels.
+        box_mode: ``"largest"``: box of the largest 8-connected foreground component;
+            ``"all"``: box of all foreground pixels.
+    """
+
+    gamma_l1: float = 0.1
+    gamma_h1: float = 0.6
+    gamma_l2: float = 0.1
+    gamma_h2: float = 0.4
+    w1: float = 2.0
+    w2: float = 0.1
+    w3: float = 0.1
+    lr: float = 0.05
+    momentum: float = 0.9
+    max_steps: int = 200
+    stop_error: float = 0.1
+    stop_rule: StopRule = "balanced"
+    width: int = 16
+    kernels: tuple[int, ...] = (3, 3)
+    fz_scale: float = 64.0
+    fz_sigma: float = 0.5
+    fz_min_size: int = 32
+    box_mode: BoxMode = "largest"
+
+
+@dataclass(frozen=True)
+class SgrmResult:
+    """SGRM output for one image.
+
+    Attributes:
+        mask: (H, W) bool, the Aggregation Net's argmax (True = object).
+        box: ``(x0, y0, x1, y1)`` inclusive pixel coordinates of the mask (see
+            :func:`mask_to_box`), or None for an empty mask.
+        steps: SGD updates done.
+        converged: True when the stop rule was met (False: stopped at ``max_steps``).
+    """
+
+    mask: np.ndarray
+    box: Box | None
+    steps: int
+    converged: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Superpixels and labels (eq. 12, 13)
+# --------------------------------------------------------------------------------------------
+
+
+def superpixels(image: np.ndarray, cfg: SgrmConfig) -> np.ndarray:
+    """Felzenszwalb over-segmentation of an image.
+
+    Args:
+        image: (H, W, 3) float RGB in [0, 1].
+        cfg: uses ``fz_scale``, ``fz_sigma``, ``fz_min_size``.
+
+    Returns:
+        (H, W) int64 segment ids, 0 .. S-1 (every id is used).
+    """
+    seg = felzenszwalb(
+        image, scale=cfg.fz_scale, sigma=cfg.fz_sigma, min_size=cfg.fz_min_size, channel_axis=-1
+    )
+    return seg.astype(np.int64)
+
+
+def superpixel_mean(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Average a map inside each superpixel (``E_s`` from the refined map).
+
+    Args:
+        values: (H, W) float map.
+        segments: (H, W) int segment ids 0 .. S-1.
+
+    Returns:
+        (H, W) float32, every pixel holding the mean of ``values`` over its superpixel.
+    """
+    ids = segments.ravel()
+    sums = np.bincount(ids, weights=values.ravel().astype(np.float64))
+    counts = np.bincount(ids)
+    means = sums / np.maximum(counts, 1)
+    return means[ids].reshape(values.shape).astype(np.float32)
+
+
+def threshold_labels(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Three-way labels of eq. 12: 0 below ``low``, 1 above ``high``, :data:`IGNORE` between.
+
+    Args:
+        values: (H, W) float map in [0, 1].
+
+    Returns:
+        (H, W) uint8 in {0, 1, 255}.
+    """
+    labels = np.full(values.shape, IGNORE, dtype=np.uint8)
+    labels[values < low] = 0
+    labels[values > high] = 1
+    return labels
+
+
+def sgrm_labels(
+    refined: np.ndarray, segments: np.ndarray, cfg: SgrmConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel labels ``y_cls`` and superpixel labels ``y_s*`` of eq. 12.
+
+    Args:
+        refined: (H, W) float refined map ``E_hk`` in [0, 1].
+        segments: (H, W) int superpixel ids.
+        cfg: uses ``gamma_l1``, ``gamma_h1``, ``gamma_l2``, ``gamma_h2``.
+
+    Returns:
+        ``(y_cls, y_s_star)``, both (H, W) uint8 in {0, 1, 255}.
+    """
+    y_cls = threshold_labels(refined, cfg.gamma_l1, cfg.gamma_h1)
+    y_s_star = threshold_labels(superpixel_mean(refined, segments), cfg.gamma_l2, cfg.gamma_h2)
+    return y_cls, y_s_star
+
+
+def vote(pred: torch.Tensor, segments: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Majority vote of a binary prediction inside each superpixel (``y_pred``).
+
+    Args:
+        pred: (N,) int64 prediction in {0, 1} (N pixels, any number of images flattened
+            together as long as their segment ids do not overlap).
+        segments: (N,) int64 segment ids in 0 .. S-1.
+        sizes: (S,) int64 pixels per segment (``torch.bincount(segments)``; a segment id with
+            no pixel in ``segments`` is allowed).
+
+    Returns:
+        (N,) int64: 1 where strictly more than half of the pixel's superpixel is predicted 1.
+    """
+    ones = torch.zeros_like(sizes).scatter_add_(0, segments, pred)
+    return (2 * ones > sizes).long()[segments]
+
+
+def revise(y_pred: torch.Tensor, y_s_star: torch.Tensor) -> torch.Tensor:
+    """Eq. 13: ``y_s = y_s*`` where ``y_s*`` is 0 or 1, else the vote ``y_pred``.
+
+    Args:
+        y_pred: (...) int64 in {0, 1}.
+        y_s_star: (...) int64 in {0, 1, 255}, same shape.
+
+    Returns:
+        (...) int64 in {0, 1}.
+    """
+    return torch.where(y_s_star == IGNORE, y_pred, y_s_star)
+
+
+def reliable_error(pred: torch.Tensor, y_cls: torch.Tensor, rule: StopRule) -> torch.Tensor:
+    """Share of the reliable ``y_cls`` pixels that the prediction gets wrong (the stop rule).
+
+    Args:
+        pred: (A, N) int64 argmax in {0, 1} of A images.
+        y_cls: (A, N) int64 labels in {0, 1, 255} (eq. 12).
+        rule: ``"pooled"``: errors / reliable pixels; ``"balanced"``: mean of the error rates
+            over the object and over the background pixels (see :class:`SgrmConfig`). Empty
+            sets count as error 0.
+
+    Returns:
+        (A,) float32 error rates in [0, 1].
+    """
+    positive, negative = y_cls == 1, y_cls == 0
+    err_pos = (positive & (pred == 0)).sum(1).float()
+    err_neg = (negative & (pred == 1)).sum(1).float()
+    n_pos, n_neg = positive.sum(1).clamp_min(1), negative.sum(1).clamp_min(1)
+    if rule == "pooled":
+        return (err_pos + err_neg) / (positive | negative).sum(1).clamp_min(1)
+    if rule == "balanced":
+        return (err_pos / n_pos + err_neg / n_neg) / 2
+    raise ValueError(f"unknown stop rule {rule!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation Net
+# --------------------------------------------------------------------------------------------
+
+
+def net_input(image: np.ndarray, refined: np.ndarray) -> torch.Tensor:
+    """Aggregation Net input from an image and its refined map.
+
+    Args:
+        image: (H, W, 3) float RGB in [0, 1].
+        refined: (H, W) float in [0, 1].
+
+    Returns:
+        (4, H, W) float32 in [-1, 1]: RGB then the refined map.
+    """
+    x = np.concatenate([image, refined[..., None]], axis=-1).astype(np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1).mul(2.0).sub(1.0).contiguous()
+
+
+def layer_shapes(cfg: SgrmConfig) -> list[tuple[int, int, int]]:
+    """``(out_channels, in_channels, kernel)`` of every convolution of the Aggregation Net."""
+    in_channels = [4] + [cfg.width] * (len(cfg.kernels) - 1)
+    shapes = [(cfg.width, c, k) for c, k in zip(in_channels, cfg.kernels, strict=True)]
+    return [*shapes, (2, cfg.width, 1)]
+
+
+def init_params(cfg: SgrmConfig, seed: int) -> list[torch.Tensor]:
+    """Seeded initial weights of one Aggregation Net.
+
+    PyTorch's ``nn.Conv2d`` default: weight and bias uniform in +-1/sqrt(fan_in), drawn layer by
+    layer (weight, then bias) from a CPU generator seeded with ``seed``.
+
+    Returns:
+        ``[w_0, b_0, w_1, b_1, ...]``, ``w_l`` (out, in, k, k) and ``b_l`` (out,), float32 CPU.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for out_ch, in_ch, k in layer_shapes(cfg):
+        bound = 1.0 / float(np.sqrt(in_ch * k * k))
+        params.append((torch.rand(out_ch, in_ch, k, k, generator=gen) * 2 - 1) * bound)
+        params.append((torch.rand(out_ch, generator=gen) * 2 - 1) * bound)
+    return params
+
+
+class AggregationNet(nn.Module):
+    """Per-image Aggregation Net: ``depth`` x (3x3 conv + ReLU), then a 1x1 conv to 2 logits.
+
+    Input (N, 4, H, W), output (N, 2, H, W) logits (channel 0 background, 1 object).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        convs = []
+        for weight, bias in zip(params[::2], params[1::2], strict=True):
+            out_ch, in_ch, k, _ = weight.shape
+            conv = nn.Conv2d(in_ch, out_ch, k, padding=k // 2)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                conv.bias.copy_(bias)
+            convs.append(conv)
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[:-1]:
+            x = F.relu(conv(x))
+        return self.convs[-1](x)
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes
+# --------------------------------------------------------------------------------------------
+
+
+def mask_to_box(mask: np.ndarray, mode: BoxMode = "largest") -> Box | None:
+    """Bounding box of a binary mask.
+
+    Args:
+        mask: (H, W) bool or {0, 1}.
+        mode: ``"largest"``: box of the largest 8-connected component (by pixel count; the
+            first in raster order on ties); ``"all"``: box of all foreground pixels.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` inclusive pixel coordinates, or None when the mask is empty.
+    """
+    mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
+    if not mask_u8.any():
+        return None
+    if mode == "all":
+        ys, xs = np.nonzero(mask_u8)
+        return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    if mode != "largest":
+        raise ValueError(f"unknown box mode {mode!r}")
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask_u8, connectivity=8)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    return x, y, x + w - 1, y + h - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Reference loop (one image)
+# --------------------------------------------------------------------------------------------
+
+
+def joint_loss(
+    logits: torch.Tensor, y_s: torch.Tensor, y_cls: torch.Tensor, cfg: SgrmConfig
+) -> torch.Tensor:
+    """The joint loss of eqs. 14-16 for one image.
+
+    Args:
+        logits: (N, 2) Aggregation Net logits of the N pixels.
+        y_s: (N,) int64 superpixel labels in {0, 1} (eq. 13).
+        y_cls: (N,) int64 labels in {0, 1, 255} (eq. 12).
+        cfg: uses ``w1``, ``w2``, ``w3``.
+
+    Returns:
+        Scalar ``w3 L_spix + w1 L_cls+ + w2 L_cls-``.
+    """
+    loss = cfg.w3 * F.cross_entropy(logits, y_s)  # eq. 14, mean over all H x W pixels
+    for label, weight in ((1, cfg.w1), (0, cfg.w2)):  # eq. 15: L_cls+, L_cls-
+        target = torch.where(y_cls == label, y_cls, IGNORE)
+        if bool((target != IGNORE).any()):
+            loss = loss + weight * F.cross_entropy(logits, target, ignore_index=IGNORE)
+    return loss
+
+
+def sgrm_reference(
+    image: np.ndarray,
+    refined: np.ndarray,
+    cfg: SgrmConfig | None = None,
+    seed: int = 0,
+    segments: np.ndarray | None = None,
+) -> SgrmResult:
+    """SGRM on one image, written to follow the paper step by step (CPU).
+
+    Args:
+        image: (H, W, 3) float32 RGB in [0, 1].
+        refined: (H, W) float32 refined map in [0, 1].
+        cfg: settings (default: the paper's).
+        seed: seed of the Aggregation Net's initial weights.
+        segments: (H, W) int superpixel ids, computed with :func:`superpixels` when None.
+
+    Returns:
+        The mask, its box, the number of updates and whether the stop rule was met.
+    """
+    cfg = cfg or SgrmConfig()
+    if segments is None:
+        segments = superpixels(image, cfg)
+    y_cls_np, y_s_star_np = sgrm_labels(refined, segments, cfg)
+    height, width = refined.shape
+    seg = torch.from_numpy(segments).reshape(-1).long()
+    sizes = torch.bincount(seg)
+    y_cls = torch.from_numpy(y_cls_np).reshape(-1).long()
+    y_s_star = torch.from_numpy(y_s_star_np).reshape(-1).long()
+
+    net = AggregationNet(init_params(cfg, seed))
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    x = net_input(image, refined)[None]
+
+    steps, converged = 0, False
+    while True:
+        logits = net(x)[0].reshape(2, -1).t()  # (H*W, 2)
+        pred = logits.argmax(1)
+        if float(reliable_error(pred[None], y_cls[None], cfg.stop_rule)) < cfg.stop_error:
+            converged = True
+            break
+        if steps == cfg.max_steps:
+            break
+        y_s = revise(vote(pred, seg, sizes), y_s_star)  # eq. 13
+        loss = joint_loss(logits, y_s, y_cls, cfg)  # eqs. 14-16
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+
+    mask = pred.reshape(height, width).numpy().astype(bool)
+    return SgrmResult(mask, mask_to_box(mask, cfg.box_mode), steps, converged)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched fast path
+# --------------------------------------------------------------------------------------------
+
+
+def batched_forward(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Forward of A independent Aggregation Nets at once.
+
+    Convolutions with k > 1 run as one grouped convolution (``groups`` = A); 1x1 layers
+    (including the output layer) as batched matrix products.
+
+    Args:
+        x: (A, 4, H, W) inputs, one per net.
+        params: ``[w_0, b_0, w_1, b_1, ...]`` stacked over the nets: ``w_l`` (A, out, in, k, k),
+            ``b_l`` (A, out).
+
+    Returns:
+        (A, H * W) logit differences ``z_object - z_background``.
+    """
+    n_nets, _, height, width = x.shape
+    h = x
+    n_layers = len(params) // 2
+    for i in range(n_layers):
+        weight, bias = params[2 * i], params[2 * i + 1]
+        k = weight.shape[-1]
+        if k == 1:
+            h = torch.baddbmm(
+                bias[..., None], weight[..., 0, 0], h.reshape(n_nets, -1, height * width)
+            )
+        else:
+            h = F.conv2d(
+                h.reshape(1, -1, height, width),
+                weight.flatten(0, 1),
+                bias.flatten(),
+                padding=k // 2,
+                groups=n_nets,
+            )
+        if i < n_layers - 1:
+            h = F.relu(h)
+    logits = h.reshape(n_nets, 2, height * width)
+    return logits[:, 1] - logits[:, 0]
+
+
+def joint_loss_grad(
+    diff: torch.Tensor, y_s: torch.Tensor, a_cls: torch.Tensor, c: torch.Tensor, w_spix: float
+) -> torch.Tensor:
+    """Gradient of the joint loss (eqs. 14-16) with respect to the logit differences.
+
+    With ``d = z_1 - z_0`` the 2-class cross-entropy is ``softplus(-d)`` for target 1 and
+    ``softplus(d)`` for target 0, so one image's loss is
+    ``sum_i a_i softplus(-d_i) + b_i softplus(d_i)`` with
+    ``a_i = w3/N [y_s=1] + w1/n_pos [y_cls=1]`` and ``b_i = w3/N [y_s=0] + w2/n_neg [y_cls=0]``;
+    its gradient is ``(a_i + b_i) sigmoid(d_i) - a_i``, where ``a_i + b_i`` does not depend on
+    ``y_s``. The loss value itself is never needed.
+
+    Args:
+        diff: (A, N) logit differences.
+        y_s: (A, N) int64 superpixel labels in {0, 1} (eq. 13).
+        a_cls: (A, N) ``w1/n_pos [y_cls=1]``.
+        c: (A, N) ``w3/N + w1/n_pos [y_cls=1] + w2/n_neg [y_cls=0]``.
+        w_spix: ``w3 / N``.
+
+    Returns:
+        (A, N) d loss / d diff.
+    """
+    return c * torch.sigmoid(diff) - a_cls - w_spix * y_s
+
+
+def sgrm_batched(
+    images: np.ndarray,
+    refined: np.ndarray,
+    cfg: SgrmConfig | None = None,
+    device: torch.device | str = "cpu",
+    seeds: Sequence[int] | None = None,
+    segments: Sequence[np.ndarray] | None = None,
+) -> list[SgrmResult]:
+    """SGRM on several images at once, each with its own Aggregation Net and SGD state.
+
+    The B nets run together (:func:`batched_forward`); every net gets exactly its own
+    image's gradient (:func:`joint_loss_grad`), and SGD with momentum is element-wise, so each
+    image has its own optimiser state. An image that meets the stop rule is dropped from the
+    batch. Same seeds give the same initial weights as :func:`sgrm_reference`; the results
+    agree with it up to floating-point rounding (which can flip a few pixels near the decision
+    boundary, and so, rarely, the step at which an image stops).
+
+    Args:
+        images: (B, H, W, 3) float32 RGB in [0, 1].
+        refined: (B, H, W) float32 refined maps in [0, 1].
+        cfg: settings (default: the paper's).
+        device: where the nets are trained (superpixels are always computed on the CPU).
+        seeds: per-image init seeds (default 0 for every image, as :func:`sgrm_reference`, so
+            an image's result does not depend on its place in the batch).
+        segments: per-image (H, W) superpixel ids; computed with :func:`superpixels` when None.
+
+    Returns:
+        One :class:`SgrmResult` per image, in input order.
+    """
+    cfg = cfg or SgrmConfig()
+    device = torch.device(device)
+    n_images, height, width = refined.shape
+    n_pixels = height * width
+    seeds = [0] * n_images if seeds is None else list(seeds)
+    if segments is None:
+        segments = [superpixels(image, cfg) for image in images]
+
+    # Labels on the CPU, then everything on the device as (B, N) rows, N = H * W.
+    labels = [sgrm_labels(r, s, cfg) for r, s in zip(refined, segments, strict=True)]
+    y_cls = torch.from_numpy(np.stack([lab[0] for lab in labels])).reshape(n_images, -1)
+    y_s_star = torch.from_numpy(np.stack([lab[1] for lab in labels])).reshape(n_images, -1)
+    y_cls, y_s_star = y_cls.to(device).long(), y_s_star.to(device).long()
+    positive, negative = (y_cls == 1).float(), (y_cls == 0).float()
+    a_cls = cfg.w1 * positive / positive.sum(1, keepdim=True).clamp_min(1)
+    c = a_cls + cfg.w2 * negative / negative.sum(1, keepdim=True).clamp_min(1)
+    c = c + cfg.w3 / n_pixels
+    # Segment ids made disjoint across images; ids of dropped images simply stay unused.
+    offsets = np.cumsum([0] + [int(s.max()) + 1 for s in segments])
+    seg = np.stack([s.reshape(-1) + o for s, o in zip(segments, offsets[:-1], strict=True)])
+    seg = torch.from_numpy(seg).to(device).long()
+    sizes = torch.bincount(seg.reshape(-1), minlength=int(offsets[-1]))
+    x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)]).to(device)
+
+    inits = [init_params(cfg, s) for s in seeds]
+    params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
+    buffers = [torch.zeros_like(p) for p in params]
+
+    masks = torch.zeros(n_images, n_pixels, dtype=torch.bool, device=device)
+    steps = [cfg.max_steps] * n_images
+    converged = [False] * n_images
+    index = torch.arange(n_images, device=device)  # original index of each row still training
+    for step in range(cfg.max_steps + 1):
+        diff = batched_forward(x, params)
+        pred = (diff.detach() > 0).long()
+        masks[index] = pred.bool()
+        done = reliable_error(pred, y_cls, cfg.stop_rule) < cfg.stop_error
+        for i in index[done].tolist():
+            steps[i], converged[i] = step, True
+        keep = ~done
+        if step == cfg.max_steps or not bool(keep.any()):
+            break
+        y_s = revise(vote(pred.reshape(-1), seg.reshape(-1), sizes), y_s_star.reshape(-1))
+        grad_diff = joint_loss_grad(
+            diff.detach(), y_s.reshape(pred.shape), a_cls, c, cfg.w3 / n_pixels
+        )
+        grads = torch.autograd.grad(diff, params, grad_diff * keep[:, None])
+        with torch.no_grad():
+            for p, buf, g in zip(params, buffers, grads, strict=True):
+                buf.mul_(cfg.momentum).add_(g)
+                p.sub_(cfg.lr * buf)
+        if not bool(keep.all()):  # drop the finished images from the batch
+            index, x, seg = index[keep], x[keep], seg[keep]
+            y_cls, y_s_star, a_cls, c = y_cls[keep], y_s_star[keep], a_cls[keep], c[keep]
+            params = [p.detach()[keep].requires_grad_() for p in params]
+            buffers = [buf[keep] for buf in buffers]
+
+    masks_np = masks.reshape(n_images, height, width).cpu().numpy()
+    return [
+        SgrmResult(mask, mask_to_box(mask, cfg.box_mode), n_steps, done_)
+        for mask, n_steps, done_ in zip(masks_np, steps, converged, strict=True)
+    ]

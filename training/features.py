@@ -1,0 +1,225 @@
+"""Frozen-backbone features for training the SD-CAM heads, computed once and cached on disk.
+
+Both heads only need two vectors per image view: the global feature ``g`` (Dg) and the mean of
+the grid ``m`` (D). The teacher reads ``concat(g, m)`` (eq. 3); the student's logits are the
+global average pool of a per-cell linear map, ``mean_cells(W x + b) = W m + b`` (eq. 5), so
+training it on ``m`` is exact. The cache therefore holds (N, V, Dg) and (N, V, D) float32 arrays,
+kilobytes per image, whatever the grid size.
+
+Views (the augmentation kept with cached features), for an image of the split:
+
+- view 0: the test-time input, the whole image resized to S x S (SPEC step 1, no crop);
+- ``flip``: + view 1, view 0 mirrored left-right;
+- ``crop``: + views 1 (flip) and ``2 .. 1 + crop_views``: the paper's recipe scaled to S, the
+  image resized to ``round(S * 256 / 224)`` square, a random S x S crop, mirrored with
+  probability 1/2; the crops are drawn from a generator seeded by (seed, image index, view).
+
+Training draws one view per image per epoch; validation and test use view 0 only.
+
+The cache file is ``{cache_dir}/{kind}-{split}-{key}.pt``, ``key`` a hash of everything that
+changes the features: backbone, input size, grid layer, weights file (path, size, mtime),
+dataset kind, root, metadata folder, split, the image ids, and the views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+from tqdm import tqdm
+
+from ..datasets import Dataset
+from ..export.backbones import BackboneConfig
+from ..image_io import load_rgb, resize_rgb, to_chw_float
+
+CACHE_FORMAT_VERSION = 1
+AUGMENTS = ("none", "flip", "crop")
+CROP_RESIZE_RATIO = 256 / 224
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Which views of every image are computed.
+
+    augment: ``none`` (view 0), ``flip`` (+ mirror) or ``crop`` (+ mirror + ``crop_views`` random
+        crops of the 256 -> 224 recipe scaled to S). seed: seeds the random crops.
+    """
+
+    augment: str = "flip"
+    crop_views: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.crop_views < 0:
+            raise ValueError(f"crop_views must be >= 0, got {self.crop_views}")
+
+    @property
+    def num_views(self) -> int:
+        return {"none": 1, "flip": 2, "crop": 2 + self.crop_views}[self.augment]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Cached features of one split.
+
+    global_feat: (N, V, Dg) float32; grid_mean: (N, V, D) float32; labels: (N,) int64
+    contiguous labels; image_ids: the N ids; path: the cache file.
+    """
+
+    global_feat: torch.Tensor
+    grid_mean: torch.Tensor
+    labels: torch.Tensor
+    image_ids: list[str]
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def make_view(rgb: np.ndarray, size: int, view: int, rng_seed: tuple[int, ...]) -> np.ndarray:
+    """(H, W, 3) uint8 image -> view ``view`` as (3, S, S) float32 in [0, 1] (module docstring)."""
+    if view == 0:
+        return to_chw_float(resize_rgb(rgb, size))
+    if view == 1:
+        return to_chw_float(resize_rgb(rgb, size)[:, ::-1])
+    rng = np.random.default_rng(rng_seed)
+    big = max(size, round(size * CROP_RESIZE_RATIO))
+    resized = resize_rgb(rgb, big)
+    top, left = (int(v) for v in rng.integers(0, big - size + 1, size=2))
+    crop = resized[top : top + size, left : left + size]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return to_chw_float(crop)
+
+
+class _ViewImages(TorchDataset):
+    """(image index, view) pairs -> (index, view, (3, S, S) tensor)."""
+
+    def __init__(self, paths: list[Path], size: int, views: ViewSpec) -> None:
+        self.paths = paths
+        self.size = size
+        self.views = views
+        self.items = [(i, v) for i in range(len(paths)) for v in range(views.num_views)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor]:
+        index, view = self.items[item]
+        rgb = load_rgb(self.paths[index])
+        image = make_view(rgb, self.size, view, (self.views.seed, index, view))
+        return index, view, torch.from_numpy(image)
+
+
+def _weights_identity(weights: str | Path | None) -> str:
+    if weights is None:
+        return "embedded"
+    path = Path(weights).resolve()
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_key(
+    dataset: Dataset, backbone: BackboneConfig, weights: str | Path | None, views: ViewSpec
+) -> str:
+    """Hash of everything the cached features depend on (module docstring)."""
+    ids = hashlib.sha256("\n".join(r.image_id for r in dataset).encode()).hexdigest()
+    key = {
+        "version": CACHE_FORMAT_VERSION,
+        "backbone": backbone.name,
+        "input_size": backbone.input_size,
+        "grid_layer": backbone.grid_layer,
+        "weights": _weights_identity(weights),
+        "dataset": [dataset.kind, str(dataset.root), str(dataset.metadata), dataset.split, ids],
+        "views": [views.augment, views.crop_views if views.augment == "crop" else 0, views.seed],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def compute_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    input_size: int,
+    views: ViewSpec,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen backbone over every view: (N, V, Dg) global, (N, V, D) grid means."""
+    loader = DataLoader(
+        _ViewImages([r.path for r in dataset], input_size, views),
+        batch_size=batch_size,
+        num_workers=workers,
+    )
+    n, v = len(dataset), views.num_views
+    global_feat = grid_mean = torch.empty(0)
+    bar = tqdm(
+        total=n * v,
+        desc=f"features {dataset.kind}/{dataset.split}",
+        unit="img",
+        disable=not progress,
+    )
+    with bar:
+        for index, view, images in loader:
+            out = backbone(images.to(device))
+            g, m = out["global"].float().cpu(), out["grid"].float().mean(dim=(1, 2)).cpu()
+            if not global_feat.numel():
+                global_feat = torch.zeros(n, v, g.shape[1])
+                grid_mean = torch.zeros(n, v, m.shape[1])
+            global_feat[index, view] = g
+            grid_mean[index, view] = m
+            bar.update(len(index))
+    return global_feat, grid_mean
+
+
+def cached_features(
+    dataset: Dataset,
+    backbone_config: BackboneConfig,
+    weights: str | Path | None,
+    views: ViewSpec,
+    cache_dir: Path,
+    build: Callable[[], nn.Module],
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FeatureSet:
+    """Load the split's features from the cache, or compute them with ``build()`` (the frozen
+    backbone, built only on a cache miss) and store them (atomically)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(dataset, backbone_config, weights, views)
+    path = cache_dir / f"{dataset.kind}-{dataset.split}-{key}.pt"
+    labels = torch.from_numpy(dataset.labels)
+    ids = [r.image_id for r in dataset]
+    if path.is_file():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("key") == key and payload.get("image_ids") == ids:
+            return FeatureSet(payload["global"], payload["grid_mean"], labels, ids, path)
+    global_feat, grid_mean = compute_features(
+        build().to(device),
+        dataset,
+        backbone_config.input_size,
+        views,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "image_ids": ids, "global": global_feat, "grid_mean": grid_mean}, tmp)
+    tmp.replace(path)
+    return FeatureSet(global_feat, grid_mean, labels, ids, path)

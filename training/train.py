@@ -1,0 +1,467 @@
+"""Train the SD-CAM heads (CAM head = student, MLP head = teacher) on a frozen backbone.
+
+``train(TrainConfig(...))`` writes into ``out``:
+
+- ``heads.pt``: both heads (:func:`lcar_deploy.export.heads.save_heads`), with
+  ``extra = {"metrics": ..., "dataset": ..., "training": ...}``; ready for ``export_bundle``;
+- ``metrics.json``: top-1 of both heads on the validation part of the train split and on the
+  test split (when there is one), per-epoch losses and accuracies, sizes, timings, cache files;
+- ``loss.png``: loss and accuracy curves;
+- ``checkpoints/epoch_NNN.pt`` every ``checkpoint_every`` epochs (heads files too).
+
+Recipe (choices where the paper is silent are config values, see :class:`TrainConfig`):
+features come from :mod:`.features` (computed once, cached; the paper's random crops are kept as
+cached views); ``val_fraction`` of every class of the train split is held out (seeded); both
+heads are trained jointly with AdamW and a cosine learning-rate schedule, the teacher by CE
+(eq. 4), the student by eq. 6 (:mod:`.losses`); the heads of the last epoch are saved. The
+classification result is the teacher's (SPEC step 2); the student's top-1 is reported too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..bundle import cache_dir as default_cache_root
+from ..datasets import Dataset, load_dataset
+from ..export.backbones import BackboneConfig, build_backbone, default_config
+from ..export.heads import Heads, HeadsConfig, save_heads
+from .features import FeatureSet, ViewSpec, cached_features
+from .losses import SdLossConfig, sd_losses
+
+LOSS_KEYS = ("teacher_ce", "student_ce", "kl", "student", "total")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    dataset: ``cub``, ``ilsvrc`` or ``wsol`` (:mod:`lcar_deploy.datasets`); root: its folder;
+        metadata: metadata folder override; limit: images per split (evenly spread), for quick
+        runs; test_split: split evaluated after training (``None``: none; skipped when absent).
+    out: output folder.
+    backbone, weights: backbone name and weights file (``None``: the embedded weights);
+        input_size: S (``None``: the backbone's default); grid_layer: the CAM head's grid
+        (``None``: default, ``head`` for efficientnet_lite0); affinity_layer: recorded in the
+        heads for the graph cut (``None``: default).
+    epochs, lr, batch_size, weight_decay: AdamW with a cosine schedule over ``epochs``.
+    alpha, temperature: alpha and T of eq. 6 (paper 0.3, 3).
+    teacher_hidden: width of the teacher's MLP block; ``None``: the paper's, 0 (linear) on
+        ILSVRC, 512 otherwise.
+    seed: seeds the split, the view sampling, the crops and the heads' initialisation.
+    val_fraction: share of every class of the train split held out for validation.
+    augment, crop_views: cached views (:mod:`.features`): ``none``, ``flip`` (default) or
+        ``crop`` (the paper's 256 -> 224 random crops, ``crop_views`` of them, + flip).
+    device: torch device of the backbone and the heads (``cpu``, ``cuda``, ``cuda:1``, ...).
+    cache_dir: feature cache (``None``: ``$LCAR_DEPLOY_CACHE`` or ``~/.cache/lcar-deploy``,
+        then ``features/``).
+    feature_batch_size, workers: backbone batch size and image-decoding worker processes.
+    threads: torch CPU threads during the run (``None``: torch's default; 1 is fastest on a
+        busy machine).
+    checkpoint_every: save heads every this many epochs (0: only the final ``heads.pt``).
+    progress: show tqdm progress bars.
+    """
+
+    dataset: str
+    root: str | Path
+    out: str | Path
+    metadata: str | Path | None = None
+    limit: int | None = None
+    test_split: str | None = "test"
+    backbone: str = "efficientnet_lite0"
+    weights: str | Path | None = None
+    input_size: int | None = None
+    grid_layer: str | None = None
+    affinity_layer: str | None = None
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    alpha: float = 0.3
+    temperature: float = 3.0
+    teacher_hidden: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    augment: str = "flip"
+    crop_views: int = 2
+    device: str = "cpu"
+    cache_dir: str | Path | None = None
+    feature_batch_size: int = 32
+    workers: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                0 <= self.val_fraction < 1,
+                f"val_fraction must be in [0, 1), got {self.val_fraction}",
+            ),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (
+                self.teacher_hidden is None or self.teacher_hidden >= 0,
+                "teacher_hidden must be >= 0",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        SdLossConfig(self.alpha, self.temperature)
+        ViewSpec(self.augment, self.crop_views, self.seed)
+
+    @property
+    def resolved_teacher_hidden(self) -> int:
+        if self.teacher_hidden is not None:
+            return self.teacher_hidden
+        return 0 if self.dataset == "ilsvrc" else 512
+
+    def backbone_config(self) -> BackboneConfig:
+        base = default_config(self.backbone, self.input_size)
+        return dataclasses.replace(
+            base,
+            grid_layer=self.grid_layer or base.grid_layer,
+            affinity_layer=self.affinity_layer or base.affinity_layer,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready copy (paths as strings)."""
+        return {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """out: the output folder; heads_path, metrics_path, plot_path: the files written;
+    metrics: the content of ``metrics.json``."""
+
+    out: Path
+    heads_path: Path
+    metrics_path: Path
+    plot_path: Path
+    metrics: dict
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, val) index arrays holding out ``round(n_c * val_fraction)`` images of
+    every class c (at least one when the class has two or more and ``val_fraction > 0``)."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = round(len(idx) * val_fraction)
+        if val_fraction > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return np.sort(np.array(train_idx, dtype=np.int64)), np.sort(np.array(val_idx, dtype=np.int64))
+
+
+def _forward(
+    heads: Heads, global_feat: torch.Tensor, grid_mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher logits, student logits) from (B, Dg) globals and (B, D) grid means.
+
+    The grid mean is passed as a 1 x 1 grid: exact for the linear CAM head + GAP.
+    """
+    logits, cam_logits, _ = heads(global_feat, grid_mean[:, None, None, :])
+    return logits, cam_logits
+
+
+@torch.no_grad()
+def evaluate(
+    heads: Heads,
+    global_feat: torch.Tensor,
+    grid_mean: torch.Tensor,
+    labels: torch.Tensor,
+    loss_config: SdLossConfig,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mean losses and top-1 (percent) of both heads on (N, Dg), (N, D) features."""
+    heads.eval()
+    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    correct_t = correct_s = 0
+    for start in range(0, len(labels), batch_size):
+        sl = slice(start, start + batch_size)
+        zt, zs = _forward(heads, global_feat[sl], grid_mean[sl])
+        y = labels[sl]
+        for k, v in sd_losses(zt, zs, y, loss_config).items():
+            sums[k] += float(v) * len(y)
+        correct_t += int((zt.argmax(1) == y).sum())
+        correct_s += int((zs.argmax(1) == y).sum())
+    n = len(labels)
+    return {
+        **{k: v / n for k, v in sums.items()},
+        "top1_teacher": 100.0 * correct_t / n,
+        "top1_student": 100.0 * correct_s / n,
+    }
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss curves (train / val) and top-1 curves of both heads, as a PNG (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for part, style in (("train", "-"), ("val", "--")):
+        if history[0].get(part) is None:
+            continue
+        for key in ("total", "teacher_ce", "student"):
+            ax_loss.plot(epochs, [h[part][key] for h in history], style, label=f"{part} {key}")
+        for key in ("top1_teacher", "top1_student"):
+            ax_acc.plot(epochs, [h[part][key] for h in history], style, label=f"{part} {key}")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="SD-CAM losses (eqs. 4, 6)")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="classification")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _test_dataset(config: TrainConfig) -> Dataset | None:
+    if config.test_split is None:
+        return None
+    if config.dataset != "cub":
+        base = (
+            Path(config.metadata) if config.metadata is not None else Path(config.root) / "metadata"
+        )
+        if not (base / config.test_split).is_dir():
+            return None
+    return load_dataset(
+        config.dataset,
+        config.root,
+        config.test_split,
+        metadata=config.metadata,
+        limit=config.limit,
+    )
+
+
+def _fit(
+    heads: Heads,
+    train_set: FeatureSet,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+) -> list[dict]:
+    """The training loop; returns the per-epoch history."""
+    device = torch.device(config.device)
+    loss_config = SdLossConfig(config.alpha, config.temperature)
+    g_all = train_set.global_feat.to(device)
+    m_all = train_set.grid_mean.to(device)
+    y_all = train_set.labels.to(device)
+    val_sel = torch.from_numpy(val_idx).to(device)
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.AdamW(
+        heads.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    num_views = g_all.shape[1]
+    steps = math.ceil(len(train_idx) / config.batch_size)
+    history: list[dict] = []
+    bar = tqdm(range(1, config.epochs + 1), desc="train heads", disable=not config.progress)
+    for epoch in bar:
+        lr = optimizer.param_groups[0]["lr"]
+        heads.train()
+        order = torch.from_numpy(rng.permutation(train_idx)).to(device)
+        views = torch.from_numpy(rng.integers(0, num_views, size=len(order))).to(device)
+        for step in range(steps):
+            sl = slice(step * config.batch_size, (step + 1) * config.batch_size)
+            idx, view = order[sl], views[sl]
+            zt, zs = _forward(heads, g_all[idx, view], m_all[idx, view])
+            loss = sd_losses(zt, zs, y_all[idx], loss_config)["total"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        train_sel = torch.from_numpy(train_idx).to(device)
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train": evaluate(
+                heads, g_all[train_sel, 0], m_all[train_sel, 0], y_all[train_sel], loss_config
+            ),
+            "val": evaluate(
+                heads, g_all[val_sel, 0], m_all[val_sel, 0], y_all[val_sel], loss_config
+            )
+            if len(val_idx)
+            else None,
+        }
+        history.append(record)
+        shown = record["val"] or record["train"]
+        bar.set_postfix(loss=f"{record['train']['total']:.3f}", top1=f"{shown['top1_teacher']:.1f}")
+        if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+            (Path(config.out) / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_heads(
+                heads.cpu(),
+                Path(config.out) / "checkpoints" / f"epoch_{epoch:03d}.pt",
+                extra={"epoch": epoch},
+            )
+            heads.to(device)
+    return history
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Cache features, train both heads, write ``heads.pt``, ``metrics.json``, ``loss.png``."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, start)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: TrainConfig, start: float) -> TrainResult:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    backbone_config = config.backbone_config()
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_root() / "features"
+    built: list[torch.nn.Module] = []
+
+    def build() -> torch.nn.Module:
+        if not built:
+            built.append(build_backbone(backbone_config, config.weights))
+        return built[0]
+
+    train_data = load_dataset(
+        config.dataset, config.root, "train", metadata=config.metadata, limit=config.limit
+    )
+    test_data = _test_dataset(config)
+    feature_args = {
+        "batch_size": config.feature_batch_size,
+        "workers": config.workers,
+        "device": config.device,
+        "progress": config.progress,
+    }
+    views = ViewSpec(config.augment, config.crop_views, config.seed)
+    train_set = cached_features(
+        train_data, backbone_config, config.weights, views, cache, build, **feature_args
+    )
+    test_set = (
+        cached_features(
+            test_data,
+            backbone_config,
+            config.weights,
+            ViewSpec("none"),
+            cache,
+            build,
+            **feature_args,
+        )
+        if test_data is not None
+        else None
+    )
+    features_s = time.perf_counter() - start
+
+    train_idx, val_idx = stratified_split(
+        train_set.labels.numpy(), config.val_fraction, config.seed
+    )
+    heads_config = HeadsConfig(
+        backbone=backbone_config.name,
+        input_size=backbone_config.input_size,
+        grid_layer=backbone_config.grid_layer,
+        affinity_layer=backbone_config.affinity_layer,
+        grid_dim=train_set.grid_mean.shape[-1],
+        global_dim=train_set.global_feat.shape[-1],
+        num_classes=train_data.num_classes,
+        class_ids=list(train_data.class_ids),
+        class_names=list(train_data.class_names),
+        teacher_hidden=config.resolved_teacher_hidden,
+        teacher_input="concat",
+    )
+    heads = Heads(heads_config).to(config.device)
+    fit_start = time.perf_counter()
+    history = _fit(heads, train_set, train_idx, val_idx, config)
+    train_s = time.perf_counter() - fit_start
+
+    loss_config = SdLossConfig(config.alpha, config.temperature)
+    final_val = history[-1]["val"]
+    final_test = None
+    if test_set is not None:
+        device = torch.device(config.device)
+        final_test = evaluate(
+            heads,
+            test_set.global_feat[:, 0].to(device),
+            test_set.grid_mean[:, 0].to(device),
+            test_set.labels.to(device),
+            loss_config,
+        )
+    top1 = {
+        part: None
+        if res is None
+        else {"teacher": res["top1_teacher"], "student": res["top1_student"]}
+        for part, res in (("val", final_val), ("test", final_test))
+    }
+    sizes = {"train": len(train_idx), "val": len(val_idx), "test": len(test_set or [])}
+    dataset_info = {
+        "kind": train_data.kind,
+        "root": str(train_data.root),
+        "num_classes": train_data.num_classes,
+        "test_split": config.test_split if test_set is not None else None,
+    }
+    summary = {"top1": top1, "num_images": sizes}
+    training_info = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k
+        in (
+            "epochs",
+            "lr",
+            "batch_size",
+            "weight_decay",
+            "alpha",
+            "temperature",
+            "seed",
+            "val_fraction",
+            "augment",
+            "crop_views",
+        )
+    } | {"teacher_hidden": config.resolved_teacher_hidden}
+    heads_path = out / "heads.pt"
+    save_heads(
+        heads.cpu(),
+        heads_path,
+        extra={"metrics": summary, "dataset": dataset_info, "training": training_info},
+    )
+    plot_path = out / "loss.png"
+    plot_history(history, plot_path)
+    metrics = {
+        **summary,
+        "dataset": dataset_info,
+        "backbone": dataclasses.asdict(backbone_config),
+        "config": config.to_dict(),
+        "final": {"val": final_val, "test": final_test},
+        "history": history,
+        "cache": {
+            "train": str(train_set.path),
+            "test": None if test_set is None else str(test_set.path),
+            "backbone_built": bool(built),
+        },
+        "timing_s": {
+            "features": features_s,
+            "training": train_s,
+            "total": time.perf_counter() - start,
+        },
+    }
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    return TrainResult(out, heads_path, metrics_path, plot_path, metrics)
