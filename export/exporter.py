@@ -112,6 +112,7 @@ def write_bundle(
             "affinity_size": shapes["affinity"][1:3],
             "outputs": shapes,
             "classes": {
+                "dataset": (heads_info or {}).get("dataset", "imagenet" if heads_cfg else None),
                 "ids": heads_cfg.class_ids if heads_cfg else [],
                 "names": heads_cfg.class_names if heads_cfg else [],
             },

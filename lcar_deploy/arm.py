@@ -125,8 +125,8 @@ def position_term(cfg: ArmConfig) -> torch.Tensor:
     return cfg.w_p * torch.softmax(kappa_pos, dim=0)
 
 
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max of x (B, H, W) to [0, 1]; a constant image becomes 0."""
+def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max of x (B, H, W) to [0, 1], same dtype; a constant image becomes 0."""
     lo = x.amin(dim=(1, 2), keepdim=True)
     span = x.amax(dim=(1, 2), keepdim=True) - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
@@ -147,7 +147,7 @@ def upsample_eigenmap(
         E_h, (B, H, W), same dtype and device as e_low; a constant map gives -0.5 everywhere.
     """
     up = F.interpolate(e_low[:, None], size=size, mode="bilinear", align_corners=align_corners)
-    return _minmax(up[:, 0]) - 0.5
+    return minmax_normalise(up[:, 0]) - 0.5
 
 
 def _neighbours(x: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
@@ -226,7 +226,7 @@ def refine_reference(
         (B, H, W) float32 in [0, 1] (a constant result becomes 0), not yet oriented.
     """
     aff = affinities_reference(images, cfg, dtype)
-    return _minmax(propagate_reference(e_h, aff, cfg)).float()
+    return minmax_normalise(propagate_reference(e_h, aff, cfg)).float()
 
 
 def orientation_ratios(
@@ -494,7 +494,9 @@ def refine_cuda(
     e = e_h.to(torch.float32).contiguous()
     out = torch.empty_like(e)
     chunk = max(1, max_scratch_bytes // (4 * cfg.num_neighbours * h * w))
-    aff = torch.empty((min(chunk, b), cfg.num_neighbours, h, w), dtype=torch.float32, device=e.device)
+    aff = torch.empty(
+        (min(chunk, b), cfg.num_neighbours, h, w), dtype=torch.float32, device=e.device
+    )
     work = torch.empty((min(chunk, b), h, w), dtype=torch.float32, device=e.device)
     for start in range(0, b, chunk):
         n = min(chunk, b - start)

@@ -121,6 +121,11 @@ class Bundle:
         return list(self.manifest.get("classes", {}).get("ids", []))
 
     @property
+    def class_dataset(self) -> str | None:
+        """What the class ids refer to: ``imagenet``, ``cub``, ... (None without heads)."""
+        return self.manifest.get("classes", {}).get("dataset")
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.manifest.get("classes", {}).get("names", []))
 

@@ -254,10 +254,128 @@ def localize(
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Evaluate localization on CUB or ILSVRC (not implemented yet)."""
-    raise _not_implemented("eval")
+class DatasetKind(str, Enum):
+    cub = "cub"
+    ilsvrc = "ilsvrc"
+    wsol = "wsol"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    from .pipeline import METHODS
+
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise fail(f"--methods: unknown {unknown or text!r}; choose from {','.join(METHODS)}")
+    return tuple(m for m in METHODS if m in methods)
+
+
+@app.command(
+    "eval",
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy eval --dataset cub --root ../shared/data/CUB_200_2011 --out runs/eval-cub\n\n"
+        "  lcar-deploy eval --dataset ilsvrc --root ../shared/data/ILSVRC-mini --methods cam\n\n"
+        "  lcar-deploy eval --dataset cub --root CUB_200_2011 --bundle bundles/cub --workers 2\n\n"
+        "Writes OUT/metrics.json, OUT/report.md, OUT/maps.npz, OUT/threshold_curves.png and "
+        "OUT/examples.png. Exit code 3: some images could not be evaluated."
+    ),
+)
+def evaluate(
+    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    root: Annotated[Path, typer.Option(help="Dataset root folder.")],
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods to evaluate on the same images.")
+    ] = "cam,graphcut,arm,lcar",
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    metadata: Annotated[
+        Path | None, typer.Option(help="Metadata folder (default: the dataset's own).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate N images spread over the split.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-eval"),
+    device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads in all.")] = None,
+    arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
+    engine: Annotated[
+        Engine, typer.Option(help="local, or ray (Ray Data over actors).")
+    ] = Engine.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address HOST:PORT (engine ray).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Evaluate localization on CUB / ILSVRC with wsolevaluation's metrics, every method."""
+    import sys
+
+    from .bundle import BundleError
+    from .datasets import DatasetError, load_dataset
+    from .evaluate import iter_outcomes, run_evaluation, write_outputs
+
+    chosen = parse_methods(methods)
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out}: exists and is not a folder")
+    try:
+        data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
+        loaded = load_bundle_or_default(bundle)
+        localizer = make_localizer(loaded, Method.lcar, device, threads, arm_backend)
+    except (BundleError, DatasetError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    if engine == Engine.ray:
+        from .distributed import ray_outcomes
+
+        outcomes = ray_outcomes(
+            loaded, localizer.config, data, chosen, batch_size, workers, address
+        )
+    else:
+        outcomes = iter_outcomes(
+            loaded,
+            localizer.config,
+            data,
+            chosen,
+            batch_size=batch_size,
+            workers=workers,
+            device=device.value,
+            threads=threads,
+        )
+    result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
+    info = {
+        "command": " ".join(sys.argv),
+        "dataset": {
+            "kind": data.kind,
+            "root": str(data.root),
+            "split": data.split,
+            "images": len(data),
+        },
+        "bundle": str(loaded.path),
+        "backbone": loaded.backbone,
+        "input_size": loaded.input_size,
+        "providers": localizer.providers,
+        "settings": _config_dict(localizer.config),
+    }
+    title = f"lcar-deploy eval: {data.kind} {data.split} ({loaded.backbone}, S={loaded.input_size})"
+    write_outputs(result, data, out, title, info)
+    typer.echo((out / "report.md").read_text())
+    if result.errors:
+        raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -91,7 +91,7 @@ def affinity_graph(features: np.ndarray, tau: float = 0.2, eps: float = 1e-5) ->
     return np.where(f @ f.T > tau, 1.0, eps)
 
 
-def _solve(affinity: np.ndarray, solver: str) -> np.ndarray:
+def cut_eigenvector(affinity: np.ndarray, solver: str = "eigh") -> np.ndarray:
     """D-normalised eigenvector (N,) of the second-smallest eigenvalue of (D - A) x = l D x."""
     degree = affinity.sum(axis=1)
     if solver == "eigh":
@@ -119,7 +119,7 @@ def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = Non
     config = config or GraphCutConfig()
     h, w = np.shape(features)[:2]
     graph = affinity_graph(features, config.tau, config.eps)
-    return orient(_solve(graph, config.solver)).reshape(h, w)
+    return orient(cut_eigenvector(graph, config.solver)).reshape(h, w)
 
 
 def eigenvector_scoremap(

@@ -90,6 +90,8 @@ class Localization:
 
     class_index: bundle output index used for the map (None without heads); class_id /
         class_name / score: that class's dataset id, name and softmax probability.
+    predicted_class_id: the classifier's top-1 class id (differs from class_id when the map's
+        class was given, e.g. the GT class in evaluation).
     map: (work_size, work_size) float32 score map in [0, 1] of the method's last stage (for
         ``lcar`` the mask as 0/1).
     mask: (work_size, work_size) bool. box / boxes: inclusive ``[x0, y0, x1, y1]`` in work
@@ -105,6 +107,7 @@ class Localization:
     box: tuple[int, int, int, int] | None
     boxes: list[tuple[int, int, int, int]]
     timings_ms: dict[str, float]
+    predicted_class_id: int | None = None
     sgrm_steps: int | None = None
 
 
@@ -263,7 +266,8 @@ class Localizer:
                     steps = None
                 per_image.append(
                     Localization(
-                        *classes[i],
+                        *classes[i][:4],
+                        predicted_class_id=classes[i][4],
                         map=score_map,
                         mask=mask,
                         box=None if box is None else tuple(int(v) for v in box),
@@ -278,10 +282,11 @@ class Localizer:
     def _cam_stage(
         self, out: dict[str, np.ndarray], class_ids: list[int | None]
     ) -> tuple[list[tuple], np.ndarray | None, np.ndarray | None]:
-        """Per image (class_index, class_id, class_name, score), seeds (B, H, W), maps (B, H, W)."""
+        """Per image (class_index, class_id, class_name, score, predicted_class_id), seeds
+        (B, H, W), maps (B, H, W)."""
         n = len(class_ids)
         if not self.bundle.has_heads:
-            return [(None, None, None, None)] * n, None, None
+            return [(None, None, None, None, None)] * n, None, None
         ids, names = self.bundle.class_ids, self.bundle.class_names
         cam_cfg = replace(self.config.cam, size=self.config.work_size)
         classes, seeds, maps = [], [], []
@@ -290,7 +295,8 @@ class Localizer:
             result = cam_map(out["cams"][i], out["logits"][i], cam_cfg, gt_index)
             index = int(result.classes[np.argmax(result.weights)])
             probs = softmax(out["logits"][i])
-            classes.append((index, ids[index], names[index], float(probs[index])))
+            predicted = ids[int(np.argmax(out["logits"][i]))]
+            classes.append((index, ids[index], names[index], float(probs[index]), predicted))
             seeds.append(result.seed)
             maps.append(result.map.astype(np.float32))
         return classes, np.stack(seeds), np.stack(maps)

@@ -436,30 +436,36 @@ def sgrm_reference(
 # --------------------------------------------------------------------------------------------
 
 
-def batched_forward(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+def batched_forward(
+    patches: torch.Tensor, params: Sequence[torch.Tensor], size: tuple[int, int]
+) -> torch.Tensor:
     """Forward of A independent Aggregation Nets at once.
 
-    Convolutions with k > 1 run as one grouped convolution (``groups`` = A); 1x1 layers
-    (including the output layer) as batched matrix products.
+    The first convolution is a batched matrix product over the input's patches, which are
+    computed once per image (``F.unfold``; the input never changes). Later convolutions with
+    k > 1 run as one grouped convolution (``groups`` = A), 1x1 ones (including the output
+    layer) as batched matrix products.
 
     Args:
-        x: (A, 4, H, W) inputs, one per net.
+        patches: (A, 4 k^2, H * W) ``F.unfold(x, k, padding=k // 2)`` of the (A, 4, H, W)
+            inputs, k the first layer's kernel size.
         params: ``[w_0, b_0, w_1, b_1, ...]`` stacked over the nets: ``w_l`` (A, out, in, k, k),
             ``b_l`` (A, out).
+        size: ``(H, W)``.
 
     Returns:
         (A, H * W) logit differences ``z_object - z_background``.
     """
-    n_nets, _, height, width = x.shape
-    h = x
+    n_nets = patches.shape[0]
+    height, width = size
+    h = torch.baddbmm(params[1][..., None], params[0].flatten(2), patches)
     n_layers = len(params) // 2
-    for i in range(n_layers):
+    for i in range(1, n_layers):
+        h = F.relu(h)
         weight, bias = params[2 * i], params[2 * i + 1]
         k = weight.shape[-1]
         if k == 1:
-            h = torch.baddbmm(
-                bias[..., None], weight[..., 0, 0], h.reshape(n_nets, -1, height * width)
-            )
+            h = torch.baddbmm(bias[..., None], weight.flatten(2), h)
         else:
             h = F.conv2d(
                 h.reshape(1, -1, height, width),
@@ -467,11 +473,8 @@ def batched_forward(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Te
                 bias.flatten(),
                 padding=k // 2,
                 groups=n_nets,
-            )
-        if i < n_layers - 1:
-            h = F.relu(h)
-    logits = h.reshape(n_nets, 2, height * width)
-    return logits[:, 1] - logits[:, 0]
+            ).reshape(n_nets, -1, height * width)
+    return h[:, 1] - h[:, 0]
 
 
 def joint_loss_grad(
@@ -551,6 +554,7 @@ def sgrm_batched(
     seg = torch.from_numpy(seg).to(device).long()
     sizes = torch.bincount(seg.reshape(-1), minlength=int(offsets[-1]))
     x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)]).to(device)
+    patches = F.unfold(x, cfg.kernels[0], padding=cfg.kernels[0] // 2)
 
     inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
@@ -561,7 +565,7 @@ def sgrm_batched(
     converged = [False] * n_images
     index = torch.arange(n_images, device=device)  # original index of each row still training
     for step in range(cfg.max_steps + 1):
-        diff = batched_forward(x, params)
+        diff = batched_forward(patches, params, (height, width))
         pred = (diff.detach() > 0).long()
         masks[index] = pred.bool()
         done = reliable_error(pred, y_cls, cfg.stop_rule) < cfg.stop_error
@@ -580,7 +584,7 @@ def sgrm_batched(
                 buf.mul_(cfg.momentum).add_(g)
                 p.sub_(cfg.lr * buf)
         if not bool(keep.all()):  # drop the finished images from the batch
-            index, x, seg = index[keep], x[keep], seg[keep]
+            index, patches, seg = index[keep], patches[keep], seg[keep]
             y_cls, y_s_star, a_cls, c = y_cls[keep], y_s_star[keep], a_cls[keep], c[keep]
             params = [p.detach()[keep].requires_grad_() for p in params]
             buffers = [buf[keep] for buf in buffers]

@@ -64,8 +64,8 @@ def test_config_defaults_are_the_papers() -> None:
     cfg = ArmConfig(dilations=[1, 2])
     assert cfg.dilations == (1, 2)
     assert cfg.num_neighbours == 16
-    default = ArmConfig()
-    assert (default.eta, default.iterations, default.w_p, default.dilations) == (0.1, 50, 0.01, (1,))
+    d = ArmConfig()
+    assert (d.eta, d.iterations, d.w_p, d.dilations, d.w_rgb) == (0.1, 50, 0.01, (1,), 0.3)
 
 
 def test_neighbour_offsets_order() -> None:
@@ -148,6 +148,23 @@ def test_reference_propagation_by_hand() -> None:
     np.testing.assert_allclose(out[0].numpy(), expected, rtol=1e-12)
 
 
+def test_refine_reference_composes_the_steps() -> None:
+    rng = np.random.default_rng(3)
+    images, e_low = _inputs(rng, 2, 9, 7)
+    img = torch.from_numpy(images)
+    e_h = torch.from_numpy(_e_h(e_low, 9, 7))
+    cfg = ArmConfig(iterations=7, dilations=(1, 2))
+    steps = arm.minmax_normalise(
+        arm.propagate_reference(e_h, arm.affinities_reference(img, cfg), cfg)
+    )
+    out = arm.refine_reference(e_h, img, cfg)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, steps.float())
+    torch.testing.assert_close(
+        arm.refine(e_low, img, cfg, backend="reference"), out, rtol=0, atol=1e-7
+    )
+
+
 def test_flat_image_gives_uniform_colour_weights() -> None:
     cfg = ArmConfig(dilations=(1, 2))
     aff = arm.affinities_reference(torch.full((1, 3, 6, 6), 0.4), cfg)
@@ -206,11 +223,12 @@ def test_cpp_matches_reference_random(
     images, e_low = _inputs(rng, b, h, w)
     e_h = _e_h(e_low, h, w)
     cfg = ArmConfig(dilations=dilations, iterations=iterations)
-    aff_ref = arm.affinities_reference(torch.from_numpy(images), cfg).numpy()
+    aff_ref = arm.affinities_reference(torch.from_numpy(images), cfg)
     aff_cpp = arm.affinities_cpp(images, cfg)
     assert aff_cpp.shape == (b, 8 * len(dilations), h, w)
-    assert np.abs(aff_cpp - aff_ref).max() <= 1e-6
-    ref = arm.refine_reference(torch.from_numpy(e_h), torch.from_numpy(images), cfg).numpy()
+    assert np.abs(aff_cpp - aff_ref.numpy()).max() <= 1e-6
+    ref = arm.minmax_normalise(arm.propagate_reference(torch.from_numpy(e_h), aff_ref, cfg))
+    ref = ref.numpy()
     cpp = arm.refine_cpp(e_h, images, cfg, num_threads=2)
     assert cpp.dtype == np.float32
     assert cpp.shape == (b, h, w)

@@ -94,7 +94,7 @@ class TrainConfig:
     crop_views: int = 2
     device: str = "cpu"
     cache_dir: str | Path | None = None
-    feature_batch_size: int = 32
+    feature_batch_size: int = 8
     workers: int = 0
     threads: int | None = None
     checkpoint_every: int = 0

@@ -1,0 +1,335 @@
+"""``lcar-deploy eval``: every method on the same images, wsolevaluation metrics, report.
+
+Per image, the pipeline runs once for all methods (the stages they share run once); map
+methods (``cam``, ``graphcut``, ``arm``) are swept over the score-map thresholds, ``lcar`` is
+scored at its own mask. Maps use the GT class when the bundle's classes are the dataset's
+(GT-known), else the predicted class; top-1 cls is reported only in the first case.
+
+Outputs in ``--out``: ``metrics.json``, ``report.md``, ``maps.npz`` (``ids``, ``maps_<method>``
+N x 224 x 224 float16), ``threshold_curves.png``, ``examples.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle
+from .datasets import Dataset, Record
+from .image_io import ImageError, load_image
+from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
+from .pipeline import METHODS, STAGES, Localizer, PipelineConfig
+
+DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
+
+
+@dataclass
+class ImageOutcome:
+    """One image's results for every method (picklable: it crosses process boundaries).
+
+    gt_boxes: (K, 4) int64 at 224. maps: method -> (224, 224) float16. boxes: method -> the
+    user-facing V1 box in work pixels or None. cls_correct: None when classes don't match.
+    stage_ms: this image's share of each stage. error: why the image could not be evaluated.
+    """
+
+    image_id: str
+    gt_boxes: np.ndarray
+    cls_correct: bool | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: dict[str, tuple[int, int, int, int] | None] = field(default_factory=dict)
+    lcar_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    sgrm_steps: int | None = None
+    error: str | None = None
+
+
+def uses_gt_class(bundle: Bundle, dataset: Dataset) -> bool:
+    """Whether the bundle's class ids are the dataset's (then maps use the GT class)."""
+    return bundle.has_heads and bundle.class_dataset == DATASET_CLASSES.get(dataset.kind)
+
+
+def evaluate_batch(
+    localizer: Localizer, records: Sequence[Record], methods: Sequence[str], gt_class: bool
+) -> list[ImageOutcome]:
+    """Run ``methods`` on ``records``; bad images become outcomes with ``error`` set."""
+    work = localizer.config.work_size
+    outcomes: list[ImageOutcome] = []
+    good: list[tuple[ImageOutcome, Record, np.ndarray]] = []
+    for record in records:
+        try:
+            image = load_image(record.path)
+            gt = record.scaled_boxes(work, record.size or image.original_size)
+            outcome = ImageOutcome(record.image_id, gt)
+            good.append((outcome, record, image.rgb))
+        except (ImageError, ValueError) as exc:
+            outcome = ImageOutcome(record.image_id, np.zeros((0, 4), np.int64), error=str(exc))
+        outcomes.append(outcome)
+    if not good:
+        return outcomes
+    class_ids = [r.class_id if gt_class else None for _, r, _ in good]
+    results = localizer.run_methods([rgb for _, _, rgb in good], class_ids, tuple(methods))
+    for i, (outcome, record, _) in enumerate(good):
+        for method in methods:
+            loc = results[method][i]
+            outcome.maps[method] = loc.map.astype(np.float16)
+            outcome.boxes[method] = loc.box
+            outcome.stage_ms.update(loc.timings_ms)
+            if method == "lcar":
+                outcome.sgrm_steps = loc.sgrm_steps
+                outcome.lcar_boxes = [] if loc.box is None else [loc.box, *loc.boxes]
+        first = results[methods[0]][i]
+        if gt_class:
+            outcome.cls_correct = first.predicted_class_id == record.class_id
+    return outcomes
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(bundle_path: str, config: PipelineConfig, threads: int, gt_class: bool) -> None:
+    _WORKER["localizer"] = Localizer(
+        Bundle.load(bundle_path), config, device="cpu", threads=threads
+    )
+    _WORKER["gt_class"] = gt_class
+
+
+def _worker_batch(records: list[Record], methods: tuple[str, ...]) -> list[ImageOutcome]:
+    return evaluate_batch(_WORKER["localizer"], records, methods, _WORKER["gt_class"])
+
+
+def iter_outcomes(
+    bundle: Bundle,
+    config: PipelineConfig,
+    dataset: Dataset,
+    methods: tuple[str, ...],
+    *,
+    batch_size: int = 8,
+    workers: int = 1,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Iterator[ImageOutcome]:
+    """Outcomes in dataset order, from this process or from ``workers`` processes."""
+    gt_class = uses_gt_class(bundle, dataset)
+    batches = [dataset.records[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
+    if workers <= 1:
+        localizer = Localizer(bundle, config, device=device, threads=threads)
+        for batch in batches:
+            yield from evaluate_batch(localizer, batch, methods, gt_class)
+        return
+    per_worker = max(1, (threads or os.cpu_count() or 1) // workers)
+    import multiprocessing
+
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(str(bundle.path), config, per_worker, gt_class),
+    ) as pool:
+        for outcomes in pool.map(_worker_batch, batches, [methods] * len(batches)):
+            yield from outcomes
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    accumulators: dict[str, BoxAccuracyAccumulator]
+    errors: list[tuple[str, str]]
+
+
+def run_evaluation(
+    outcomes: Iterator[ImageOutcome],
+    methods: tuple[str, ...],
+    out: Path,
+    total: int,
+    *,
+    thresholds: np.ndarray | None = None,
+    progress: bool = True,
+    examples: int = 12,
+) -> EvalResult:
+    """Accumulate metrics, write maps.npz (streamed to disk), return the metrics."""
+    from tqdm import tqdm
+
+    accs = {m: BoxAccuracyAccumulator(cam_thresholds=thresholds) for m in methods}
+    ms_sum = dict.fromkeys(STAGES, 0.0)
+    steps: list[int] = []
+    ids: list[str] = []
+    errors: list[tuple[str, str]] = []
+    shown: list[ImageOutcome] = []
+    tmp = Path(tempfile.mkdtemp(prefix=".maps-", dir=out))
+    memmaps = {
+        m: np.lib.format.open_memmap(
+            tmp / f"maps_{m}.npy", mode="w+", dtype=np.float16, shape=(total, 224, 224)
+        )
+        for m in methods
+    }
+    start = time.perf_counter()
+    n = 0
+    try:
+        for outcome in tqdm(outcomes, total=total, unit="img", desc="eval", disable=not progress):
+            if outcome.error is not None:
+                errors.append((outcome.image_id, outcome.error))
+                continue
+            for method in methods:
+                score_map = outcome.maps[method].astype(np.float32)
+                if method == "lcar":
+                    boxes = outcome.lcar_boxes or [(0, 0, 0, 0)]
+                    accs[method].add_mask_box(
+                        outcome.gt_boxes, boxes=np.array(boxes), cls_correct=outcome.cls_correct
+                    )
+                else:
+                    accs[method].add_scoremap(score_map, outcome.gt_boxes, outcome.cls_correct)
+                if outcome.maps[method].shape == (224, 224):
+                    memmaps[method][n] = outcome.maps[method]
+            for stage, ms in outcome.stage_ms.items():
+                ms_sum[stage] += ms
+            if outcome.sgrm_steps is not None:
+                steps.append(outcome.sgrm_steps)
+            ids.append(outcome.image_id)
+            if len(shown) < examples and len(outcome.gt_boxes):
+                shown.append(outcome)
+            n += 1
+        seconds = time.perf_counter() - start
+        arrays = {f"maps_{m}": memmaps[m][:n] for m in methods}
+        _save_npz_atomic(out / "maps.npz", ids=np.array(ids), **arrays)
+    finally:
+        del memmaps
+        shutil.rmtree(tmp, ignore_errors=True)
+    mean_ms = {s: v / max(n, 1) for s, v in ms_sum.items()}
+    metrics: dict = {"num_images": n, "num_errors": len(errors), "seconds": seconds, "methods": {}}
+    for method in methods:
+        stages = STAGES[: 2 + METHODS.index(method)]
+        entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
+        entry["ms_per_image"] = sum(mean_ms[s] for s in stages)
+        metrics["methods"][method] = entry
+    metrics["stage_ms_per_image"] = mean_ms
+    if steps:
+        metrics["sgrm_mean_steps"] = float(np.mean(steps))
+    metrics["errors"] = [{"image_id": i, "error": e} for i, e in errors]
+    metrics["_examples"] = shown
+    return EvalResult(metrics, accs, errors)
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def report_markdown(metrics: dict, title: str) -> str:
+    """A table like the paper's Table 1, one row per method."""
+    lines = [
+        f"# {title}",
+        "",
+        f"{metrics['num_images']} images evaluated, {metrics['num_errors']} failed.",
+        "",
+        "| method | GT(0.5) | GT(0.7) | GT(0.8) | GT(0.9) | MaxBoxAccV2 | top-1 loc | top-1 cls "
+        "| best thr | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, m in metrics["methods"].items():
+        if not m.get("num_images"):
+            continue
+        gt = m["gt"]
+        thr = m.get("gt_known_threshold")
+        lines.append(
+            f"| {method} | {_fmt(gt['50'])} | {_fmt(gt['70'])} | {_fmt(gt['80'])} | "
+            f"{_fmt(gt['90'])} | {_fmt(m['max_box_acc_v2'])} | {_fmt(m['top1_loc'])} | "
+            f"{_fmt(m['top1_cls'])} | {'mask' if thr is None else f'{thr:.2f}'} | "
+            f"{m['ms_per_image']:.0f} |"
+        )
+    lines += [
+        "",
+        "GT(d): GT-known box accuracy at IoU >= d (V1: largest contour, best threshold for map "
+        "methods; LCAR at its own mask). MaxBoxAccV2: mean of V2 (all contours) at IoU 0.3/0.5/0.7.",
+    ]
+    if "sgrm_mean_steps" in metrics:
+        lines.append(f"SGRM mean steps to stop: {metrics['sgrm_mean_steps']:.1f}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(metrics: dict, path: Path) -> None:
+    """GT-known accuracy (IoU 0.5, V1) against the score-map threshold, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, m in metrics["methods"].items():
+        if not m.get("num_images"):
+            continue
+        if m.get("sweep"):
+            ax.plot(m["cam_thresholds"], m["curves"]["v1"]["50"], label=method)
+        else:
+            ax.axhline(m["gt"]["50"], linestyle="--", color="k", label=f"{method} (own mask)")
+    ax.set_xlabel("score-map threshold")
+    ax.set_ylabel("GT-known loc @ IoU 0.5 (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_examples(
+    examples: list[ImageOutcome], dataset: Dataset, method: str, path: Path, work: int = 224
+) -> None:
+    """Grid of images with GT boxes (green), the method's box (red) and its IoU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .image_io import resize_rgb
+
+    by_id = {r.image_id: r for r in dataset.records}
+    cols = 4
+    rows = max(1, (len(examples) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, outcome in zip(axes.ravel(), examples, strict=False):
+        rgb = resize_rgb(load_image(by_id[outcome.image_id].path).rgb, work)
+        ax.imshow(rgb)
+        for x0, y0, x1, y1 in outcome.gt_boxes:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
+        box = outcome.boxes.get(method)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="red", lw=2))
+            iou = float(box_iou(check_box_convention(box), outcome.gt_boxes).max())
+            ax.text(4, 16, f"IoU {100 * iou:.0f}", color="white", fontsize=11, weight="bold")
+    fig.suptitle(f"{method}: GT green, prediction red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(result: EvalResult, dataset: Dataset, out: Path, title: str, info: dict) -> None:
+    """metrics.json, report.md, threshold_curves.png, examples.png (atomic renames)."""
+    metrics = dict(result.metrics)
+    examples = metrics.pop("_examples")
+    metrics.update(info)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    (out / "report.md").write_text(report_markdown(metrics, title))
+    plot_curves(metrics, out / "threshold_curves.png")
+    methods = [m for m, v in metrics["methods"].items() if v.get("num_images")]
+    if examples and methods:
+        plot_examples(examples, dataset, methods[-1], out / "examples.png")

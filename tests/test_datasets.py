@@ -1,0 +1,139 @@
+"""Dataset loaders: real-data counts and conventions, malformed metadata, synthetic layouts."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcar_deploy.datasets import CUB_FILES, DatasetError, load_dataset
+
+
+def test_cub_real_counts_and_boxes(shared_data: Path) -> None:
+    root = shared_data / "CUB_200_2011"
+    train = load_dataset("cub", root, "train")
+    test = load_dataset("cub", root, "test")
+    assert (len(train), len(test)) == (1500, 702)
+    assert train.num_classes == test.num_classes == 50
+    assert train.class_ids == list(range(1, 51))
+    assert train.class_names[0] == "Black_footed_Albatross"
+    assert all(r.path.is_file() for r in test.records[:20])
+    assert all(len(r.boxes) == 1 for r in test)
+    # image 1 of bounding_boxes.txt is "38.4 17.3 208.0 194.6" (x y w h): x1 = x + w
+    first = test[0]
+    assert first.image_id == "001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg"
+    np.testing.assert_allclose(first.boxes, [[38.4, 17.3, 246.4, 211.9]])
+    assert first.class_id == 1 and first.label == 0 and first.size is None
+    with pytest.raises(DatasetError, match="original size unknown"):
+        first.scaled_boxes()
+    assert np.bincount(test.labels, minlength=50).min() > 0
+
+
+def test_ilsvrc_real_counts_boxes_sizes_names(shared_data: Path) -> None:
+    root = shared_data / "ILSVRC-mini"
+    train = load_dataset("ilsvrc", root, "train")
+    test = load_dataset("ilsvrc", root, "test")
+    assert (len(train), len(test)) == (1500, 250)
+    assert train.class_ids == test.class_ids == [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+    assert test.class_names[0].startswith("tench")
+    assert sum(len(r.boxes) > 0 for r in test) == 249
+    assert sum(len(r.boxes) for r in test) == 406
+    assert max(len(r.boxes) for r in test) > 1
+    assert all(r.size == (224, 224) for r in test)
+    rec = test[0]
+    assert rec.image_id == "val/ILSVRC2012_val_00006697.JPEG" and rec.path.is_file()
+    np.testing.assert_array_equal(rec.scaled_boxes(224), [[73, 137, 156, 192]])
+    assert all(len(r.boxes) == 0 for r in train.records[:10])
+
+
+def test_limit_spreads_over_classes(shared_data: Path) -> None:
+    test = load_dataset("cub", shared_data / "CUB_200_2011", "test", limit=10)
+    assert len(test) == 10
+    assert len({r.class_id for r in test}) == 10
+
+
+def _copy_cub_metadata(shared_data: Path, tmp_path: Path) -> Path:
+    meta = tmp_path / "cub_meta"
+    meta.mkdir()
+    for name in CUB_FILES:
+        shutil.copy(shared_data / "CUB_200_2011" / name, meta / name)
+    return meta
+
+
+def _replace_line(path: Path, lineno: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[lineno - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "lineno", "text", "message"),
+    [
+        ("bounding_boxes.txt", 3, "4 71.7 57.6 163.2", "expected 5 fields"),
+        ("bounding_boxes.txt", 2, "2 89.0 abc 97.9 169.0", "'abc' is not a number"),
+        ("image_class_labels.txt", 5, "x 1", "image id 'x' is not an integer"),
+        ("image_class_labels.txt", 1, "1 999", "class id 999 is not in classes.txt"),
+        ("train_test_split.txt", 7, "9 2", "train flag '2' is not 0 or 1"),
+        ("images.txt", 2, "1 duplicate.jpg", "image id 1 appears twice"),
+    ],
+)
+def test_cub_malformed_line_names_file_and_line(
+    shared_data: Path, tmp_path: Path, name: str, lineno: int, text: str, message: str
+) -> None:
+    meta = _copy_cub_metadata(shared_data, tmp_path)
+    _replace_line(meta / name, lineno, text)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset("cub", shared_data / "CUB_200_2011", "test", metadata=meta)
+    assert f"{meta / name}:{lineno}:" in str(info.value)
+
+
+def test_cub_missing_file(shared_data: Path, tmp_path: Path) -> None:
+    meta = _copy_cub_metadata(shared_data, tmp_path)
+    (meta / "train_test_split.txt").unlink()
+    with pytest.raises(DatasetError, match=r"train_test_split\.txt: metadata file not found"):
+        load_dataset("cub", shared_data / "CUB_200_2011", "train", metadata=meta)
+
+
+def test_ilsvrc_malformed_localization(shared_data: Path, tmp_path: Path) -> None:
+    meta = tmp_path / "metadata"
+    shutil.copytree(shared_data / "ILSVRC-mini" / "metadata", meta)
+    loc = meta / "test" / "localization.txt"
+    _replace_line(loc, 4, "val/x.JPEG,1,2,3")
+    with pytest.raises(DatasetError, match=re.escape(f"{loc}:4: expected path,x0,y0,x1,y1")):
+        load_dataset("ilsvrc", shared_data / "ILSVRC-mini", "test", metadata=meta)
+    _replace_line(loc, 4, "val/x.JPEG,10,2,3,4")
+    with pytest.raises(DatasetError, match=re.escape(f"{loc}:4: box")):
+        load_dataset("ilsvrc", shared_data / "ILSVRC-mini", "test", metadata=meta)
+    shutil.copy(shared_data / "ILSVRC-mini" / "metadata" / "test" / "localization.txt", loc)
+    sizes = meta / "test" / "image_sizes.txt"
+    _replace_line(sizes, 2, "val/y.JPEG,224")
+    with pytest.raises(DatasetError, match=re.escape(f"{sizes}:2: expected 3 comma-separated")):
+        load_dataset("ilsvrc", shared_data / "ILSVRC-mini", "test", metadata=meta)
+
+
+def test_wsol_layout_synthetic(tmp_path: Path) -> None:
+    """Generic wsolevaluation layout: ids as names, OpenImages-style masks, class union."""
+    split = tmp_path / "metadata" / "test"
+    split.mkdir(parents=True)
+    (tmp_path / "metadata" / "train").mkdir()
+    (split / "image_ids.txt").write_text("a/1.jpg\na/2.jpg\n")
+    (split / "class_labels.txt").write_text("a/1.jpg,7\na/2.jpg,3\n")
+    (split / "localization.txt").write_text(
+        "a/1.jpg,m/1_a.png,m/1_ignore.png\na/1.jpg,m/1_b.png,\n"
+    )
+    (tmp_path / "metadata" / "train" / "class_labels.txt").write_text("b/1.jpg,5\n")
+    data = load_dataset("wsol", tmp_path, "test")
+    assert data.class_ids == [3, 5, 7] and data.class_names == ["3", "5", "7"]
+    assert [r.label for r in data] == [2, 0]
+    assert data[0].masks == (tmp_path / "m/1_a.png", tmp_path / "m/1_b.png")
+    assert data[0].boxes.shape == (0, 4) and data[1].masks == ()
+    with pytest.raises(DatasetError, match="split folder not found"):
+        load_dataset("wsol", tmp_path, "val")
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("coco", tmp_path)
+    (split / "class_labels.txt").write_text("a/1.jpg,7\n")
+    with pytest.raises(DatasetError, match=r"no class label for a/2\.jpg"):
+        load_dataset("wsol", tmp_path, "test")
