@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -22,3 +23,26 @@ def shared_data() -> Path:
     if not (root / "CUB_200_2011").is_dir():
         pytest.skip(f"real data not found at {root}")
     return root
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded backbone with its ImageNet classifier, exported at a small input size."""
+    from lcar_deploy.export.exporter import export_bundle
+
+    return export_bundle(tmp_path_factory.mktemp("bundles") / "small", input_size=96)
+
+
+def synthetic_scene(
+    size: tuple[int, int] = (120, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A coloured ellipse on a striped, noisy background: (H, W, 3) uint8 image, (H, W) mask."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    background = 90 + 40 * np.sin(xx / 3.0)[..., None] + rng.normal(0, 12, (h, w, 3))
+    mask = ((yy - 0.55 * h) / (0.3 * h)) ** 2 + ((xx - 0.45 * w) / (0.28 * w)) ** 2 <= 1
+    image = np.where(
+        mask[..., None], np.array([220, 60, 40]) + rng.normal(0, 8, (h, w, 3)), background
+    )
+    return np.clip(image, 0, 255).astype(np.uint8), mask

@@ -1,0 +1,163 @@
+"""Pipeline, localize and eval on small inputs (a small bundle, synthetic scenes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_scene
+from PIL import Image
+
+from lcar_deploy.arm import ArmConfig
+from lcar_deploy.bundle import Bundle
+from lcar_deploy.datasets import load_dataset
+from lcar_deploy.evaluate import iter_outcomes, run_evaluation, write_outputs
+from lcar_deploy.localize import LocalizeOptions, localize_folder, read_done
+from lcar_deploy.pipeline import (
+    METHODS,
+    Localizer,
+    PipelineConfig,
+    box_to_original,
+    component_boxes,
+)
+from lcar_deploy.sgrm import SgrmConfig
+
+FAST = {"arm": {"iterations": 10}, "sgrm": {"max_steps": 30}}
+
+
+def test_component_boxes_largest_first() -> None:
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[1:3, 1:3] = True
+    mask[5:9, 4:11] = True
+    mask[0, 11] = True
+    assert component_boxes(mask) == [(4, 5, 10, 8), (1, 1, 2, 2), (11, 0, 11, 0)]
+    assert component_boxes(np.zeros((4, 4), dtype=bool)) == []
+
+
+def test_box_to_original_covers_the_same_pixels() -> None:
+    assert box_to_original((0, 0, 223, 223), 224, (448, 112)) == [0, 0, 447, 111]
+    assert box_to_original((56, 112, 111, 167), 224, (448, 448)) == [112, 224, 223, 335]
+    assert box_to_original((10, 10, 10, 10), 224, (100, 100)) == [4, 4, 4, 4]
+
+
+def test_config_from_bundle_settings() -> None:
+    config = PipelineConfig.from_settings(
+        {"arm": {"dilations": [1, 2], "iterations": 7}, "arm_input": "cam"}, method="arm"
+    )
+    assert config.arm == ArmConfig(dilations=(1, 2), iterations=7)
+    assert config.arm_input == "cam" and config.method == "arm"
+    assert config.sgrm == SgrmConfig()
+    with pytest.raises(ValueError, match="unknown pipeline setting 'bogus'"):
+        PipelineConfig.from_settings({"bogus": 1})
+    with pytest.raises(ValueError, match="method"):
+        PipelineConfig(method="crf")
+
+
+def test_every_method_from_one_run(small_bundle: Path) -> None:
+    bundle = Bundle.load(small_bundle)
+    localizer = Localizer(bundle, PipelineConfig.from_settings(FAST), device="cpu", threads=2)
+    images = [synthetic_scene(seed=s)[0] for s in range(3)]
+    results = localizer.run_methods(images)
+    assert set(results) == set(METHODS)
+    for method, per_image in results.items():
+        assert len(per_image) == 3
+        for loc in per_image:
+            assert loc.map.shape == (224, 224) and loc.map.dtype == np.float32
+            assert loc.map.min() >= 0.0 and loc.map.max() <= 1.0
+            assert loc.mask.shape == (224, 224) and loc.mask.dtype == bool
+            assert 0 <= loc.class_id < 1000 and 0.0 < loc.score <= 1.0
+            if loc.box is not None:
+                x0, y0, x1, y1 = loc.box
+                assert 0 <= x0 <= x1 <= 223 and 0 <= y0 <= y1 <= 223
+            stages = ("backbone", "cam", "graph_cut", "arm", "sgrm")
+            assert tuple(loc.timings_ms) == stages[: 2 + METHODS.index(method)]
+    assert all(loc.sgrm_steps >= 1 for loc in results["lcar"])
+    given = localizer.run(images[:1], [281])[0]
+    assert given.class_id == 281 and given.predicted_class_id == results["lcar"][0].class_id
+
+
+def test_localize_folder_writes_and_resumes(small_bundle: Path, tmp_path: Path) -> None:
+    src = tmp_path / "images"
+    (src / "nested").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "nested/b.png", "c.webp"]):
+        Image.fromarray(synthetic_scene(size=(90 + 10 * i, 130), seed=i)[0]).save(src / name)
+    (src / "notes.txt").write_text("not an image")
+    bundle = Bundle.load(small_bundle)
+    localizer = Localizer(
+        bundle, PipelineConfig.from_settings(FAST, method="arm"), device="cpu", threads=2
+    )
+    out = tmp_path / "out"
+    options = LocalizeOptions(batch_size=2, save_masks=True, overlays=True, limit=2)
+    first = localize_folder(localizer, src, out, options, progress=False)
+    assert (first.ok, first.errors) == (2, 0)
+    second = localize_folder(localizer, src, out, LocalizeOptions(save_masks=True), progress=False)
+    assert (second.ok, second.skipped) == (1, 2)
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in lines) == ["a.jpg", "c.webp", "nested/b.png"]
+    for record in lines:
+        width, height = record["image_size"]
+        x0, y0, x1, y1 = record["box"]
+        assert 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height
+        mask = np.asarray(Image.open(out / record["mask"]))
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+    assert sorted(p.name for p in (out / "overlays").rglob("*.jpg")) == ["a.jpg", "c.jpg"]
+    assert json.loads((out / "summary.json").read_text())["ok"] == 1
+
+
+def test_partial_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text('{"path": "a.jpg", "status": "ok"}\n{"path": "b.jp')
+    assert read_done(predictions, retry_errors=False) == {"a.jpg"}
+    assert predictions.read_text() == '{"path": "a.jpg", "status": "ok"}\n'
+
+
+def _tiny_wsol_dataset(root: Path, count: int = 4) -> None:
+    (root / "val").mkdir(parents=True)
+    meta = root / "metadata" / "test"
+    meta.mkdir(parents=True)
+    ids, labels, boxes, sizes = [], [], [], []
+    for i in range(count):
+        image, mask = synthetic_scene(size=(100, 140), seed=i)
+        name = f"val/{i}.png"
+        Image.fromarray(image).save(root / name)
+        rows, cols = np.nonzero(mask)
+        ids.append(name)
+        labels.append(f"{name},281")
+        boxes.append(f"{name},{cols.min()},{rows.min()},{cols.max()},{rows.max()}")
+        sizes.append(f"{name},140,100")
+    for file, lines in [
+        ("image_ids.txt", ids),
+        ("class_labels.txt", labels),
+        ("localization.txt", boxes),
+        ("image_sizes.txt", sizes),
+    ]:
+        (meta / file).write_text("\n".join(lines) + "\n")
+
+
+def test_eval_writes_every_output(small_bundle: Path, tmp_path: Path) -> None:
+    _tiny_wsol_dataset(tmp_path / "data")
+    dataset = load_dataset("ilsvrc", tmp_path / "data", "test")
+    bundle = Bundle.load(small_bundle)
+    config = PipelineConfig.from_settings(FAST)
+    out = tmp_path / "eval"
+    out.mkdir()
+    outcomes = iter_outcomes(bundle, config, dataset, METHODS, batch_size=3, device="cpu")
+    result = run_evaluation(outcomes, METHODS, out, len(dataset), progress=False, examples=4)
+    write_outputs(result, dataset, out, "test", {"command": "pytest"})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and metrics["command"] == "pytest"
+    for method in METHODS:
+        m = metrics["methods"][method]
+        assert m["num_images"] == 4 and 0.0 <= m["gt"]["50"] <= 100.0
+        assert m["top1_cls"] in (0.0, 25.0, 50.0, 75.0, 100.0)
+        assert m["sweep"] == (method != "lcar") and m["ms_per_image"] > 0
+    maps = np.load(out / "maps.npz")
+    assert list(maps["ids"]) == [f"val/{i}.png" for i in range(4)]
+    assert maps["maps_arm"].shape == (4, 224, 224) and maps["maps_arm"].dtype == np.float16
+    assert set(np.unique(maps["maps_lcar"])) <= {0.0, 1.0}
+    report = (out / "report.md").read_text()
+    assert all(f"| {m} |" in report for m in METHODS)
+    assert (out / "threshold_curves.png").stat().st_size > 0
+    assert (out / "examples.png").stat().st_size > 0

@@ -1,0 +1,154 @@
+"""SD-CAM training: the loss (eq. 6) by hand, the split, overfitting a tiny set, export parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lcar_deploy.bundle import Bundle
+from lcar_deploy.export.backbones import BackboneConfig
+from lcar_deploy.export.exporter import export_bundle
+from lcar_deploy.export.heads import load_heads
+from lcar_deploy.export.model import build_model
+from lcar_deploy.image_io import load_rgb
+from lcar_deploy.training.features import ViewSpec, make_view
+from lcar_deploy.training.losses import SdLossConfig, distillation_kl, sd_losses
+from lcar_deploy.training.train import TrainConfig, stratified_split, train
+
+
+def test_sd_loss_matches_hand_computation() -> None:
+    """z_t = [1, 0], z_s = [0, 1], y = 0, alpha 0.3, T 3.
+
+    S(z_t/3) = [s, 1 - s], S(z_s/3) = [1 - s, s] with s = sigmoid(1/3), and
+    log(s / (1 - s)) = 1/3, so KL = (2s - 1) / 3 = tanh(1/6) / 3 = 0.0550468 (no T^2);
+    CE_s = log(1 + e) = 1.3132617, CE_t = log(1 + 1/e) = 0.3132617;
+    L_student = 0.3 * 1.3132617 + 0.7 * 0.0550468 = 0.4325113.
+    """
+    zt = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    zs = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    losses = sd_losses(zt, zs, torch.tensor([0]), SdLossConfig(alpha=0.3, temperature=3.0))
+    assert losses["kl"].item() == pytest.approx(0.0550468, abs=1e-7)
+    assert losses["student_ce"].item() == pytest.approx(1.3132617, abs=1e-7)
+    assert losses["teacher_ce"].item() == pytest.approx(0.3132617, abs=1e-7)
+    assert losses["student"].item() == pytest.approx(0.4325113, abs=1e-7)
+    assert losses["total"].item() == pytest.approx(0.7457730, abs=1e-7)
+    # the teacher is trained by CE only: no gradient reaches it through the KL term
+    losses["student"].backward()
+    assert zt.grad is None or torch.count_nonzero(zt.grad) == 0
+    assert torch.count_nonzero(zs.grad) == 2
+
+
+def test_kl_zero_for_equal_logits_and_batch_mean() -> None:
+    z = torch.randn(5, 7)
+    assert distillation_kl(z, z.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    per_sample = [distillation_kl(a[i : i + 1], b[i : i + 1], 2.0) for i in range(4)]
+    assert distillation_kl(a, b, 2.0).item() == pytest.approx(float(sum(per_sample) / 4), rel=1e-5)
+
+
+def test_stratified_split_is_seeded_and_per_class() -> None:
+    labels = np.repeat(np.arange(5), 30)
+    train_idx, val_idx = stratified_split(labels, 0.1, seed=3)
+    assert len(val_idx) == 15 and len(train_idx) == 135
+    assert np.bincount(labels[val_idx]).tolist() == [3] * 5
+    assert not set(train_idx) & set(val_idx)
+    again = stratified_split(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(val_idx, again[1])
+    assert len(stratified_split(labels, 0.0, seed=0)[1]) == 0
+
+
+def test_views() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    plain = make_view(rgb, 32, 0, (0, 0, 0))
+    np.testing.assert_array_equal(make_view(rgb, 32, 1, (0, 0, 1)), plain[:, :, ::-1])
+    crop = make_view(rgb, 32, 2, (0, 0, 2))
+    assert crop.shape == (3, 32, 32) and crop.dtype == np.float32
+    np.testing.assert_array_equal(crop, make_view(rgb, 32, 2, (0, 0, 2)))
+    assert ViewSpec("crop", crop_views=3).num_views == 5
+    with pytest.raises(ValueError, match="augment"):
+        ViewSpec("mixup")
+
+
+def _synthetic_wsol(root: Path, per_class: int = 4) -> None:
+    """3 classes of 48 px images (red square / green disc / blue stripes on noise)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    shapes = [
+        (abs(xx - 24) < 12) & (abs(yy - 24) < 12),
+        (xx - 24) ** 2 + (yy - 24) ** 2 < 144,
+        (xx // 6) % 2 == 0,
+    ]
+    ids, labels = [], []
+    for cls, shape in enumerate(shapes):
+        for i in range(per_class):
+            image = rng.integers(0, 80, size=(48, 48, 3), dtype=np.uint8)
+            image[shape, cls] = 230
+            rel = f"img/c{cls}_{i}.png"
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / rel)
+            ids.append(rel)
+            labels.append(f"{rel},{10 + cls}")
+    meta = root / "metadata" / "train"
+    meta.mkdir(parents=True)
+    (meta / "image_ids.txt").write_text("\n".join(ids) + "\n")
+    (meta / "class_labels.txt").write_text("\n".join(labels) + "\n")
+
+
+@pytest.mark.slow
+def test_training_overfits_tiny_set_and_exports_with_parity(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _synthetic_wsol(data)
+    config = TrainConfig(
+        dataset="wsol",
+        root=data,
+        out=tmp_path / "run",
+        input_size=64,
+        epochs=40,
+        lr=3e-3,
+        batch_size=4,
+        teacher_hidden=16,
+        val_fraction=0.0,
+        cache_dir=tmp_path / "cache",
+        checkpoint_every=20,
+        threads=1,
+        progress=False,
+    )
+    result = train(config)
+    history = result.metrics["history"]
+    assert history[-1]["train"]["top1_teacher"] == 100.0
+    assert history[-1]["train"]["top1_student"] == 100.0
+    assert history[-1]["train"]["total"] < 0.5 * history[0]["train"]["total"]
+    assert result.metrics["top1"]["val"] is None and result.metrics["top1"]["test"] is None
+    assert json.loads(result.metrics_path.read_text())["num_images"]["train"] == 12
+    assert result.plot_path.stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch_020.pt",
+        "epoch_040.pt",
+    ]
+    heads, extra = load_heads(result.heads_path)
+    assert heads.config.class_ids == [10, 11, 12] and heads.config.teacher_hidden == 16
+    assert extra["dataset"]["kind"] == "wsol" and extra["training"]["alpha"] == 0.3
+
+    # second run: the cached features are reused, the backbone is not even built
+    again = train(config)
+    assert again.metrics["cache"]["backbone_built"] is False
+    assert again.metrics["history"][-1]["train"] == history[-1]["train"]
+
+    bundle_dir = export_bundle(tmp_path / "bundle", heads_path=str(result.heads_path))
+    bundle = Bundle.load(bundle_dir)
+    assert bundle.class_ids == [10, 11, 12] and bundle.input_size == 64
+    images = np.stack(
+        [make_view(load_rgb(data / f"img/c{c}_0.png"), 64, 0, (0,)) for c in range(3)]
+    )
+    onnx_out = bundle.session(device="cpu").run(images)
+    model = build_model(BackboneConfig("efficientnet_lite0", 64, "head", "blocks.4"), None, heads)
+    with torch.no_grad():
+        torch_out = dict(zip(model.output_names, model(torch.from_numpy(images)), strict=True))
+    print({k: float(np.abs(v).max()) for k, v in onnx_out.items()})
+    for name in ("logits", "cam_logits", "cams"):
+        np.testing.assert_allclose(onnx_out[name], torch_out[name].numpy(), atol=1e-4, rtol=0)
