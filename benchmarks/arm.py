@@ -1,9 +1,10 @@
 """ARM speed: ms per 224 x 224 image, reference (torch) vs C++ (1 and 2 threads) [vs CUDA].
 
 All backends run in one process on the same inputs (E_h and images), for dilations (1,) and
-AFA's (1, 2, 4, 8, 12, 24); each time is the median over the repeats of one batch, divided by
-the batch size. The reference is timed in float32 (what a plain torch port such as PAR runs) and
-in float64 (the tested reference), with torch limited to the same thread count as the C++ run.
+AFA's (1, 2, 4, 8, 12, 24); each time is the fastest of the repeats of one batch (the run least
+disturbed by other load on a shared machine), divided by the batch size. The reference is timed
+in float32 (what a plain torch port such as PAR runs) and in float64 (the tested reference), with
+torch limited to the same thread count as the C++ run.
 
     python benchmarks/arm.py [--images 2] [--repeats 3] [--size 224] [--iterations 50]
 """
@@ -11,7 +12,6 @@ in float64 (the tested reference), with torch limited to the same thread count a
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -38,15 +38,15 @@ def make_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return images, e_h
 
 
-def median_ms(fn: Callable[[], object], repeats: int, per: int) -> float:
-    """Median wall time of fn() in ms, divided by per (after one warm-up call)."""
+def best_ms(fn: Callable[[], object], repeats: int, per: int) -> float:
+    """Fastest wall time of fn() in ms over the repeats, divided by per (after a warm-up call)."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times) / per
+    return 1e3 * min(times) / per
 
 
 def with_torch_threads(threads: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -62,7 +62,7 @@ def with_torch_threads(threads: int, fn: Callable[[], object]) -> Callable[[], o
 
 
 def cuda_ms(images: np.ndarray, e_h: np.ndarray, cfg: ArmConfig, repeats: int) -> float:
-    """Median ms per image of the CUDA backend (inputs already on the GPU, synchronised)."""
+    """Best ms per image of the CUDA backend (inputs already on the GPU, synchronised)."""
     img = torch.from_numpy(images).cuda()
     e = torch.from_numpy(e_h).cuda()
 
@@ -70,7 +70,7 @@ def cuda_ms(images: np.ndarray, e_h: np.ndarray, cfg: ArmConfig, repeats: int) -
         arm.refine_cuda(e, img, cfg)
         torch.cuda.synchronize()
 
-    return median_ms(run, repeats, len(images))
+    return best_ms(run, repeats, len(images))
 
 
 def main() -> None:
@@ -88,26 +88,27 @@ def main() -> None:
     use_cuda = arm.cuda_usable()
     print(
         f"ARM, {args.images} images of {args.size}x{args.size}, {args.iterations} iterations, "
-        f"median of {args.repeats}; ms per image; x = reference f32 / C++ at the same threads"
+        f"best of {args.repeats}; ms per image; x = reference f32 / C++ at the same threads"
     )
-    header = f"{'dilations':<22}{'thr':>4}{'ref f64':>10}{'ref f32':>10}{'C++':>9}{'x f32':>8}{'x f64':>8}"
+    columns = ("ref f64", 10), ("ref f32", 10), ("C++", 9), ("x f32", 8), ("x f64", 8)
+    header = f"{'dilations':<22}{'thr':>4}" + "".join(f"{name:>{width}}" for name, width in columns)
     print(header + (f"{'CUDA':>9}" if use_cuda else ""))
     for dilations in [(1,), AFA_DILATIONS]:
         cfg = ArmConfig(dilations=dilations, iterations=args.iterations)
         for threads in (1, 2):
-            ref64 = median_ms(
+            ref64 = best_ms(
                 with_torch_threads(threads, partial(arm.refine_reference, e_t, img_t, cfg)),
                 args.repeats,
                 args.images,
             )
-            ref32 = median_ms(
+            ref32 = best_ms(
                 with_torch_threads(
                     threads, partial(arm.refine_reference, e_t, img_t, cfg, dtype=torch.float32)
                 ),
                 args.repeats,
                 args.images,
             )
-            cpp = median_ms(
+            cpp = best_ms(
                 partial(arm.refine_cpp, e_h, images, cfg, num_threads=threads),
                 args.repeats,
                 args.images,

@@ -1,7 +1,5 @@
-// ARM (LCAR eqs. 7-9): definitions shared by the CPU and the CUDA implementations.
-//
-// The per-pixel functions are compiled for the host and, under nvcc, for the device, so both
-// backends evaluate the same arithmetic in the same order.
+// ARM (LCAR eqs. 7-9): definitions shared by the CPU and the CUDA implementations: the settings,
+// the neighbour table (offsets and position term, built on the host) and border clamping.
 #pragma once
 
 #include <math.h>
@@ -26,9 +24,9 @@ constexpr int kMaxNeighbours = kNeighboursPerDilation * kMaxDilations;
 // Neighbour set N of eqs. 8-9 and the (pixel independent) position term of eq. 8.
 // Small enough (about 2 KiB) to be passed to a CUDA kernel by value.
 struct NeighbourTable {
-  int count = 0;                // |N| = 8 * number of dilations
-  int dy[kMaxNeighbours] = {};  // row offset of neighbour k
-  int dx[kMaxNeighbours] = {};  // column offset of neighbour k
+  int count = 0;                    // |N| = 8 * number of dilations
+  int dy[kMaxNeighbours] = {};      // row offset of neighbour k
+  int dx[kMaxNeighbours] = {};      // column offset of neighbour k
   double pos[kMaxNeighbours] = {};  // w_p * softmax_N(kappa_pos)[k]
 };
 
@@ -61,8 +59,9 @@ inline void validate_params(const ArmParams& p) {
   }
 }
 
-// Offsets in PAR's order for each dilation d: (-d,-d) (-d,0) (-d,d) (0,-d) (0,d) (d,-d) (d,0) (d,d);
-// position term: kappa_pos = -(dist / (w_pos * (sigma_pos + eps)))^2 with dist = |offset|
+// Offsets in PAR's order, for each dilation d:
+//   (-d,-d) (-d,0) (-d,d) (0,-d) (0,d) (d,-d) (d,0) (d,d).
+// Position term: kappa_pos = -(dist / (w_pos * (sigma_pos + eps)))^2 with dist = |offset|
 // (d or sqrt(2) d) and sigma_pos the unbiased standard deviation of the |N| distances.
 inline NeighbourTable make_neighbour_table(const ArmParams& p) {
   validate_params(p);
@@ -99,62 +98,5 @@ inline NeighbourTable make_neighbour_table(const ArmParams& p) {
 }
 
 LCAR_HD inline int clamp_index(int v, int n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
-
-// Eqs. 7-8 at pixel (y, x) of one image `img` (3 planes of H*W floats, RGB): writes the |N|
-// affinities kappa_aff to out[k * plane]. Replicate padding: neighbour coordinates are clamped.
-// sigma_rgb = unbiased std of the neighbour values per channel; kappa_rgb averaged over channels.
-// Evaluated in double; the softmax subtracts its maximum, so flat regions give uniform weights.
-LCAR_HD inline void pixel_affinities(const float* img, int64_t plane, int H, int W, int y, int x,
-                                     const NeighbourTable& t, double w_rgb, double sigma_eps,
-                                     float* out) {
-  const int n = t.count;
-  float nb[3][kMaxNeighbours];
-  double logit[kMaxNeighbours];
-  for (int k = 0; k < n; ++k) {
-    const int64_t q =
-        static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W);
-    for (int c = 0; c < 3; ++c) nb[c][k] = img[c * plane + q];
-  }
-  double centre[3];
-  double inv_scale[3];
-  for (int c = 0; c < 3; ++c) {
-    centre[c] = img[c * plane + static_cast<int64_t>(y) * W + x];
-    double sum = 0.0;
-    for (int k = 0; k < n; ++k) sum += nb[c][k];
-    const double mean = sum / n;
-    double ss = 0.0;
-    for (int k = 0; k < n; ++k) ss += (nb[c][k] - mean) * (nb[c][k] - mean);
-    inv_scale[c] = 1.0 / (w_rgb * (sqrt(ss / (n - 1)) + sigma_eps));
-  }
-  double m = -INFINITY;
-  for (int k = 0; k < n; ++k) {
-    double acc = 0.0;
-    for (int c = 0; c < 3; ++c) {
-      const double r = (nb[c][k] - centre[c]) * inv_scale[c];
-      acc += r * r;
-    }
-    logit[k] = -acc / 3.0;
-    m = logit[k] > m ? logit[k] : m;
-  }
-  double z = 0.0;
-  for (int k = 0; k < n; ++k) {
-    logit[k] = exp(logit[k] - m);
-    z += logit[k];
-  }
-  for (int k = 0; k < n; ++k) out[k * plane] = static_cast<float>(logit[k] / z + t.pos[k]);
-}
-
-// Eq. 9 at pixel (y, x): eta * E(y, x) + (1 - eta) * sum_k kappa_aff[k] * E(neighbour k), float32,
-// neighbours summed in table order (the CPU row kernel uses the same order).
-LCAR_HD inline float propagate_pixel(const float* src, const float* aff, int64_t plane, int H,
-                                     int W, int y, int x, const NeighbourTable& t, float eta) {
-  const int64_t p = static_cast<int64_t>(y) * W + x;
-  float acc = 0.0f;
-  for (int k = 0; k < t.count; ++k) {
-    acc += aff[k * plane + p] *
-           src[static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W)];
-  }
-  return eta * src[p] + (1.0f - eta) * acc;
-}
 
 }  // namespace lcar

@@ -35,7 +35,9 @@ void check_finite(const FloatArray& a, const char* name) {
   const float* p = a.data();
   const py::ssize_t n = a.size();
   for (py::ssize_t i = 0; i < n; ++i) {
-    if (!std::isfinite(p[i])) throw std::invalid_argument(std::string(name) + " contains NaN or inf");
+    if (!std::isfinite(p[i])) {
+      throw std::invalid_argument(std::string(name) + " contains NaN or inf");
+    }
   }
 }
 
@@ -102,7 +104,7 @@ py::array_t<float> affinities(const FloatArray& images, const std::vector<int>& 
   float* out = aff.mutable_data();
   {
     py::gil_scoped_release release;
-    lcar::affinities_cpu(in, out, B, H, W, t, p, num_threads);
+    lcar::affinities_cpu(in, out, B, H, W, p, num_threads);
   }
   return aff;
 }
@@ -129,7 +131,7 @@ py::array_t<float> propagate(const FloatArray& e_h, const FloatArray& aff,
   float* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    lcar::propagate_cpu(e, a, o, B, H, W, t, p, num_threads);
+    lcar::propagate_cpu(e, a, o, B, H, W, p, num_threads);
   }
   return out;
 }

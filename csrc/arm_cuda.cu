@@ -27,7 +27,68 @@ void use_device(int device) {
   check(cudaSetDevice(device), "cudaSetDevice");
 }
 
-unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+unsigned int blocks_for(int64_t n) {
+  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
+}
+
+// Eqs. 7-8 at pixel (y, x) of one image `img` (3 planes of H*W floats, RGB): writes the |N|
+// affinities kappa_aff to out[k * plane]. Replicate padding: neighbour coordinates are clamped.
+// sigma_rgb = unbiased std of the neighbour values per channel; kappa_rgb averaged over channels.
+// Evaluated in double (as the reference and the CPU backend); the softmax subtracts its maximum,
+// so flat regions give uniform weights. Neighbour values and logits are re-read / recomputed in
+// each pass instead of being kept in per-thread arrays (no local memory).
+__device__ inline void pixel_affinities(const float* img, int64_t plane, int H, int W, int y, int x,
+                                        const NeighbourTable& t, double w_rgb, double sigma_eps,
+                                        float* out) {
+  const int n = t.count;
+  auto at = [&](int k) {
+    return static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W);
+  };
+  double centre[3];
+  double inv_scale[3];
+  for (int c = 0; c < 3; ++c) {
+    const float* ch = img + c * plane;
+    centre[c] = ch[static_cast<int64_t>(y) * W + x];
+    double sum = 0.0;
+    for (int k = 0; k < n; ++k) sum += ch[at(k)];
+    const double mean = sum / n;
+    double ss = 0.0;
+    for (int k = 0; k < n; ++k) {
+      const double d = ch[at(k)] - mean;
+      ss += d * d;
+    }
+    inv_scale[c] = 1.0 / (w_rgb * (sqrt(ss / (n - 1)) + sigma_eps));
+  }
+  auto logit = [&](int k) {
+    const int64_t q = at(k);
+    double acc = 0.0;
+    for (int c = 0; c < 3; ++c) {
+      const double r = (static_cast<double>(img[c * plane + q]) - centre[c]) * inv_scale[c];
+      acc += r * r;
+    }
+    return -acc / 3.0;
+  };
+  double m = -INFINITY;
+  for (int k = 0; k < n; ++k) m = fmax(m, logit(k));
+  double z = 0.0;
+  for (int k = 0; k < n; ++k) z += exp(logit(k) - m);
+  for (int k = 0; k < n; ++k) {
+    out[k * plane] = static_cast<float>(exp(logit(k) - m) / z + t.pos[k]);
+  }
+}
+
+// Eq. 9 at pixel (y, x): eta * E(y, x) + (1 - eta) * sum_k kappa_aff[k] * E(neighbour k), float32,
+// neighbours summed in table order (as the CPU backend).
+__device__ inline float propagate_pixel(const float* src, const float* aff, int64_t plane, int H,
+                                        int W, int y, int x, const NeighbourTable& t, float eta) {
+  const int64_t p = static_cast<int64_t>(y) * W + x;
+  float acc = 0.0f;
+  for (int k = 0; k < t.count; ++k) {
+    acc += aff[k * plane + p] *
+           src[static_cast<int64_t>(clamp_index(y + t.dy[k], H)) * W + clamp_index(x + t.dx[k], W)];
+  }
+  return eta * src[p] + (1.0f - eta) * acc;
+}
 
 // One thread per pixel of the batch.
 __global__ void affinity_kernel(const float* __restrict__ images, float* __restrict__ aff,
@@ -89,8 +150,7 @@ __global__ void minmax_kernel(float* x, int64_t plane) {
 void launch_affinities(const float* images, float* aff, int64_t B, int H, int W,
                        const NeighbourTable& t, const ArmParams& p, cudaStream_t s) {
   const int64_t n = B * H * static_cast<int64_t>(W);
-  affinity_kernel<<<blocks_for(n), kThreads, 0, s>>>(images, aff, B, H, W, t, p.w_rgb,
-                                                     p.sigma_eps);
+  affinity_kernel<<<blocks_for(n), kThreads, 0, s>>>(images, aff, B, H, W, t, p.w_rgb, p.sigma_eps);
   check(cudaGetLastError(), "affinity kernel launch");
 }
 

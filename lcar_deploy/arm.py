@@ -11,8 +11,10 @@ For a batch of B images, from the graph-cut eigenvector map ``E_l`` (B, h, w):
 4. Orientation with the SD-CAM seed (eqs. 10-11, :func:`orient`), shared by all backends.
 
 Steps 2-3 run on one of three backends computing the same function: ``"reference"`` (this
-module, plain torch, float64), ``"cpp"`` (``lcar_deploy._arm_cpu``: C++, float32, OpenMP) and
-``"cuda"`` (``lcar_deploy._arm_cuda``: CUDA kernels, float32, on torch CUDA tensors).
+module, plain torch, float64), ``"cpp"`` (``lcar_deploy._arm_cpu``: C++ with OpenMP) and
+``"cuda"`` (``lcar_deploy._arm_cuda``: CUDA kernels on torch CUDA tensors). The native backends
+evaluate the affinities in double, store them and iterate eq. 9 in float32; they agree with the
+reference within 1e-5 (tests/test_arm.py). Memory: 4 |N| H W bytes of affinities per image.
 :func:`refine` is the public entry point and picks ``cuda`` (only where a GPU is usable) >
 ``cpp`` > ``reference`` unless told which.
 """
@@ -77,8 +79,10 @@ class ArmConfig:
     max_dilations: ClassVar[int] = 16
 
     def __post_init__(self) -> None:
-        dilations = tuple(self.dilations)
-        object.__setattr__(self, "dilations", dilations)
+        try:
+            dilations = tuple(self.dilations)
+        except TypeError as exc:
+            raise ValueError(f"dilations must be a sequence, got {self.dilations!r}") from exc
         if not dilations or len(dilations) > self.max_dilations:
             raise ValueError(f"dilations: 1 to {self.max_dilations} values, got {dilations}")
         for d in dilations:
@@ -151,7 +155,7 @@ def upsample_eigenmap(
 
 
 def _neighbours(x: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
-    """Values at the neighbours, borders by replicate padding: x (B, C, H, W) -> (B, C, |N|, H, W)."""
+    """Neighbour values, borders by replicate padding: x (B, C, H, W) -> (B, C, |N|, H, W)."""
     h, w = x.shape[-2:]
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
@@ -179,7 +183,8 @@ def affinities_reference(
     nb = _neighbours(img, neighbour_offsets(cfg.dilations))  # (B, 3, |N|, H, W)
     sigma_rgb = nb.std(dim=2, keepdim=True)  # unbiased, per pixel and channel
     scale = cfg.w_rgb * (sigma_rgb + cfg.sigma_eps)
-    kappa_rgb = -(((nb - img[:, :, None]).abs() / scale) ** 2).mean(dim=1)  # (B, |N|, H, W)
+    ratio = (nb - img[:, :, None]).abs_().div_(scale)  # |I_ij - I_kl| / scale, in place
+    kappa_rgb = -ratio.square_().mean(dim=1)  # (B, |N|, H, W)
     pos = position_term(cfg).to(device=img.device, dtype=dtype)
     return torch.softmax(kappa_rgb, dim=1) + pos[None, :, None, None]
 
@@ -292,7 +297,7 @@ def orient(refined: ArrayLike, seed: ArrayLike) -> ArrayLike:
 
 def _as_float_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     """Any real numeric array or tensor -> float32 tensor (same device); else ValueError."""
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(_as_numpy(x, name))
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(_as_numpy(x, name))
     if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or _is_int(t)):
         raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
     return t.to(torch.float32)
@@ -321,11 +326,12 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
 def _as_seed(seed: ArrayLike, shape: tuple[int, ...], unbatched: bool) -> torch.Tensor:
     """Validated seed mask as a (B, H, W) bool tensor; shape is the (B, H, W) of the maps."""
     s = seed if isinstance(seed, torch.Tensor) else torch.from_numpy(_as_numpy(seed, "seed"))
+    given = tuple(s.shape)
     if unbatched:
         s = s[None]
     if tuple(s.shape) != shape:
         want = shape[1:] if unbatched else shape
-        raise ValueError(f"seed must have shape {want} like the maps, got {tuple(seed.shape)}")
+        raise ValueError(f"seed must have shape {want} like the maps, got {given}")
     if s.dtype != torch.bool:
         if s.is_floating_point() or s.is_complex() or not bool(((s == 0) | (s == 1)).all()):
             raise ValueError(f"seed must be a bool (or 0/1 integer) mask, got dtype {s.dtype}")
@@ -351,9 +357,33 @@ def _extension(name: str) -> tuple[ModuleType | None, str]:
 
 @functools.cache
 def cuda_usable() -> bool:
-    """Whether the CUDA backend can run: module built, torch sees a GPU and so does the module."""
+    """Whether the CUDA backend can run here.
+
+    True when the module is built, torch and the module both see a GPU, and a 1-pixel probe
+    runs (the kernels are built for compute capabilities 8.0 and 9.0 plus PTX; a GPU they cannot
+    run on makes the probe fail, and "auto" then falls back to the C++ backend).
+    """
     module, _ = _extension("_arm_cuda")
-    return module is not None and torch.cuda.is_available() and module.device_count() > 0
+    if module is None or not torch.cuda.is_available() or module.device_count() < 1:
+        return False
+    device = torch.device("cuda", torch.cuda.current_device())
+    # e_h, image, affinities, work, out of one 1 x 1 image with |N| = 8.
+    bufs = [torch.zeros(n, dtype=torch.float32, device=device) for n in (1, 3, 8, 1, 1)]
+    try:
+        module.refine(
+            *(b.data_ptr() for b in bufs),
+            1,
+            1,
+            1,
+            [1],
+            iterations=1,
+            device=device.index,
+            stream=torch.cuda.current_stream(device).cuda_stream,
+        )
+        torch.cuda.synchronize(device)
+    except RuntimeError:
+        return False
+    return True
 
 
 def available_backends() -> list[str]:
@@ -368,30 +398,29 @@ def resolve_backend(backend: str = "auto") -> str:
     """The backend :func:`refine` runs for ``backend``; RuntimeError if a forced one can't run."""
     if backend == "auto":
         return available_backends()[0]
-    if backend == "reference":
-        return backend
     if backend == "cpp":
-        module, why = _extension("_arm_cpu")
-        if module is None:
-            raise RuntimeError(f"ARM backend 'cpp' unavailable (extension not built: {why})")
-        return backend
-    if backend == "cuda":
-        if not cuda_usable():
-            module, why = _extension("_arm_cuda")
-            reason = f"extension not built: {why}" if module is None else "no usable CUDA GPU"
-            raise RuntimeError(f"ARM backend 'cuda' unavailable ({reason})")
-        return backend
-    raise ValueError(f"backend must be 'auto', 'cuda', 'cpp' or 'reference', got {backend!r}")
+        _cpu_module()
+    elif backend == "cuda":
+        _cuda_module()
+    elif backend != "reference":
+        raise ValueError(f"backend must be 'auto', 'cuda', 'cpp' or 'reference', got {backend!r}")
+    return backend
 
 
 def _cpu_module() -> ModuleType:
-    resolve_backend("cpp")
-    return _extension("_arm_cpu")[0]
+    module, why = _extension("_arm_cpu")
+    if module is None:
+        raise RuntimeError(f"ARM backend 'cpp' unavailable (extension not built: {why})")
+    return module
 
 
 def _cuda_module() -> ModuleType:
-    resolve_backend("cuda")
-    return _extension("_arm_cuda")[0]
+    module, why = _extension("_arm_cuda")
+    if module is None:
+        raise RuntimeError(f"ARM backend 'cuda' unavailable (extension not built: {why})")
+    if not cuda_usable():
+        raise RuntimeError("ARM backend 'cuda' unavailable (no usable CUDA GPU)")
+    return module
 
 
 def affinities_cpp(
@@ -573,9 +602,12 @@ def refine(
     _check_finite(e, "e_map")
     _check_finite(img, "images")
     mask = None if seed is None else _as_seed(seed, (b, h, w), unbatched)
-    device = img.device if img.device.type == "cuda" else torch.device("cuda")
     if name != "cuda":
         device = torch.device("cpu")
+    elif img.device.type == "cuda":
+        device = img.device
+    else:
+        device = torch.device("cuda", torch.cuda.current_device())
     e, img = e.to(device), img.to(device)
     if b == 0:
         out = torch.zeros((0, h, w), dtype=torch.float32, device=device)
