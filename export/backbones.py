@@ -191,7 +191,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        raise WeightsError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     for wrapper in ("teacher", "state_dict", "model", "student"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -151,7 +151,7 @@ def load_heads(path: str | Path) -> tuple[Heads, dict]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise HeadsError(
-            f"{path}: not a readable heads file ({type(exc).__name__}: {exc})"
+            f"{path}: not a readable heads file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise HeadsError(f"{path}: not a heads file (expected keys 'config' and 'state_dict')")

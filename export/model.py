@@ -57,8 +57,10 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i) for i in range(info.num_classes())]
 
 
-def check_heads_fit(heads_cfg: HeadsConfig, config: BackboneConfig) -> None:
-    """Raise HeadsError when heads were trained on another backbone or layer."""
+def check_heads_fit(
+    heads_cfg: HeadsConfig, config: BackboneConfig, backbone: nn.Module | None = None
+) -> None:
+    """Raise HeadsError when heads were trained on another backbone, layer or feature size."""
     mine = (config.name, config.input_size, config.grid_layer)
     theirs = (heads_cfg.backbone, heads_cfg.input_size, heads_cfg.grid_layer)
     if mine != theirs:
@@ -66,6 +68,13 @@ def check_heads_fit(heads_cfg: HeadsConfig, config: BackboneConfig) -> None:
             "heads were trained for backbone/input size/grid layer "
             f"{theirs}, but the export uses {mine}"
         )
+    if backbone is not None:
+        dims = heads_config_for(backbone, config, num_classes=1)
+        if (dims.grid_dim, dims.global_dim) != (heads_cfg.grid_dim, heads_cfg.global_dim):
+            raise HeadsError(
+                f"heads expect grid/global features of {heads_cfg.grid_dim}/"
+                f"{heads_cfg.global_dim} dims, the backbone gives {dims.grid_dim}/{dims.global_dim}"
+            )
 
 
 def build_model(
@@ -78,7 +87,7 @@ def build_model(
     """Backbone + heads; without heads, the backbone's own classifier when it has one."""
     backbone = build_backbone(config, weights, random_init=random_init)
     if heads is not None:
-        check_heads_fit(heads.config, config)
+        check_heads_fit(heads.config, config, backbone)
     elif config.name == "efficientnet_lite0" and config.grid_layer == "head":
         names = imagenet_class_names()
         heads_cfg = heads_config_for(

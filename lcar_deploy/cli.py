@@ -3,8 +3,11 @@
 Heavy modules (torch, onnxruntime, the pipeline) are imported inside the commands so that
 ``lcar-deploy --help`` is instant.
 
-Exit codes: 0 success; 1 error (bad arguments, missing files, bad bundle); 3 the run finished
-but some images failed (each one has a ``status: error`` line in ``predictions.jsonl``).
+Exit codes: 0 success; 1 error (bad argument values, missing files or folders, a folder with no
+images, an output folder that cannot be written, bad bundle); 2 the command line itself is wrong
+(unknown option, missing argument, a value the option's type refuses: click's usage error);
+3 the run finished but some images failed (each one has a ``status: error`` line in
+``predictions.jsonl``, or an entry in ``metrics.json`` ``errors`` for ``eval``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -214,16 +222,30 @@ def localize(
         bool, typer.Option(help="On resume, retry images that failed.")
     ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Stop after N new images.")] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="local, or ray (Ray Data over actors, CPU, 1 thread each).")
+    ] = Engine.local,
+    workers: Annotated[int, typer.Option(min=1, help="Ray actors (engine ray).")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address HOST:PORT (engine ray).")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Localize the objects in every image of a folder: boxes, masks, overlays."""
     from .bundle import BundleError
-    from .localize import LocalizeOptions, localize_folder
+    from .image_io import IMAGE_EXTENSIONS
+    from .localize import LocalizeOptions, find_images, localize_folder, prepare_output
 
     if not img_dir.is_dir():
         raise fail(f"{img_dir}: not a folder")
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
+    if next(find_images(img_dir, exclude=out), None) is None:
+        raise fail(f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    if engine == Engine.ray and device == Device.cuda:
+        raise fail("--engine ray runs on CPU actors; leave out --device cuda")
+    if engine == Engine.ray:
+        device = Device.cpu
     try:
         loaded = load_bundle_or_default(bundle)
         if class_id is not None:
@@ -239,18 +261,38 @@ def localize(
         retry_errors=retry_errors,
         limit=limit,
     )
-    summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
-    done = summary.ok + summary.errors
-    if done == 0 and summary.skipped == 0:
-        typer.echo(f"no images found in {img_dir}", err=True)
+    try:
+        prepare_output(out, options)
+    except OSError as exc:
+        raise fail(
+            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
+        ) from None
+    if engine == Engine.ray:
+        from .distributed import RayEngineError, ray_localize_folder
+
+        try:
+            summary = ray_localize_folder(
+                localizer,
+                img_dir,
+                out,
+                options,
+                progress=not quiet,
+                workers=workers,
+                address=address,
+            )
+        except (RayEngineError, ConnectionError) as exc:
+            raise fail(str(exc)) from None
+    else:
+        summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
     stats = summary.to_dict()
     typer.echo(
-        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done; "
+        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done "
+        f"({summary.skipped_errors} of them failed); "
         f"{stats['images_per_second'] or 0:.2f} img/s; providers {summary.providers}; "
         f"mean ms/stage {stats['mean_ms_per_stage']}; results in {out / 'predictions.jsonl'}",
         err=True,
     )
-    if summary.errors:
+    if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
@@ -258,11 +300,6 @@ class DatasetKind(str, Enum):
     cub = "cub"
     ilsvrc = "ilsvrc"
     wsol = "wsol"
-
-
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -332,7 +369,12 @@ def evaluate(
         localizer = make_localizer(loaded, Method.lcar, device, threads, arm_backend)
     except (BundleError, DatasetError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(
+            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
+        ) from None
     if engine == Engine.ray:
         from .distributed import ray_outcomes
 
@@ -369,6 +411,11 @@ def evaluate(
     write_outputs(result, data, out, title, info)
     typer.echo((out / "report.md").read_text())
     if result.errors:
+        typer.echo(
+            f"{len(result.errors)} images failed, e.g. {result.errors[0][1]}; every reason is "
+            f"in {out / 'metrics.json'} (errors)",
+            err=True,
+        )
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 

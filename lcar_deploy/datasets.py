@@ -189,7 +189,10 @@ def _id_table(path: Path) -> dict[int, tuple[int, str]]:
     """CUB ``id value`` lines -> {image id: (line number, value)}; duplicate ids are errors."""
     table: dict[int, tuple[int, str]] = {}
     for lineno, line in _read_lines(path):
-        key, value = _fields(path, lineno, line, None, 2)
+        parts = line.split(None, 1)  # the value may hold spaces (a file name)
+        if len(parts) != 2:
+            raise DatasetError(f"{path}:{lineno}: expected 'id value', got {line!r}")
+        key, value = parts
         image = _int(path, lineno, key, "image id")
         if image in table:
             raise DatasetError(f"{path}:{lineno}: image id {image} appears twice")

@@ -73,10 +73,31 @@ def evaluate_batch(
         except (ImageError, ValueError) as exc:
             outcome = ImageOutcome(record.image_id, np.zeros((0, 4), np.int64), error=str(exc))
         outcomes.append(outcome)
+    _localize_good(localizer, good, methods, gt_class)
+    return outcomes
+
+
+def _localize_good(
+    localizer: Localizer,
+    good: list[tuple[ImageOutcome, Record, np.ndarray]],
+    methods: Sequence[str],
+    gt_class: bool,
+) -> None:
+    """Fill the outcomes of decoded images; a batch that fails is retried image by image, and
+    an image that still fails gets ``error`` (the evaluation goes on)."""
     if not good:
-        return outcomes
+        return
     class_ids = [r.class_id if gt_class else None for _, r, _ in good]
-    results = localizer.run_methods([rgb for _, _, rgb in good], class_ids, tuple(methods))
+    try:
+        results = localizer.run_methods([rgb for _, _, rgb in good], class_ids, tuple(methods))
+    except Exception as exc:
+        if len(good) > 1:
+            for item in good:
+                _localize_good(localizer, [item], methods, gt_class)
+        else:
+            outcome, record, _ = good[0]
+            outcome.error = f"{record.path}: localization failed ({type(exc).__name__}: {exc})"
+        return
     for i, (outcome, record, _) in enumerate(good):
         for method in methods:
             loc = results[method][i]
@@ -89,7 +110,6 @@ def evaluate_batch(
         first = results[methods[0]][i]
         if gt_class:
             outcome.cls_correct = first.predicted_class_id == record.class_id
-    return outcomes
 
 
 _WORKER: dict[str, object] = {}

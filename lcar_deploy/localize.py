@@ -8,7 +8,11 @@ Robustness rules:
 - Each line is written with one ``write`` call and flushed: a crash leaves at most one partial
   last line, which the next run removes before it appends. Masks and overlays are written to a
   temporary name and renamed.
-- Running again on the same ``--out`` skips the images already in ``predictions.jsonl``.
+- Running again on the same ``--out`` skips the images already in ``predictions.jsonl``
+  (with ``retry_errors``, their error lines are dropped first, so every image keeps one line).
+- Masks and overlays are named after the whole relative path (``masks/a.jpg.png``), so
+  ``a.jpg`` and ``a.png`` never overwrite each other; an output folder inside the input folder
+  is not searched for images.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,24 +32,18 @@ from .pipeline import Localization, Localizer, box_to_original
 PREDICTIONS = "predictions.jsonl"
 
 
-def find_images(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """Image files under ``root`` (nested, sorted), as (path, problem or None).
+def find_images(root: Path, exclude: Path | None = None) -> Iterator[Path]:
+    """Paths under ``root`` (nested, sorted) named like images, except under ``exclude``.
 
-    Symlinked files are followed; symlinked folders are not (no loops). A file that cannot be
-    stat'ed (broken link, symlink loop, no permission) is yielded with the reason.
+    Symlinked folders are not followed (no loops). Every entry with an image name is yielded,
+    broken links and special files included: :func:`load_image` reports why they fail.
     """
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
-        dirnames.sort()
+    skip = exclude.resolve() if exclude is not None else None
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() != skip)
         for name in sorted(filenames):
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            path = Path(dirpath) / name
-            try:
-                path.stat()
-            except OSError as exc:
-                yield path, f"cannot open ({exc.strerror or exc})"
-                continue
-            yield path, None
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                yield Path(dirpath) / name
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -53,24 +51,31 @@ def relative_name(path: Path, root: Path) -> str:
     return os.fsdecode(os.fsencode(path.relative_to(root)))
 
 
-def read_done(predictions: Path, retry_errors: bool) -> set[str]:
-    """Paths already in ``predictions.jsonl``; drops a partial last line left by a crash."""
+def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
+    """{path: status} of the records already in ``predictions.jsonl``.
+
+    Drops a partial last line left by a crash and, with ``retry_errors``, the error lines (the
+    file is rewritten atomically); lines that are not records are kept as they are.
+    """
     if not predictions.exists():
-        return set()
+        return {}
     data = predictions.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with predictions.open("r+b") as f:
-            f.truncate(end)
-    done = set()
-    for line in data[:end].splitlines():
+    keep: list[bytes] = []
+    done: dict[str, str] = {}
+    for line in data[:end].splitlines(keepends=True):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if retry_errors and record.get("status") == "error":
-            continue
-        done.add(record["path"])
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            if retry_errors and record.get("status") == "error":
+                continue
+            done[record["path"]] = str(record.get("status"))
+        keep.append(line)
+    kept = b"".join(keep)
+    if len(kept) < len(data):
+        write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
     return done
 
 
@@ -123,11 +128,16 @@ def save_overlay(image: LoadedImage, result: Localization, work: int, path: Path
 
 @dataclass
 class RunSummary:
-    """Counts and mean per-stage times of one run."""
+    """Counts and mean per-stage times of one run.
+
+    skipped: images already in ``predictions.jsonl``; skipped_errors: those of them recorded
+    as errors (a resumed run still reports them: the output is not complete).
+    """
 
     ok: int = 0
     errors: int = 0
     skipped: int = 0
+    skipped_errors: int = 0
     seconds: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
@@ -142,6 +152,7 @@ class RunSummary:
             "ok": self.ok,
             "errors": self.errors,
             "skipped_already_done": self.skipped,
+            "skipped_failed_before": self.skipped_errors,
             "seconds": round(self.seconds, 3),
             "images_per_second": round((self.ok + self.errors) / self.seconds, 3)
             if self.seconds
@@ -181,23 +192,67 @@ def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, me
     }
 
 
+def prepare_output(out: Path, options: LocalizeOptions) -> None:
+    """Create ``out`` and the folders ``options`` write to; OSError when one cannot be made."""
+    out.mkdir(parents=True, exist_ok=True)
+    for folder, wanted in (("masks", options.save_masks), ("overlays", options.overlays)):
+        if wanted:
+            (out / folder).mkdir(exist_ok=True)
+
+
+def _save_files(
+    out: Path,
+    rel: str,
+    image: LoadedImage,
+    result: Localization,
+    work: int,
+    options: LocalizeOptions,
+) -> dict[str, str]:
+    """Write the mask / overlay of one image; their paths relative to ``out``."""
+    written = {}
+    if options.save_masks:
+        written["mask"] = f"masks/{rel}.png"
+        save_mask(result.mask, image.original_size, out / written["mask"])
+    if options.overlays:
+        written["overlay"] = f"overlays/{rel}.jpg"
+        save_overlay(image, result, work, out / written["overlay"])
+    return written
+
+
+ImageResult = tuple[str, LoadedImage | None, Localization | None, str | None]
+"""(relative path, decoded image, result, error): one per image; ``error`` set on failure."""
+ResultSource = Callable[[list[tuple[Path, str]]], Generator[ImageResult, None, None]]
+"""Maps the (path, relative path) pairs to do to their results (e.g. the Ray engine's)."""
+
+
 def localize_folder(
-    localizer: Localizer, root: Path, out: Path, options: LocalizeOptions, progress: bool = True
+    localizer: Localizer,
+    root: Path,
+    out: Path,
+    options: LocalizeOptions,
+    progress: bool = True,
+    *,
+    results: ResultSource | None = None,
 ) -> RunSummary:
-    """Localize every image under ``root`` into ``out``; returns the run's summary."""
+    """Localize every image under ``root`` into ``out``; returns the run's summary.
+
+    ``results``: where the per-image results come from (default: ``localizer`` in this
+    process, batch by batch, :func:`localize_batch`); this function writes every output.
+    """
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, options)
     predictions = out / PREDICTIONS
     done = read_done(predictions, options.retry_errors)
     summary = RunSummary(providers=localizer.providers)
-    todo: list[tuple[Path, str, str | None]] = []
-    for path, problem in find_images(root):
+    todo: list[tuple[Path, str]] = []
+    for path in find_images(root, exclude=out):
         rel = relative_name(path, root)
         if rel in done:
             summary.skipped += 1
+            summary.skipped_errors += done[rel] == "error"
             continue
-        todo.append((path, rel, problem))
+        todo.append((path, rel))
         if options.limit is not None and len(todo) >= options.limit:
             break
     writer = JsonlWriter(predictions)
@@ -207,46 +262,54 @@ def localize_folder(
     )
     work = localizer.config.work_size
     method = localizer.config.method
+    source = results(todo) if results is not None else local_results(localizer, todo, options)
     try:
-        for i in range(0, len(todo), options.batch_size):
-            batch: list[tuple[str, LoadedImage]] = []
-            for path, rel, problem in todo[i : i + options.batch_size]:
+        for rel, image, result, error in source:
+            if error is None:
+                record = _ok_record(rel, image, result, work, method)
                 try:
-                    if problem is not None:
-                        raise ImageError(f"{path}: {problem}")
-                    batch.append((rel, load_image(path)))
-                except ImageError as exc:
-                    writer.write({"path": rel, "status": "error", "error": str(exc)})
-                    summary.errors += 1
-                    bar.update(1)
-            for rel, image, result, error in _run_batch(localizer, batch, options.class_id):
-                if error is not None:
-                    writer.write({"path": rel, "status": "error", "error": error})
-                    summary.errors += 1
-                else:
-                    record = _ok_record(rel, image, result, work, method)
-                    stem = Path(rel).with_suffix("")
-                    if options.save_masks:
-                        mask_rel = f"masks/{stem}.png"
-                        save_mask(result.mask, image.original_size, out / mask_rel)
-                        record["mask"] = mask_rel
-                    if options.overlays:
-                        overlay_rel = f"overlays/{stem}.jpg"
-                        save_overlay(image, result, work, out / overlay_rel)
-                        record["overlay"] = overlay_rel
-                    writer.write(record)
-                    summary.ok += 1
-                    summary.add_timings(result.timings_ms)
-                bar.update(1)
-            elapsed = time.perf_counter() - start
+                    record.update(_save_files(out, rel, image, result, work, options))
+                except OSError as exc:
+                    error = f"{rel}: cannot write its mask or overlay ({exc})"
+            if error is not None:
+                writer.write({"path": rel, "status": "error", "error": error})
+                summary.errors += 1
+            else:
+                writer.write(record)
+                summary.ok += 1
+                summary.add_timings(result.timings_ms)
+            bar.update(1)
             bar.set_postfix(errors=summary.errors, refresh=False)
-            summary.seconds = elapsed
+            summary.seconds = time.perf_counter() - start
     finally:
+        source.close()
         bar.close()
         writer.close()
         summary.seconds = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     return summary
+
+
+def local_results(
+    localizer: Localizer, todo: list[tuple[Path, str]], options: LocalizeOptions
+) -> Generator[ImageResult, None, None]:
+    """Results of ``todo`` in this process, ``options.batch_size`` images at a time."""
+    for i in range(0, len(todo), options.batch_size):
+        yield from localize_batch(localizer, todo[i : i + options.batch_size], options.class_id)
+
+
+def localize_batch(
+    localizer: Localizer, batch: Sequence[tuple[Path, str]], class_id: int | None
+) -> Iterator[ImageResult]:
+    """Decode and localize one batch of (path, relative path): one result per image, those
+    that cannot be decoded first (as they are met), then the others in order."""
+    loaded: list[tuple[str, LoadedImage]] = []
+    for path, rel in batch:
+        try:
+            loaded.append((rel, load_image(path)))
+        except ImageError as exc:
+            yield rel, None, None, str(exc)
+    yield from _run_batch(localizer, loaded, class_id)
 
 
 def _run_batch(

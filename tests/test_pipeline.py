@@ -102,14 +102,14 @@ def test_localize_folder_writes_and_resumes(small_bundle: Path, tmp_path: Path) 
         assert 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height
         mask = np.asarray(Image.open(out / record["mask"]))
         assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
-    assert sorted(p.name for p in (out / "overlays").rglob("*.jpg")) == ["a.jpg", "c.jpg"]
+    assert sorted(p.name for p in (out / "overlays").rglob("*.jpg")) == ["a.jpg.jpg", "c.webp.jpg"]
     assert json.loads((out / "summary.json").read_text())["ok"] == 1
 
 
 def test_partial_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text('{"path": "a.jpg", "status": "ok"}\n{"path": "b.jp')
-    assert read_done(predictions, retry_errors=False) == {"a.jpg"}
+    assert read_done(predictions, retry_errors=False) == {"a.jpg": "ok"}
     assert predictions.read_text() == '{"path": "a.jpg", "status": "ok"}\n'
 
 

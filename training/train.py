@@ -333,7 +333,6 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, start: float) -> TrainResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
     backbone_config = config.backbone_config()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_root() / "features"
     built: list[torch.nn.Module] = []
@@ -388,6 +387,7 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
         teacher_hidden=config.resolved_teacher_hidden,
         teacher_input="concat",
     )
+    torch.manual_seed(config.seed)  # here, so that a cache hit (no backbone built) changes nothing
     heads = Heads(heads_config).to(config.device)
     fit_start = time.perf_counter()
     history = _fit(heads, train_set, train_idx, val_idx, config)

@@ -1,0 +1,273 @@
+"""Tests of SGRM (lcar_deploy/sgrm.py): labels (eqs. 12-13), loss gradient, boxes, and both
+training loops on a synthetic image and on real CUB images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lcar_deploy.sgrm import (
+    IGNORE,
+    AggregationNet,
+    SgrmConfig,
+    batched_forward,
+    cls_pixel_weights,
+    init_params,
+    joint_loss,
+    joint_loss_grad,
+    mask_to_box,
+    net_input,
+    reliable_error,
+    revise,
+    sgrm_batched,
+    sgrm_labels,
+    sgrm_reference,
+    superpixel_mean,
+    threshold_labels,
+    vote,
+)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+# ------------------------------------------------------------------------------ labels
+
+
+def test_threshold_labels_eq12() -> None:
+    refined = np.array([[0.0, 0.05, 0.1, 0.3], [0.6, 0.61, 0.9, 1.0]], dtype=np.float32)
+    # Strict inequalities: exactly gamma_l / gamma_h are ignored.
+    expected = np.array([[0, 0, IGNORE, IGNORE], [IGNORE, 1, 1, 1]], dtype=np.uint8)
+    np.testing.assert_array_equal(threshold_labels(refined, 0.1, 0.6), expected)
+
+
+def test_superpixel_mean() -> None:
+    values = np.array([[0.0, 0.2, 1.0], [0.4, 1.0, 0.5]], dtype=np.float32)
+    segments = np.array([[0, 0, 1], [0, 1, 2]])
+    expected = np.array([[0.2, 0.2, 1.0], [0.2, 1.0, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(superpixel_mean(values, segments), expected, atol=1e-6)
+
+
+def test_sgrm_labels_eq12() -> None:
+    # Superpixel 0 averages 0.5 (> gamma_h2 0.4), superpixel 1 averages 0.05, superpixel 2 0.3.
+    refined = np.array([[0.9, 0.1, 0.0], [0.5, 0.1, 0.3]], dtype=np.float32)
+    segments = np.array([[0, 0, 1], [0, 1, 2]])
+    y_cls, y_s_star = sgrm_labels(refined, segments, SgrmConfig())
+    np.testing.assert_array_equal(y_cls, [[1, IGNORE, 0], [IGNORE, IGNORE, IGNORE]])
+    np.testing.assert_array_equal(y_s_star, [[1, 1, 0], [1, 0, IGNORE]])
+    y_cls, y_s_star = sgrm_labels(refined, segments, SgrmConfig(gamma_h2=0.6))  # ILSVRC
+    np.testing.assert_array_equal(y_s_star, [[IGNORE, IGNORE, 0], [IGNORE, 0, IGNORE]])
+
+
+def test_vote_majority_ties_to_background() -> None:
+    segments = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = torch.tensor([1, 1, 0, 1, 0, 0, 0, 0, 1])
+    sizes = torch.bincount(segments)
+    np.testing.assert_array_equal(vote(pred, segments, sizes), [1, 1, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_revise_eq13() -> None:
+    y_pred = torch.tensor([0, 1, 0, 1, 0, 1])
+    y_s_star = torch.tensor([1, 1, 0, 0, IGNORE, IGNORE])
+    np.testing.assert_array_equal(revise(y_pred, y_s_star), [1, 1, 0, 0, 0, 1])
+
+
+def test_reliable_error_rules() -> None:
+    y_cls = torch.tensor([[0] * 90 + [1] * 10 + [IGNORE] * 50])
+    all_background = torch.zeros_like(y_cls)
+    assert float(reliable_error(all_background, y_cls, "pooled")) == pytest.approx(0.1)
+    assert float(reliable_error(all_background, y_cls, "balanced")) == pytest.approx(0.5)
+    perfect = (y_cls == 1).long()
+    for rule in ("pooled", "balanced"):
+        assert float(reliable_error(perfect, y_cls, rule)) == 0.0
+
+
+# ------------------------------------------------------------------------------ net and loss
+
+
+@pytest.mark.parametrize("cls_norm", ["class", "image"])
+def test_joint_loss_grad_matches_autograd(cls_norm: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, cfg = 500, SgrmConfig(cls_norm=cls_norm)  # type: ignore[arg-type]
+    logits = torch.randn(n, 2, generator=gen, requires_grad=True)
+    y_cls = torch.randint(0, 3, (n,), generator=gen)
+    y_cls[y_cls == 2] = IGNORE
+    y_s = torch.randint(0, 2, (n,), generator=gen)
+    joint_loss(logits, y_s, y_cls, cfg).backward()
+
+    w_pos, w_neg = cls_pixel_weights(y_cls[None], cfg)
+    diff = (logits[:, 1] - logits[:, 0]).detach()
+    grad = joint_loss_grad(diff[None], y_s[None], w_pos, w_neg, cfg.w3 / n)[0]
+    torch.testing.assert_close(logits.grad[:, 1], grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits.grad[:, 0], -grad, rtol=1e-5, atol=1e-7)
+
+
+def test_joint_loss_without_reliable_object_pixels() -> None:
+    logits = torch.zeros(4, 2)
+    y_cls = torch.tensor([0, 0, IGNORE, IGNORE])
+    y_s = torch.tensor([0, 1, 0, 1])
+    cfg = SgrmConfig()
+    expected = (cfg.w3 + cfg.w2) * float(np.log(2))  # every cross-entropy is log 2
+    assert float(joint_loss(logits, y_s, y_cls, cfg)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kernels", [(3, 1), (3, 3), (1,)])
+def test_batched_forward_matches_module(kernels: tuple[int, ...]) -> None:
+    cfg = SgrmConfig(kernels=kernels, width=8)
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 20, 24, 3), dtype=np.float32)
+    refined = rng.random((3, 20, 24), dtype=np.float32)
+    x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)])
+    inits = [init_params(cfg, seed) for seed in (0, 1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(inits[0], init_params(cfg, 0), strict=True))
+    assert not torch.equal(inits[0][0], inits[1][0])
+
+    params = [torch.stack(p) for p in zip(*inits, strict=True)]
+    k = kernels[0]
+    padded = torch.nn.functional.pad(x, (k // 2,) * 4, mode="replicate")
+    diff = batched_forward(torch.nn.functional.unfold(padded, k), params, (20, 24))
+    for i, init in enumerate(inits):
+        logits = AggregationNet(init)(x[i : i + 1])[0].reshape(2, -1)
+        torch.testing.assert_close(diff[i], logits[1] - logits[0], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ boxes
+
+
+def test_mask_to_box_largest_vs_all() -> None:
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[5:15, 10:30] = True  # 200 px
+    mask[40:42, 50:53] = True  # 6 px
+    assert mask_to_box(mask, "largest") == (10, 5, 29, 14)
+    assert mask_to_box(mask, "all") == (10, 5, 52, 41)
+    # Diagonal neighbours belong to the same (8-connected) component.
+    mask[15, 30] = True
+    mask[16, 31] = True
+    assert mask_to_box(mask, "largest") == (10, 5, 31, 16)
+
+
+def test_mask_to_box_empty_and_single_pixel() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    assert mask_to_box(mask, "largest") is None
+    assert mask_to_box(mask, "all") is None
+    mask[3, 7] = True
+    assert mask_to_box(mask, "largest") == (7, 3, 7, 3)
+    with pytest.raises(ValueError):
+        mask_to_box(mask, "biggest")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ training loops
+
+
+def synthetic(seed: int, size: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red ellipse on a striped, noisy blue-green background, and a locally inconsistent map.
+
+    The coarse map is the shape mask shifted by (2, -2) px, with an activation that ramps from
+    0.3 at the ellipse's left end to 1 at its right end (so half of the object is under
+    ``gamma_h1`` and thresholding at 0.5 misses part of it), blurred (sigma 1.5 px).
+
+    Returns:
+        ``(image (H, W, 3) float32 in [0, 1], coarse map (H, W) float32 in [0, 1], shape mask
+        (H, W) bool)``.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    image = np.empty((size, size, 3), dtype=np.float32)
+    image[..., 0] = 0.2
+    image[..., 1] = 0.5 + 0.2 * np.sin(xx / 3.0 + yy / 5.0 + seed)
+    image[..., 2] = 0.6
+    centre = (size * (0.45 + 0.05 * seed), size * 0.5)
+    axes = (size * 0.3, size * 0.18)
+    shape = np.zeros((size, size), dtype=np.uint8)
+    cv2.ellipse(shape, (centre, (2 * axes[0], 2 * axes[1]), 20.0 + 30 * seed), 1, -1)
+    image[shape > 0] = (0.85, 0.3, 0.25)
+    image += rng.normal(0, 0.05, image.shape).astype(np.float32)
+    image = np.clip(image, 0, 1)
+    ramp = np.clip((xx - centre[0]) / (2 * axes[0]) + 0.5, 0, 1)
+    activation = np.roll(shape.astype(np.float32), (2, -2), axis=(0, 1)) * (0.3 + 0.7 * ramp)
+    coarse = cv2.GaussianBlur(activation, (0, 0), 1.5)
+    coarse = (coarse - coarse.min()) / (coarse.max() - coarse.min())
+    return image, coarse.astype(np.float32), shape > 0
+
+
+def test_synthetic_reference_and_batched_recover_shape() -> None:
+    """SGRM fills the weakly activated half of the object and follows its edges.
+
+    The result depends on the init seed (see the module docs): with these seeds both images
+    reach IoU >= 0.9; other seeds can leave stray stripes or a rim of the shifted map.
+    """
+    torch.set_num_threads(1)
+    cfg = SgrmConfig()
+    data = [synthetic(seed) for seed in (0, 1)]
+    images = np.stack([d[0] for d in data])
+    coarse = np.stack([d[1] for d in data])
+    seeds = [3, 4]
+    batched = sgrm_batched(images, coarse, cfg, seeds=seeds)
+    for (image, refined, shape), fast, seed in zip(data, batched, seeds, strict=True):
+        assert iou(refined > 0.5, shape) < 0.85  # the coarse map alone misses part of it
+        ref = sgrm_reference(image, refined, cfg, seed=seed)
+        assert ref.converged and fast.converged
+        assert ref.steps == fast.steps
+        assert iou(ref.mask, shape) >= 0.9
+        assert iou(fast.mask, shape) >= 0.9
+        assert iou(fast.mask, ref.mask) >= 0.95
+        assert ref.box == mask_to_box(ref.mask, "largest")
+
+
+def cub_images(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` real CUB test images at 224 x 224 with a coarse map: the GT box, blurred."""
+    cub = root / "CUB_200_2011"
+    names = dict(line.split() for line in (cub / "images.txt").read_text().splitlines())
+    boxes = {
+        line.split()[0]: [float(v) for v in line.split()[1:]]
+        for line in (cub / "bounding_boxes.txt").read_text().splitlines()
+    }
+    out = []
+    for image_id in sorted(names, key=int)[::97][:n]:
+        bgr = cv2.imread(str(cub / "images" / names[image_id]))
+        height, width = bgr.shape[:2]
+        x, y, w, h = boxes[image_id]
+        image = cv2.resize(bgr[..., ::-1], (224, 224), interpolation=cv2.INTER_AREA)
+        coarse = np.zeros((224, 224), dtype=np.float32)
+        x0, y0 = int(x * 224 / width), int(y * 224 / height)
+        x1, y1 = int((x + w) * 224 / width), int((y + h) * 224 / height)
+        coarse[y0:y1, x0:x1] = 1.0
+        coarse = cv2.GaussianBlur(coarse, (0, 0), 10)
+        coarse = (coarse - coarse.min()) / (coarse.max() - coarse.min())
+        out.append((image.astype(np.float32) / 255, coarse))
+    return out
+
+
+@pytest.mark.slow
+def test_batched_matches_reference_on_real_images(shared_data: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = SgrmConfig()
+    data = cub_images(shared_data, 4)
+    seeds = [10, 11, 12, 13]
+    images = np.stack([d[0] for d in data])
+    coarse = np.stack([d[1] for d in data])
+    batched = sgrm_batched(images, coarse, cfg, seeds=seeds)
+    ious = []
+    for (image, refined), fast, seed in zip(data, batched, seeds, strict=True):
+        ref = sgrm_reference(image, refined, cfg, seed=seed)
+        ious.append(iou(fast.mask, ref.mask))
+    assert np.mean(ious) >= 0.95, ious
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_cuda_matches_cpu() -> None:
+    cfg = SgrmConfig()
+    data = [synthetic(seed) for seed in (0, 1)]
+    images = np.stack([d[0] for d in data])
+    coarse = np.stack([d[1] for d in data])
+    cpu = sgrm_batched(images, coarse, cfg, seeds=[3, 4])
+    gpu = sgrm_batched(images, coarse, cfg, device="cuda", seeds=[3, 4])
+    for a, b, (_, _, shape) in zip(cpu, gpu, data, strict=True):
+        assert iou(a.mask, b.mask) >= 0.95
+        assert iou(b.mask, shape) >= 0.9
