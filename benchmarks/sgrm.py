@@ -122,7 +122,7 @@ def main() -> None:
     print(f"config: {cfg}")
 
     segments, sp_wall, sp_cpu = timed(
-        lambda: [superpixels(i, cfg) for i in images], args.repeats, device
+        lambda: [superpixels(i, cfg) for i in images], args.repeats, torch.device("cpu")
     )
     n_segments = np.mean([s.max() + 1 for s in segments])
     print(
@@ -130,22 +130,31 @@ def main() -> None:
         f"{n_segments:.0f} segments/image on average"
     )
 
-    header = f"{'path':<14}{'optim ms/img':>13}{'(cpu)':>8}{'total ms/img':>14}{'steps':>7}{'conv.':>7}{'IoU vs ref':>12}"
+    columns = [("path", 14), ("optim ms/img", 13), ("(cpu)", 8), ("total ms/img", 14)]
+    columns += [("steps", 7), ("conv.", 7), ("IoU vs ref", 12)]
+    header = "".join(f"{name:>{w}}" if i else f"{name:<{w}}" for i, (name, w) in enumerate(columns))
     print("\n" + header + "\n" + "-" * len(header))
+
+    def row(name: str, results: list[SgrmResult], wall: float, cpu: float, agree: str) -> None:
+        steps = np.mean([r.steps for r in results])
+        conv = np.mean([r.converged for r in results])
+        total = (wall + sp_wall) / n * 1e3
+        print(
+            f"{name:<14}{wall / n * 1e3:>13.1f}{cpu / n * 1e3:>8.0f}{total:>14.1f}"
+            f"{steps:>7.1f}{conv:>7.2f}{agree:>12}"
+        )
+
     reference: list[SgrmResult] | None = None
     if not args.no_reference:
 
         def run_reference() -> list[SgrmResult]:
             return [
-                sgrm_reference(i, m, cfg, seed=s, segments=g)
-                for i, m, s, g in zip(images, maps, seeds, segments, strict=True)
+                sgrm_reference(image, refined, cfg, seed=seed, segments=seg)
+                for image, refined, seed, seg in zip(images, maps, seeds, segments, strict=True)
             ]
 
         reference, wall, cpu = timed(run_reference, args.repeats, torch.device("cpu"))
-        print(
-            f"{'reference':<14}{wall / n * 1e3:>13.1f}{cpu / n * 1e3:>8.0f}{(wall + sp_wall) / n * 1e3:>14.1f}"
-            f"{np.mean([r.steps for r in reference]):>7.1f}{np.mean([r.converged for r in reference]):>7.2f}{'-':>12}"
-        )
+        row("reference", reference, wall, cpu, "-")
     for batch in args.batches:
 
         def run_batched(batch: int = batch) -> list[SgrmResult]:
@@ -158,15 +167,11 @@ def main() -> None:
             return out
 
         results, wall, cpu = timed(run_batched, args.repeats, device)
-        agreement = (
-            f"{np.mean([mask_iou(a.mask, b.mask) for a, b in zip(results, reference, strict=True)]):>12.4f}"
-            if reference is not None
-            else f"{'-':>12}"
-        )
-        print(
-            f"{'batched B=' + str(batch):<14}{wall / n * 1e3:>13.1f}{cpu / n * 1e3:>8.0f}{(wall + sp_wall) / n * 1e3:>14.1f}"
-            f"{np.mean([r.steps for r in results]):>7.1f}{np.mean([r.converged for r in results]):>7.2f}{agreement}"
-        )
+        agree = "-"
+        if reference is not None:
+            ious = [mask_iou(a.mask, b.mask) for a, b in zip(results, reference, strict=True)]
+            agree = f"{np.mean(ious):.4f}"
+        row(f"batched B={batch}", results, wall, cpu, agree)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,17 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _class_namespace(heads_info: dict[str, Any] | None, has_heads: bool) -> str | None:
+    """What the bundle's class ids refer to: ``imagenet`` (ImageNet ids), ``cub``, ..."""
+    if not has_heads:
+        return None
+    dataset = (heads_info or {}).get("dataset")
+    kind = dataset.get("kind") if isinstance(dataset, dict) else dataset
+    if kind is None or kind == "ilsvrc":
+        return "imagenet"
+    return str(kind)
+
+
 def _output_shapes(model: LcarModel, input_size: int) -> dict[str, list[int | str]]:
     with torch.no_grad():
         values = model(torch.zeros(1, 3, input_size, input_size))
@@ -112,7 +123,7 @@ def write_bundle(
             "affinity_size": shapes["affinity"][1:3],
             "outputs": shapes,
             "classes": {
-                "dataset": (heads_info or {}).get("dataset", "imagenet" if heads_cfg else None),
+                "dataset": _class_namespace(heads_info, has_heads=heads_cfg is not None),
                 "ids": heads_cfg.class_ids if heads_cfg else [],
                 "names": heads_cfg.class_names if heads_cfg else [],
             },

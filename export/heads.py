@@ -32,6 +32,7 @@ class HeadsConfig:
     num_classes: C; class_ids / class_names: dataset ids and names of the C outputs.
     teacher_hidden: width of the teacher's MLP block (0 = linear teacher).
     teacher_input: ``concat`` (global || mean(grid), eq. 3) or ``global``.
+    foreground_dim: Da of the affinity features read by the foreground head (0 = no head).
     """
 
     backbone: str
@@ -45,6 +46,7 @@ class HeadsConfig:
     class_names: list[str] = field(default_factory=list)
     teacher_hidden: int = 512
     teacher_input: str = "concat"
+    foreground_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.teacher_input not in ("concat", "global"):
@@ -91,14 +93,37 @@ class TeacherHead(nn.Module):
         return self.fc(self.mlp(features))
 
 
+class ForegroundHead(nn.Module):
+    """Class-agnostic object probability per affinity cell (beyond the paper, issue 8).
+
+    A logistic regression over the L2-normalised affinity features, trained on the train split
+    with pseudo labels from the CAM (confident object / background cells), so that what is
+    learnt about "object" on many images generalises beyond each CAM's discriminative part.
+    (B, ha, wa, Da) -> (B, ha, wa) in [0, 1].
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 1)
+
+    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
+        unit = affinity / affinity.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return torch.sigmoid(self.fc(unit)[..., 0])
+
+
 class Heads(nn.Module):
-    """Both heads. forward(global (B, Dg), grid (B, h, w, D)) -> (logits, cam_logits, cams)."""
+    """Both heads. forward(global (B, Dg), grid (B, h, w, D)) -> (logits, cam_logits, cams).
+
+    ``foreground`` (optional, see :class:`ForegroundHead`) is applied by the exported model to
+    the affinity features.
+    """
 
     def __init__(self, config: HeadsConfig) -> None:
         super().__init__()
         self.config = config
         self.cam = CamHead(config.grid_dim, config.num_classes)
         self.teacher = TeacherHead(config.teacher_in_dim, config.num_classes, config.teacher_hidden)
+        self.foreground = ForegroundHead(config.foreground_dim) if config.foreground_dim else None
 
     def teacher_features(self, global_feat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         if self.config.teacher_input == "global":

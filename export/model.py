@@ -17,20 +17,26 @@ class LcarModel(nn.Module):
 
     Outputs, in ``output_names`` order: ``global`` (B, Dg), ``grid`` (B, h, w, D),
     ``affinity`` (B, ha, wa, Da) and, with heads, ``logits`` (B, C, teacher),
-    ``cam_logits`` (B, C, student) and ``cams`` (B, C, h, w).
+    ``cam_logits`` (B, C, student), ``cams`` (B, C, h, w) and, with a foreground head,
+    ``foreground`` (B, ha, wa).
     """
 
     def __init__(self, backbone: nn.Module, heads: Heads | None) -> None:
         super().__init__()
         self.backbone = backbone
         self.heads = heads
-        self.output_names = FEATURE_OUTPUTS + (HEAD_OUTPUTS if heads is not None else ())
+        names = FEATURE_OUTPUTS + (HEAD_OUTPUTS if heads is not None else ())
+        if heads is not None and heads.foreground is not None:
+            names += ("foreground",)
+        self.output_names = names
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.backbone(images)
         outputs = [feats[name] for name in FEATURE_OUTPUTS]
         if self.heads is not None:
             outputs.extend(self.heads(feats["global"], feats["grid"]))
+            if self.heads.foreground is not None:
+                outputs.append(self.heads.foreground(feats["affinity"]))
         return tuple(outputs)
 
 

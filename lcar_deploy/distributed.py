@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -56,8 +57,15 @@ class RayEngineError(RuntimeError):
     """Ray is missing or the engine cannot run; the message says what to do."""
 
 
-def import_ray() -> ModuleType:
-    """``ray`` with Ray Data, or :class:`RayEngineError` naming the extra to install."""
+def import_ray(local: bool = False) -> ModuleType:
+    """``ray`` with Ray Data, or :class:`RayEngineError` naming the extra to install.
+
+    ``local``: a private instance will be started; if Ray is not imported yet, it is told to
+    take 127.0.0.1 as this node's address (its single-machine mode, read at import), so that
+    the instance listens on the loopback interface only.
+    """
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data
@@ -70,7 +78,7 @@ def import_ray() -> ModuleType:
 def ray_instance(address: str | None = None, num_cpus: int = 1) -> Iterator[ModuleType]:
     """Ray for the duration of the block: the running instance of this process if any, else a
     connection to ``address``, else a private local one on 127.0.0.1 (shut down afterwards)."""
-    ray = import_ray()
+    ray = import_ray(local=not address)
     started = False
     if not ray.is_initialized():
         if address:
@@ -103,10 +111,10 @@ def _map_rows(
     threads: int,
 ) -> Generator[dict[str, Any], None, None]:
     """Rows of ``items`` mapped by ``actor`` (a pool of ``workers``), as they come."""
+    blocks = max(1, -(-len(items) // batch_size))
+    workers = min(workers, blocks)
     with ray_instance(address, num_cpus=workers * threads) as ray, _quiet_ray_data(ray):
-        dataset = ray.data.from_items(
-            items, override_num_blocks=max(1, -(-len(items) // batch_size))
-        )
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
         mapped = dataset.map_batches(
             actor,
             fn_constructor_args=constructor_args,
@@ -314,7 +322,7 @@ def ray_outcomes(
     ``batch_size`` records. Ray is checked now (:class:`RayEngineError`), started on first
     iteration and released when the iteration ends.
     """
-    import_ray()
+    import_ray(local=not address)
     gt_class = uses_gt_class(bundle, dataset)
     items = [_record_item(i, record) for i, record in enumerate(dataset.records)]
     args = (str(bundle.path), config, tuple(methods), gt_class, threads)
@@ -520,7 +528,7 @@ def ray_localize_folder(
 ) -> RunSummary:
     """:func:`lcar_deploy.localize.localize_folder` with the localization done by Ray actors
     (``localizer`` gives the bundle and the settings; the driver writes every output)."""
-    import_ray()
+    import_ray(local=not address)
     source = partial(
         ray_results,
         bundle_path=str(localizer.bundle.path),

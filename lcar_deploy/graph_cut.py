@@ -8,7 +8,8 @@ For one image with affinity features f (h, w, D), N = h * w nodes:
    ``(D - A) x = lambda D x`` (Shi & Malik), reshaped to (h, w). Solvers: ``eigh``
    (``scipy.linalg.eigh(D - A, D, subset_by_index=[1, 1])``) or ``normalized``
    (``D^-1/2 u``, u the eigenvector of the symmetric normalised Laplacian
-   ``I - D^-1/2 A D^-1/2``); both are D-normalised (``x^T D x = 1``) and agree up to sign.
+   ``I - D^-1/2 A D^-1/2``, the default: faster, see :class:`GraphCutConfig`); both are
+   D-normalised (``x^T D x = 1``) and agree up to sign.
 
 Sign: an eigenvector's sign is arbitrary. :func:`second_eigenvector` fixes it with TokenCut's
 rule: the node of largest ``|x|`` (the seed) lies in the part above the mean (``x > mean(x)``),
@@ -37,12 +38,15 @@ class GraphCutConfig:
 
     tau: edge threshold of the binary graph (0.2; TokenCut's WSOL evaluation used 0.05).
     eps: weight of the non-edges (1e-5).
-    solver: ``eigh`` (generalised problem) or ``normalized`` (``D^-1/2 u``), same vector.
+    solver: ``normalized`` (``D^-1/2 u``, default) or ``eigh`` (the generalised problem as
+        TokenCut writes it): the same vector, but for a 20 x 20 grid ``normalized`` takes
+        ~8 ms whatever the load, ``eigh`` (LAPACK ``gvx``) 10 ms on one idle core and
+        120-700 ms with multi-threaded OpenBLAS on a busy 2-core machine.
     """
 
     tau: float = 0.2
     eps: float = 1e-5
-    solver: str = "eigh"
+    solver: str = "normalized"
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.tau < 1.0:
@@ -91,7 +95,7 @@ def affinity_graph(features: np.ndarray, tau: float = 0.2, eps: float = 1e-5) ->
     return np.where(f @ f.T > tau, 1.0, eps)
 
 
-def cut_eigenvector(affinity: np.ndarray, solver: str = "eigh") -> np.ndarray:
+def cut_eigenvector(affinity: np.ndarray, solver: str = "normalized") -> np.ndarray:
     """D-normalised eigenvector (N,) of the second-smallest eigenvalue of (D - A) x = l D x."""
     degree = affinity.sum(axis=1)
     if solver == "eigh":

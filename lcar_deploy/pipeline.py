@@ -27,6 +27,8 @@ from .sgrm import SgrmConfig, mask_to_box, sgrm_batched
 Method = Literal["cam", "graphcut", "arm", "lcar"]
 METHODS: tuple[str, ...] = ("cam", "graphcut", "arm", "lcar")
 STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
+ARM_INPUTS = ("auto", "graphcut", "cam", "foreground")
+AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class PipelineConfig:
 
     method: last stage to run (``cam | graphcut | arm | lcar``).
     work_size: side of the maps, ARM and SGRM input (the evaluation size, 224).
-    arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l) or ``cam``.
+    arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
+        seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
+        foreground when the bundle has it, else cam, else graphcut (measured best in that
+        order with the embedded backbone, docs/accuracy.md).
     box_threshold: threshold on a map method's [0, 1] score map for the user-facing box.
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu`` or ``cuda``).
@@ -44,21 +49,23 @@ class PipelineConfig:
 
     method: Method = "lcar"
     work_size: int = 224
-    arm_input: Literal["graphcut", "cam"] = "graphcut"
+    arm_input: Literal["auto", "graphcut", "cam", "foreground"] = "auto"
     box_threshold: float = 0.5
     arm_backend: str = "auto"
     sgrm_device: str = "cpu"
     sgrm_seed: int = 0
     cam: CamConfig = field(default_factory=CamConfig)
     graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
-    arm: ArmConfig = field(default_factory=ArmConfig)
+    arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
     sgrm: SgrmConfig = field(default_factory=SgrmConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.arm_input not in ("graphcut", "cam"):
-            raise ValueError(f"arm_input must be 'graphcut' or 'cam', got {self.arm_input!r}")
+        if self.arm_input not in ARM_INPUTS:
+            raise ValueError(
+                f"arm_input must be one of {', '.join(ARM_INPUTS)}, got {self.arm_input!r}"
+            )
         if not 0.0 <= self.box_threshold < 1.0:
             raise ValueError(f"box_threshold must be in [0, 1), got {self.box_threshold}")
 
@@ -211,9 +218,8 @@ class Localizer:
         maps: dict[str, np.ndarray] = {}
         if cam_maps is not None:
             maps["cam"] = cam_maps
-        need_cut = deepest >= 1 and (
-            "graphcut" in methods or cfg.arm_input == "graphcut" or cam_maps is None
-        )
+        arm_input = self._arm_input(out, cam_maps is not None)
+        need_cut = deepest >= 1 and ("graphcut" in methods or arm_input == "graphcut")
         e_low = None
         if need_cut:
             tick = time.perf_counter()
@@ -227,10 +233,17 @@ class Localizer:
 
         if deepest >= 2:
             tick = time.perf_counter()
-            coarse = e_low if cfg.arm_input == "graphcut" or cam_maps is None else cam_maps
+            coarse = {"graphcut": e_low, "cam": cam_maps}.get(arm_input)
+            if arm_input == "foreground":
+                coarse = out["foreground"]
             chw = np.ascontiguousarray(work_rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
             maps["arm"] = refine(
-                coarse, chw, cfg.arm, backend=cfg.arm_backend, seed=seeds, num_threads=self.threads
+                coarse,
+                chw,
+                cfg.arm,
+                backend=cfg.arm_backend,
+                seed=seeds if arm_input == "graphcut" else None,
+                num_threads=self.threads,
             )
             times["arm"] = time.perf_counter() - tick
 
@@ -278,6 +291,17 @@ class Localizer:
                 )
             results[method] = per_image
         return results
+
+    def _arm_input(self, out: dict[str, np.ndarray], has_cam: bool) -> str:
+        """The coarse map ARM refines (``auto`` resolved; see PipelineConfig.arm_input)."""
+        choice = self.config.arm_input
+        if choice == "auto":
+            return "foreground" if "foreground" in out else "cam" if has_cam else "graphcut"
+        if choice == "foreground" and "foreground" not in out:
+            raise ValueError(f"{self.bundle.path}: arm_input 'foreground' needs a foreground head")
+        if choice == "cam" and not has_cam:
+            raise ValueError(f"{self.bundle.path}: arm_input 'cam' needs a bundle with heads")
+        return choice
 
     def _cam_stage(
         self, out: dict[str, np.ndarray], class_ids: list[int | None]

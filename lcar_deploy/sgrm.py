@@ -28,16 +28,30 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
   from a ``torch.Generator`` seeded per image, so the reference and the batched path start
   from identical weights.
 - *Losses*: ``L_spix`` is the mean cross-entropy over all H x W pixels (eq. 14); ``L_cls+`` /
-  ``L_cls-`` are the mean cross-entropy over the pixels with ``y_cls`` = 1 / 0 (0 when there are
-  none).
+  ``L_cls-`` are the cross-entropy over the pixels with ``y_cls`` = 1 / 0, by default averaged
+  over those pixels (``cls_norm="class"``; 0 when there are none), or summed and divided by
+  H x W as in eq. 14 (``"image"``). On real CUB images with a blurred stand-in map, "class"
+  gave clearly better masks; on a synthetic shape "image" bloated less.
 - *Vote*: a superpixel is foreground when strictly more than half of its pixels are predicted
   foreground (ties go to background).
 - *Stop rule*: checked on the forward pass of every step, before the update; the returned mask is
-  the prediction that met it (or the one after the last update). ``steps`` counts updates.
+  the prediction that met it (or the one after the last update). ``steps`` counts updates. The
+  paper's rule pools the errors over all reliable pixels (``stop_rule="pooled"``); by default
+  the error rates of the reliable object and background pixels are averaged instead
+  (``"balanced"``), because with pooling a net that predicts all background (as a freshly
+  initialised one often does) stops at step 0 whenever the reliable object pixels are under
+  10% of the reliable pixels, i.e. on small objects.
+
+Behaviour to know: training stops at the first step where the reliable region is fitted, so the
+mask keeps the net's state at that moment. It tends to spill a few pixels into the uncertain
+band around the object, can keep small stray blobs (up to 10% of the reliable background may
+disagree), and depends on the init seed (mask IoU with a GrabCut mask on 28 CUB images: 0.56
+to 0.83 over three seeds).
 
 Two implementations: :func:`sgrm_reference` (one image, ``nn.Module`` + ``torch.optim.SGD``,
-written to be read against the paper) and :func:`sgrm_batched` (several images' nets in one
-grouped convolution, per-image SGD state and per-image early stopping, CPU or CUDA).
+written to be read against the paper) and :func:`sgrm_batched` (the fast path: several images'
+nets at once, the first layer as a matrix product over precomputed input patches, the loss
+gradient in closed form, per-image SGD state and per-image early stopping, CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -87,7 +101,7 @@ class SgrmConfig:
             net's argmax is strictly below this.
         stop_rule: ``"pooled"`` (the paper's words): errors over all reliable pixels / their
             count; ``"balanced"``: the mean of the error rates over the reliable object pixels
-            and over the reliable background pixels (a class with no pixels counts 0), so a
+            and over the reliable background pixels (a class with no pixels left out), so a
             net that predicts all background cannot stop on an image whose reliable object
             region is under ``stop_error`` of the reliable pixels.
         width: channels of every hidden layer of the Aggregation Net.
@@ -247,8 +261,8 @@ def reliable_error(pred: torch.Tensor, y_cls: torch.Tensor, rule: StopRule) -> t
         pred: (A, N) int64 argmax in {0, 1} of A images.
         y_cls: (A, N) int64 labels in {0, 1, 255} (eq. 12).
         rule: ``"pooled"``: errors / reliable pixels; ``"balanced"``: mean of the error rates
-            over the object and over the background pixels (see :class:`SgrmConfig`). Empty
-            sets count as error 0.
+            over the object and over the background pixels (see :class:`SgrmConfig`), a class
+            without pixels left out. No reliable pixel at all: error 0.
 
     Returns:
         (A,) float32 error rates in [0, 1].
@@ -256,11 +270,12 @@ def reliable_error(pred: torch.Tensor, y_cls: torch.Tensor, rule: StopRule) -> t
     positive, negative = y_cls == 1, y_cls == 0
     err_pos = (positive & (pred == 0)).sum(1).float()
     err_neg = (negative & (pred == 1)).sum(1).float()
-    n_pos, n_neg = positive.sum(1).clamp_min(1), negative.sum(1).clamp_min(1)
+    n_pos, n_neg = positive.sum(1), negative.sum(1)
     if rule == "pooled":
-        return (err_pos + err_neg) / (positive | negative).sum(1).clamp_min(1)
+        return (err_pos + err_neg) / (n_pos + n_neg).clamp_min(1)
     if rule == "balanced":
-        return (err_pos / n_pos + err_neg / n_neg) / 2
+        rates = err_pos / n_pos.clamp_min(1) + err_neg / n_neg.clamp_min(1)
+        return rates / ((n_pos > 0).float() + (n_neg > 0).float()).clamp_min(1)
     raise ValueError(f"unknown stop rule {rule!r}")
 
 
@@ -456,6 +471,19 @@ def _replicate_pad(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(x, (p, p, p, p), mode="replicate") if p else x
 
 
+def input_patches(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k x k patches of the Aggregation Nets' inputs (replicate padding), for the first layer.
+
+    Args:
+        x: (A, 4, H, W) inputs (:func:`net_input`).
+        k: the first layer's kernel size.
+
+    Returns:
+        (A, 4 k^2, H * W).
+    """
+    return F.unfold(_replicate_pad(x, k), k)
+
+
 def batched_forward(
     patches: torch.Tensor, params: Sequence[torch.Tensor], size: tuple[int, int]
 ) -> torch.Tensor:
@@ -467,8 +495,7 @@ def batched_forward(
     layer) as batched matrix products.
 
     Args:
-        patches: (A, 4 k^2, H * W) ``F.unfold`` of the replicate-padded (A, 4, H, W) inputs,
-            k the first layer's kernel size.
+        patches: (A, 4 k^2, H * W) :func:`input_patches` of the inputs.
         params: ``[w_0, b_0, w_1, b_1, ...]`` stacked over the nets: ``w_l`` (A, out, in, k, k),
             ``b_l`` (A, out).
         size: ``(H, W)``.
@@ -592,7 +619,7 @@ def sgrm_batched(
     seg = torch.from_numpy(seg).to(device).long()
     sizes = torch.bincount(seg.reshape(-1), minlength=int(offsets[-1]))
     x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)]).to(device)
-    patches = F.unfold(_replicate_pad(x, cfg.kernels[0]), cfg.kernels[0])
+    patches = input_patches(x, cfg.kernels[0])
 
     inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
@@ -601,17 +628,20 @@ def sgrm_batched(
     masks = torch.zeros(n_images, n_pixels, dtype=torch.bool, device=device)
     steps = [cfg.max_steps] * n_images
     converged = [False] * n_images
-    index = torch.arange(n_images, device=device)  # original index of each row still training
+    index = list(range(n_images))  # original index of each row still training
+    index_t = torch.arange(n_images, device=device)
     for step in range(cfg.max_steps + 1):
         diff = batched_forward(patches, params, (height, width))
         pred = (diff.detach() > 0).long()
-        masks[index] = pred.bool()
+        masks[index_t] = pred.bool()
         done = reliable_error(pred, y_cls, cfg.stop_rule) < cfg.stop_error
-        for i in index[done].tolist():
-            steps[i], converged[i] = step, True
-        keep = ~done
-        if step == cfg.max_steps or not bool(keep.any()):
+        done_list = done.tolist()  # the one host-device sync per step
+        for i, finished in zip(index, done_list, strict=True):
+            if finished:
+                steps[i], converged[i] = step, True
+        if step == cfg.max_steps or all(done_list):
             break
+        keep = ~done
         y_s = revise(vote(pred.reshape(-1), seg.reshape(-1), sizes), y_s_star.reshape(-1))
         grad_diff = joint_loss_grad(
             diff.detach(), y_s.reshape(pred.shape), w_pos, w_neg, cfg.w3 / n_pixels
@@ -621,8 +651,9 @@ def sgrm_batched(
             for p, buf, g in zip(params, buffers, grads, strict=True):
                 buf.mul_(cfg.momentum).add_(g)
                 p.sub_(cfg.lr * buf)
-        if not bool(keep.all()):  # drop the finished images from the batch
-            index, patches, seg = index[keep], patches[keep], seg[keep]
+        if any(done_list):  # drop the finished images from the batch
+            index = [i for i, finished in zip(index, done_list, strict=True) if not finished]
+            index_t, patches, seg = index_t[keep], patches[keep], seg[keep]
             y_cls, y_s_star, w_pos, w_neg = y_cls[keep], y_s_star[keep], w_pos[keep], w_neg[keep]
             params = [p.detach()[keep].requires_grad_() for p in params]
             buffers = [buf[keep] for buf in buffers]

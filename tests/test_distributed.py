@@ -25,18 +25,23 @@ from lcar_deploy.evaluate import iter_outcomes, run_evaluation
 from lcar_deploy.localize import LocalizeOptions, localize_folder
 from lcar_deploy.pipeline import Localizer, PipelineConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray"),
+]
 
 METHODS = ("cam", "arm")
 
 
 @pytest.fixture(scope="module")
 def local_ray():
+    # A loopback-only instance without usage reporting (both read when Ray is imported/started).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip(
         "ray", reason="Ray is not installed (pip install 'lcar-deploy[distributed]')"
     )
     pytest.importorskip("ray.data", reason="Ray Data is not installed (ray[data])")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         address="local",
         num_cpus=2,
@@ -44,6 +49,7 @@ def local_ray():
         logging_level="WARNING",
         _node_ip_address="127.0.0.1",
     )
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     yield ray
     ray.shutdown()
 
@@ -98,23 +104,24 @@ def test_eval_on_ray_matches_local(
             assert getattr(a, name) == getattr(b, name), name
         assert a.stage_ms.keys() == b.stage_ms.keys()
 
-    metrics = []
-    for name, outcomes in (("local", local), ("ray", remote)):
+    def evaluated(name: str, outcomes: list) -> tuple[str, dict[str, np.ndarray]]:
         out = tmp_path / name
         out.mkdir()
-        result = run_evaluation(iter(outcomes), METHODS, out, len(ilsvrc), progress=False)
-        m = result.metrics
+        metrics = run_evaluation(iter(outcomes), METHODS, out, len(ilsvrc), progress=False).metrics
         for key in ("seconds", "stage_ms_per_image", "_examples"):
-            m.pop(key)
-        for entry in m["methods"].values():
+            metrics.pop(key)
+        for entry in metrics["methods"].values():
             entry.pop("ms_per_image")
-        metrics.append(json.dumps(m, sort_keys=True))
         with np.load(out / "maps.npz") as npz:
-            metrics.append({k: npz[k] for k in npz.files})
-    assert metrics[0] == metrics[2]
-    assert metrics[1].keys() == metrics[3].keys()
-    for key in metrics[1]:
-        assert np.array_equal(metrics[1][key], metrics[3][key])
+            return json.dumps(metrics, sort_keys=True), {k: npz[k] for k in npz.files}
+
+    local_metrics, local_maps = evaluated("local", local)
+    ray_metrics, ray_maps = evaluated("ray", remote)
+    assert ray_metrics == local_metrics
+    assert json.loads(ray_metrics)["num_errors"] == 1
+    assert ray_maps.keys() == local_maps.keys()
+    for key, maps in local_maps.items():
+        assert np.array_equal(maps, ray_maps[key])
 
 
 def _without_timings(path: Path) -> list[dict]:

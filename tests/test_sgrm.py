@@ -17,6 +17,7 @@ from lcar_deploy.sgrm import (
     batched_forward,
     cls_pixel_weights,
     init_params,
+    input_patches,
     joint_loss,
     joint_loss_grad,
     mask_to_box,
@@ -85,6 +86,13 @@ def test_reliable_error_rules() -> None:
     perfect = (y_cls == 1).long()
     for rule in ("pooled", "balanced"):
         assert float(reliable_error(perfect, y_cls, rule)) == 0.0
+    # Without reliable object pixels, "balanced" is the background error rate alone.
+    no_object = torch.tensor([[0] * 20 + [IGNORE] * 5])
+    pred = torch.tensor([[1] * 3 + [0] * 22])
+    for rule in ("pooled", "balanced"):
+        assert float(reliable_error(pred, no_object, rule)) == pytest.approx(0.15)
+    nothing_reliable = torch.full((1, 5), IGNORE)
+    assert float(reliable_error(pred[:, :5], nothing_reliable, "balanced")) == 0.0
 
 
 # ------------------------------------------------------------------------------ net and loss
@@ -128,9 +136,7 @@ def test_batched_forward_matches_module(kernels: tuple[int, ...]) -> None:
     assert not torch.equal(inits[0][0], inits[1][0])
 
     params = [torch.stack(p) for p in zip(*inits, strict=True)]
-    k = kernels[0]
-    padded = torch.nn.functional.pad(x, (k // 2,) * 4, mode="replicate")
-    diff = batched_forward(torch.nn.functional.unfold(padded, k), params, (20, 24))
+    diff = batched_forward(input_patches(x, kernels[0]), params, (20, 24))
     for i, init in enumerate(inits):
         logits = AggregationNet(init)(x[i : i + 1])[0].reshape(2, -1)
         torch.testing.assert_close(diff[i], logits[1] - logits[0], rtol=1e-4, atol=1e-5)

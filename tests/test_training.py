@@ -149,6 +149,5 @@ def test_training_overfits_tiny_set_and_exports_with_parity(tmp_path: Path) -> N
     model = build_model(BackboneConfig("efficientnet_lite0", 64, "head", "blocks.4"), None, heads)
     with torch.no_grad():
         torch_out = dict(zip(model.output_names, model(torch.from_numpy(images)), strict=True))
-    print({k: float(np.abs(v).max()) for k, v in onnx_out.items()})
     for name in ("logits", "cam_logits", "cams"):
         np.testing.assert_allclose(onnx_out[name], torch_out[name].numpy(), atol=1e-4, rtol=0)
