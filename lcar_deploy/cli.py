@@ -392,7 +392,12 @@ def evaluate(
             device=device.value,
             threads=threads,
         )
-    result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
+    from .distributed import RayEngineError
+
+    try:
+        result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
+    except (RayEngineError, ConnectionError) as exc:
+        raise fail(str(exc)) from None
     info = {
         "command": " ".join(sys.argv),
         "dataset": {
