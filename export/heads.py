@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -151,6 +151,17 @@ def classifier_heads(classifier: nn.Linear, config: HeadsConfig) -> Heads:
         heads.teacher.fc.weight.copy_(classifier.weight)
         heads.teacher.fc.bias.copy_(classifier.bias)
     return heads.eval()
+
+
+def with_foreground(heads: Heads, weight: torch.Tensor, bias: torch.Tensor) -> Heads:
+    """A copy of ``heads`` with a foreground head of weight (1, Da) and bias (1,)."""
+    config = replace(heads.config, foreground_dim=weight.shape[1])
+    new = Heads(config)
+    new.load_state_dict(heads.state_dict(), strict=False)
+    with torch.no_grad():
+        new.foreground.fc.weight.copy_(weight)
+        new.foreground.fc.bias.copy_(bias)
+    return new.eval()
 
 
 def save_heads(heads: Heads, path: str | Path, extra: dict | None = None) -> None:

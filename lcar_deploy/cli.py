@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -430,11 +431,121 @@ def _config_dict(config) -> dict:
     return asdict(config)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train the SD-CAM heads on frozen features (not implemented yet)."""
-    raise _not_implemented("train")
+class Augment(str, Enum):
+    none = "none"
+    flip = "flip"
+    crop = "crop"
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy train --dataset cub --root ../shared/data/CUB_200_2011 --out runs/cub\n\n"
+        "  lcar-deploy export --heads runs/cub/heads.pt --out bundles/cub\n\n"
+        "  lcar-deploy train --dataset ilsvrc --root ILSVRC --out runs/ilsvrc --bundle bundles/ilsvrc\n\n"
+        "Writes OUT/heads.pt, OUT/metrics.json (top-1 of both heads on the held-out part of "
+        "the train split and on the test split) and OUT/loss.png. Backbone features are "
+        "computed once and cached (--cache-dir)."
+    )
+)
+def train(
+    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    root: Annotated[Path, typer.Option(help="Dataset root folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-train"),
+    backbone: Annotated[
+        Backbone, typer.Option(help="Frozen backbone.")
+    ] = Backbone.efficientnet_lite0,
+    weights: Annotated[Path | None, typer.Option(help="Local backbone weights file.")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(min=32, help="Backbone input side S (default: the backbone's).")
+    ] = None,
+    grid_layer: Annotated[
+        str | None, typer.Option(help="Backbone layer of the CAM grid (default: head / tokens).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 40,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 64,
+    alpha: Annotated[float, typer.Option(help="alpha of eq. 6 (CE vs distillation).")] = 0.3,
+    temperature: Annotated[float, typer.Option(help="T of eq. 6.")] = 3.0,
+    teacher_hidden: Annotated[
+        int | None, typer.Option(help="Teacher MLP width (0 = linear; default: 0 on ilsvrc).")
+    ] = None,
+    augment: Annotated[
+        Augment, typer.Option(help="Cached views: none | flip | crop (paper's 256->224 crops).")
+    ] = Augment.flip,
+    foreground: Annotated[
+        bool | None,
+        typer.Option(
+            "--foreground/--no-foreground",
+            help="Fit the foreground head (default: on for cub, off for ilsvrc).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, views and heads.")] = 0,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Use N images per split, spread over the split.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="torch device (cpu, cuda, cuda:1).")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
+    from .datasets import DatasetError
+    from .export.backbones import WeightsError
+    from .training.train import TrainConfig
+    from .training.train import train as run_training
+
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out}: exists and is not a folder")
+    try:
+        config = TrainConfig(
+            dataset=dataset.value,
+            root=root,
+            out=out,
+            backbone=backbone.value,
+            weights=weights,
+            input_size=input_size,
+            grid_layer=grid_layer,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            alpha=alpha,
+            temperature=temperature,
+            teacher_hidden=teacher_hidden,
+            augment=augment.value,
+            foreground=foreground,
+            seed=seed,
+            limit=limit,
+            device=device,
+            threads=threads,
+            cache_dir=cache_dir,
+            progress=not quiet,
+        )
+        result = run_training(config)
+    except (DatasetError, WeightsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    top1 = result.metrics["top1"]
+    typer.echo(f"heads: {result.heads_path}; top-1 {json.dumps(top1)}", err=True)
+    if bundle is not None:
+        from .export.exporter import export_bundle
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_bundle(
+                bundle,
+                backbone=backbone.value,
+                weights=str(weights) if weights else None,
+                heads_path=str(result.heads_path),
+            )
+        typer.echo(f"bundle: {bundle}", err=True)
+    typer.echo(str(result.heads_path))
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

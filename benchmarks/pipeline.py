@@ -1,0 +1,99 @@
+"""Per-stage speed of every method, and SGRM's reference loop vs its fast path, in one run.
+
+    python benchmarks/pipeline.py [--bundle DIR] [--images 50] [--threads 2] [--batch-size 8]
+
+Runs on the first N CUB test images of ../shared/data (or $LCAR_SHARED_DATA), all methods
+sharing one pass (the stages they have in common run once, as in `lcar-deploy eval`), then
+times SGRM alone on the same refined maps: reference loop (one image at a time) vs batched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lcar_deploy.bundle import Bundle, default_bundle_dir
+from lcar_deploy.datasets import load_dataset
+from lcar_deploy.image_io import load_rgb, resize_rgb
+from lcar_deploy.pipeline import METHODS, STAGES, Localizer, PipelineConfig
+from lcar_deploy.sgrm import sgrm_batched, sgrm_reference
+
+
+def shared_data() -> Path:
+    env = os.environ.get("LCAR_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=default_bundle_dir())
+    parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = Bundle.load(args.bundle)
+    config = PipelineConfig.from_settings(bundle.settings)
+    localizer = Localizer(bundle, config, device="cpu", threads=args.threads)
+    data = load_dataset("cub", shared_data() / "CUB_200_2011", "test", limit=args.images)
+    images = [load_rgb(r.path) for r in data]
+    print(
+        f"{len(images)} CUB test images, bundle {bundle.path} ({bundle.backbone}, "
+        f"S={bundle.input_size}), {args.threads} threads, providers {localizer.providers}"
+    )
+
+    stage_ms = dict.fromkeys(STAGES, 0.0)
+    refined, steps = [], []
+    start = time.perf_counter()
+    for i in range(0, len(images), args.batch_size):
+        batch = images[i : i + args.batch_size]
+        results = localizer.run_methods(batch)
+        for loc in results["lcar"]:
+            for stage, ms in loc.timings_ms.items():
+                stage_ms[stage] += ms
+            steps.append(loc.sgrm_steps)
+        refined.extend(loc.map for loc in results["arm"])
+    wall = time.perf_counter() - start
+    n = len(images)
+    print(f"\nms/image per stage (all methods in one pass: {1000 * wall / n:.0f} ms/image wall)")
+    print(" ".join(f"{s:>10}" for s in STAGES))
+    print(" ".join(f"{stage_ms[s] / n:>10.1f}" for s in STAGES))
+    print("\nms/image per method (sum of its stages)")
+    for method in METHODS:
+        stages = STAGES[: 2 + METHODS.index(method)]
+        print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}")
+    print(f"SGRM mean steps to stop: {np.mean(steps):.1f}")
+
+    work = config.work_size
+    rgb = np.stack([resize_rgb(im, work) for im in images]).astype(np.float32) / 255.0
+    maps = np.stack(refined).astype(np.float32)
+    start = time.perf_counter()
+    ref = [sgrm_reference(rgb[i], maps[i], config.sgrm, seed=config.sgrm_seed) for i in range(n)]
+    t_ref = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    fast = []
+    for i in range(0, n, args.batch_size):
+        fast += sgrm_batched(
+            rgb[i : i + args.batch_size],
+            maps[i : i + args.batch_size],
+            config.sgrm,
+            seeds=[config.sgrm_seed] * len(maps[i : i + args.batch_size]),
+        )
+    t_fast = (time.perf_counter() - start) / n
+    ious = [
+        (a.mask & b.mask).sum() / max((a.mask | b.mask).sum(), 1)
+        for a, b in zip(ref, fast, strict=True)
+    ]
+    print(
+        f"\nSGRM reference {1000 * t_ref:.0f} ms/image, fast path {1000 * t_fast:.0f} ms/image, "
+        f"speed-up {t_ref / t_fast:.1f}x, mask IoU fast vs reference {np.mean(ious):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
