@@ -3,6 +3,7 @@ training loops on a synthetic image and on real CUB images."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ import torch
 
 from lcar_deploy.sgrm import (
     IGNORE,
+    PAPER_CUB,
     AggregationNet,
     SgrmConfig,
     batched_forward,
@@ -28,6 +30,7 @@ from lcar_deploy.sgrm import (
     sgrm_labels,
     sgrm_reference,
     superpixel_mean,
+    superpixels,
     threshold_labels,
     vote,
 )
@@ -58,10 +61,10 @@ def test_sgrm_labels_eq12() -> None:
     # Superpixel 0 averages 0.5 (> gamma_h2 0.4), superpixel 1 averages 0.05, superpixel 2 0.3.
     refined = np.array([[0.9, 0.1, 0.0], [0.5, 0.1, 0.3]], dtype=np.float32)
     segments = np.array([[0, 0, 1], [0, 1, 2]])
-    y_cls, y_s_star = sgrm_labels(refined, segments, SgrmConfig())
+    y_cls, y_s_star = sgrm_labels(refined, segments, PAPER_CUB)
     np.testing.assert_array_equal(y_cls, [[1, IGNORE, 0], [IGNORE, IGNORE, IGNORE]])
     np.testing.assert_array_equal(y_s_star, [[1, 1, 0], [1, 0, IGNORE]])
-    y_cls, y_s_star = sgrm_labels(refined, segments, SgrmConfig(gamma_h2=0.6))  # ILSVRC
+    y_cls, y_s_star = sgrm_labels(refined, segments, replace(PAPER_CUB, gamma_h2=0.6))  # ILSVRC
     np.testing.assert_array_equal(y_s_star, [[IGNORE, IGNORE, 0], [IGNORE, 0, IGNORE]])
 
 
@@ -208,7 +211,7 @@ def test_synthetic_reference_and_batched_recover_shape() -> None:
     reach IoU >= 0.9; other seeds can leave stray stripes or a rim of the shifted map.
     """
     torch.set_num_threads(1)
-    cfg = SgrmConfig()
+    cfg = PAPER_CUB  # its wide ignored band lets SGRM fill the weak half (0.3 .. 0.6)
     data = [synthetic(seed) for seed in (0, 1)]
     images = np.stack([d[0] for d in data])
     coarse = np.stack([d[1] for d in data])
@@ -223,6 +226,23 @@ def test_synthetic_reference_and_batched_recover_shape() -> None:
         assert iou(fast.mask, shape) >= 0.9
         assert iou(fast.mask, ref.mask) >= 0.95
         assert ref.box == mask_to_box(ref.mask, "largest")
+
+
+def test_mask_vote_is_superpixel_vote_of_argmax() -> None:
+    """``mask_vote`` only post-processes: the same training, then ``y_pred`` of the argmax."""
+    torch.set_num_threads(1)
+    image, coarse, _ = synthetic(0, size=96)
+    segments = superpixels(image, PAPER_CUB)
+    seg = torch.from_numpy(segments).reshape(-1)
+    sizes = torch.bincount(seg)
+    raw = sgrm_reference(image, coarse, PAPER_CUB, seed=3, segments=segments)
+    voted_cfg = replace(PAPER_CUB, mask_vote=True)
+    voted = sgrm_reference(image, coarse, voted_cfg, seed=3, segments=segments)
+    (fast,) = sgrm_batched(image[None], coarse[None], voted_cfg, seeds=[3], segments=[segments])
+    expected = vote(torch.from_numpy(raw.mask).reshape(-1).long(), seg, sizes).numpy()
+    assert voted.steps == raw.steps
+    np.testing.assert_array_equal(voted.mask.reshape(-1), expected.astype(bool))
+    assert iou(fast.mask, voted.mask) >= 0.98
 
 
 def cub_images(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

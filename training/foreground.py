@@ -122,15 +122,20 @@ def fit_foreground(
     bias = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=config.max_iter)
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
+    def objective() -> torch.Tensor:
         ce = torch.nn.functional.binary_cross_entropy_with_logits(
             x @ weight + bias, target, reduction="none"
         )
-        loss = (balance * ce).mean() + config.l2 * weight.pow(2).sum()
+        return (balance * ce).mean() + config.l2 * weight.pow(2).sum()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective()
         loss.backward()
         return loss
 
-    loss = optimizer.step(closure)
-    stats = {"cells": len(target), "positive_share": positive, "loss": float(loss)}
+    optimizer.step(closure)
+    with torch.no_grad():
+        final = float(objective())
+    stats = {"cells": len(target), "positive_share": positive, "loss": final}
     return weight.detach()[None], bias.detach(), stats
