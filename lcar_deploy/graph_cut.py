@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
-from threadpoolctl import ndimage, threadpool_limits
+from scipy import linalg, ndimage
+from threadpoolctl import threadpool_limits
 
 from .cam import minmax_normalize, upsample
 
