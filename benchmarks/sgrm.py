@@ -8,6 +8,7 @@ like an upsampled patch-grid map. Prints, per path, ms/image split into superpix
 the stop rule, and the mask IoU of each batched run against the reference.
 
     python benchmarks/sgrm.py --images 10 --threads 1
+    python benchmarks/sgrm.py --images 10 --paper  # the paper's settings, not the defaults
     python benchmarks/sgrm.py --device cuda --batches 1 8 32
 
 Times are wall-clock, best of ``--repeats``; the process CPU time is printed beside them since
@@ -27,7 +28,14 @@ import cv2
 import numpy as np
 import torch
 
-from lcar_deploy.sgrm import SgrmConfig, SgrmResult, sgrm_batched, sgrm_reference, superpixels
+from lcar_deploy.sgrm import (
+    PAPER_CUB,
+    SgrmConfig,
+    SgrmResult,
+    sgrm_batched,
+    sgrm_reference,
+    superpixels,
+)
 
 T = TypeVar("T")
 SIZE = 224
@@ -107,11 +115,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--paper", action="store_true", help="the paper's settings (PAPER_CUB)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = SgrmConfig()
+    cfg = PAPER_CUB if args.paper else SgrmConfig()
     images, maps = load_cub(args.root, args.images, args.map)
     n = len(images)
     seeds = list(range(n))
