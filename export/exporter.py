@@ -19,6 +19,20 @@ from .model import LcarModel, build_model
 
 FORMATS = ("onnx", "torchscript", "both")
 
+# Stage settings of bundles without trained heads (ARM refines the ImageNet classifier's CAM,
+# whose refined maps are best cut near 0.36 rather than 0.66 for the foreground head's):
+# SGRM's label thresholds sit around that level, and the box covers every object found
+# (ILSVRC images often hold several). Measured on ILSVRC-mini, docs/accuracy.md.
+CLASSIFIER_BUNDLE_SETTINGS = {
+    "sgrm": {
+        "gamma_l1": 0.25,
+        "gamma_l2": 0.25,
+        "gamma_h1": 0.5,
+        "gamma_h2": 0.5,
+        "box_mode": "all",
+    }
+}
+
 
 def export_onnx(model: LcarModel, input_size: int, path: Path, opset: int = 18) -> None:
     """ONNX graph with input ``image`` (B, 3, S, S) and dynamic batch."""
@@ -182,6 +196,8 @@ def export_bundle(
         settings = {**extra.get("settings", {}), **(settings or {})}
     else:
         config = default_config(backbone, input_size)
+        if backbone == "efficientnet_lite0":
+            settings = {**CLASSIFIER_BUNDLE_SETTINGS, **(settings or {})}
     model = build_model(config, weights, heads, random_init=random_init)
     return write_bundle(
         model,

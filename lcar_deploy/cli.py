@@ -172,15 +172,46 @@ def load_bundle_or_default(bundle: Path | None):
     return Bundle.load(path)
 
 
+def merged_settings(bundle_settings: dict, text: str | None) -> dict:
+    """The bundle's stage settings, overridden by the ``--settings`` JSON object (stage
+    tables such as ``{"sgrm": {"gamma_h1": 0.7}}`` are merged key by key)."""
+    if not text:
+        return bundle_settings
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--settings is not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise ValueError("--settings must be a JSON object")
+    merged = dict(bundle_settings)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+SETTINGS_HELP = (
+    'Stage settings as JSON, over the bundle\'s: e.g. \'{"arm_input": "cam", '
+    '"sgrm": {"gamma_l1": 0.3, "gamma_h1": 0.45}}\' (see lcar_deploy/pipeline.py).'
+)
+
+
 def make_localizer(
-    bundle, method: Method, device: Device, threads: int | None, arm_backend: ArmBackend
+    bundle,
+    method: Method,
+    device: Device,
+    threads: int | None,
+    arm_backend: ArmBackend,
+    settings: str | None = None,
 ):
     from .pipeline import Localizer, PipelineConfig
 
     overrides = {"method": method.value, "arm_backend": arm_backend.value}
     if device == Device.cuda:
         overrides["sgrm_device"] = "cuda"
-    config = PipelineConfig.from_settings(bundle.settings, **overrides)
+    config = PipelineConfig.from_settings(merged_settings(bundle.settings, settings), **overrides)
     return Localizer(bundle, config, device=device.value, threads=threads)
 
 
@@ -219,6 +250,7 @@ def localize(
         ),
     ] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
+    settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     retry_errors: Annotated[
         bool, typer.Option(help="On resume, retry images that failed.")
     ] = False,
@@ -251,7 +283,7 @@ def localize(
         loaded = load_bundle_or_default(bundle)
         if class_id is not None:
             loaded.class_index(class_id)
-        localizer = make_localizer(loaded, method, device, threads, arm_backend)
+        localizer = make_localizer(loaded, method, device, threads, arm_backend, settings)
     except (BundleError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     options = LocalizeOptions(
@@ -346,6 +378,7 @@ def evaluate(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads in all.")] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
+    settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     engine: Annotated[
         Engine, typer.Option(help="local, or ray (Ray Data over actors).")
     ] = Engine.local,
@@ -367,7 +400,7 @@ def evaluate(
     try:
         data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
         loaded = load_bundle_or_default(bundle)
-        localizer = make_localizer(loaded, Method.lcar, device, threads, arm_backend)
+        localizer = make_localizer(loaded, Method.lcar, device, threads, arm_backend, settings)
     except (BundleError, DatasetError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     try:
