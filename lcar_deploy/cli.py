@@ -318,9 +318,9 @@ def localize(
     else:
         summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
     stats = summary.to_dict()
+    earlier = f" ({summary.skipped_errors} of them failed)" if summary.skipped_errors else ""
     typer.echo(
-        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done "
-        f"({summary.skipped_errors} of them failed); "
+        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}; "
         f"{stats['images_per_second'] or 0:.2f} img/s; providers {summary.providers}; "
         f"mean ms/stage {stats['mean_ms_per_stage']}; results in {out / 'predictions.jsonl'}",
         err=True,
