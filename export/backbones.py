@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import nn
 
+from .safe_load import load_file
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -181,19 +183,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     ``backbone.`` prefixes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(
-            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+    state = load_file(path, WeightsError, "weights file")
     for wrapper in ("teacher", "state_dict", "model", "student"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .safe_load import load_file
+
 HEADS_FORMAT_VERSION = 1
 
 
@@ -180,15 +182,7 @@ def save_heads(heads: Heads, path: str | Path, extra: dict | None = None) -> Non
 
 def load_heads(path: str | Path) -> tuple[Heads, dict]:
     """Read ``heads.pt`` without executing pickle code; clear errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise HeadsError(f"{path}: heads file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HeadsError(
-            f"{path}: not a readable heads file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+    payload = load_file(Path(path), HeadsError, "heads file")
     if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
         raise HeadsError(f"{path}: not a heads file (expected keys 'config' and 'state_dict')")
     version = payload.get("format_version")

@@ -609,9 +609,9 @@ def test_export_refuses_bad_heads_and_weights(tmp_path: Path) -> None:
     torch.save([torch.zeros(3)], not_heads)
     cases = [
         (["--heads", dino_heads(tmp_path / "dino.pt")], r"trained for backbone 'dino_vits16'"),
-        (["--heads", evil], r"evil\.pt: not a readable heads file \(UnpicklingError"),
-        (["--weights", evil], r"evil\.pt: cannot read weights \(UnpicklingError"),
-        (["--heads", corrupt], r"corrupt\.pt: not a readable heads file"),
+        (["--heads", evil], r"evil\.pt: cannot read heads file \(UnpicklingError"),
+        (["--weights", evil], r"evil\.pt: cannot read weights file \(UnpicklingError"),
+        (["--heads", corrupt], r"corrupt\.pt: cannot read heads file"),
         (["--weights", corrupt], r"corrupt\.pt: cannot read weights"),
         (["--heads", not_heads], r"list\.pt: not a heads file"),
         (["--heads", tmp_path / "nowhere.pt"], r"nowhere\.pt: heads file not found"),
