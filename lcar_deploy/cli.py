@@ -97,7 +97,7 @@ def export(
     input_size: Annotated[
         int | None,
         typer.Option(
-            help="Backbone input side S in pixels (default 320 for the CNN, 224 for DINO)."
+            help="Backbone input side S in pixels (default 384 for the CNN, 224 for DINO)."
         ),
     ] = None,
     out: Annotated[

@@ -50,21 +50,21 @@ def cub_images(shared_data: Path) -> list[Path]:
 def test_manifest_describes_the_bundle(default_bundle: Bundle) -> None:
     m = default_bundle.manifest
     assert m["backbone"] == "efficientnet_lite0"
-    assert m["input_size"] == 320
+    assert m["input_size"] == 384
     assert m["mean"] == [0.5, 0.5, 0.5] and m["std"] == [0.5, 0.5, 0.5]
-    assert m["grid_size"] == [10, 10] and m["affinity_size"] == [20, 20]
+    assert m["grid_size"] == [12, 12] and m["affinity_size"] == [24, 24]
     assert set(m["files"]) == {"model.onnx", "model.ts"}
     assert len(m["classes"]["ids"]) == 1000 and len(m["classes"]["names"]) == 1000
     assert "tabby" in m["classes"]["names"][281]
     assert {"torch", "timm", "onnx"} <= set(m["versions"])
-    assert m["outputs"]["cams"] == ["batch", 1000, 10, 10]
+    assert m["outputs"]["cams"] == ["batch", 1000, 12, 12]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_and_torchscript_match_torch(
     default_bundle: Bundle, default_model: torch.nn.Module, cub_images: list[Path], batch: int
 ) -> None:
-    images = _batch((cub_images * 2)[:batch], 320)
+    images = _batch((cub_images * 2)[:batch], default_bundle.input_size)
     with torch.no_grad():
         expected = default_model(torch.from_numpy(images))
     onnx_out = default_bundle.session(device="cpu").run(images)
@@ -78,7 +78,7 @@ def test_onnx_and_torchscript_match_torch(
 
 
 def test_embedded_backbone_sees_a_cat(default_bundle: Bundle) -> None:
-    image = to_chw_float(resize_rgb(skimage.data.chelsea(), 320))[None]
+    image = to_chw_float(resize_rgb(skimage.data.chelsea(), default_bundle.input_size))[None]
     logits = default_bundle.session(device="cpu").run(image)["logits"]
     assert 281 <= int(logits.argmax()) <= 285
 
@@ -91,7 +91,7 @@ def test_embedded_backbone_top1_on_ilsvrc_mini(default_bundle: Bundle, shared_da
     correct = 0
     for start in range(0, len(items), 25):
         chunk = items[start : start + 25]
-        logits = session.run(_batch([p for p, _ in chunk], 320))["logits"]
+        logits = session.run(_batch([p for p, _ in chunk], default_bundle.input_size))["logits"]
         correct += int((logits.argmax(1) == np.array([c for _, c in chunk])).sum())
     assert correct / len(items) >= 0.65
 
