@@ -41,6 +41,23 @@ struct ArmParams {
   double sigma_eps = 1e-8;
 };
 
+inline void validate_params(const ArmParams& p);
+
+// Parameters from the Python keyword arguments, validated.
+inline ArmParams make_params(const std::vector<int>& dilations, double eta, int iterations,
+                             double w_p, double w_rgb, double w_pos, double sigma_eps) {
+  ArmParams p;
+  p.dilations = dilations;
+  p.eta = eta;
+  p.iterations = iterations;
+  p.w_p = w_p;
+  p.w_rgb = w_rgb;
+  p.w_pos = w_pos;
+  p.sigma_eps = sigma_eps;
+  validate_params(p);
+  return p;
+}
+
 inline void validate_params(const ArmParams& p) {
   if (p.dilations.empty()) throw std::invalid_argument("dilations must not be empty");
   if (static_cast<int>(p.dilations.size()) > kMaxDilations) {

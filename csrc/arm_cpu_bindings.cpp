@@ -59,23 +59,9 @@ void check_map(const FloatArray& e_h, const FloatArray& images) {
   check_finite(e_h, "e_h");
 }
 
-lcar::ArmParams make_params(const std::vector<int>& dilations, double eta, int iterations,
-                            double w_p, double w_rgb, double w_pos, double sigma_eps) {
-  lcar::ArmParams p;
-  p.dilations = dilations;
-  p.eta = eta;
-  p.iterations = iterations;
-  p.w_p = w_p;
-  p.w_rgb = w_rgb;
-  p.w_pos = w_pos;
-  p.sigma_eps = sigma_eps;
-  lcar::validate_params(p);
-  return p;
-}
-
 py::tuple neighbour_table(const std::vector<int>& dilations, double w_p, double w_pos,
                           double sigma_eps) {
-  const lcar::ArmParams p = make_params(dilations, 0.1, 0, w_p, 0.3, w_pos, sigma_eps);
+  const lcar::ArmParams p = lcar::make_params(dilations, 0.1, 0, w_p, 0.3, w_pos, sigma_eps);
   const lcar::NeighbourTable t = lcar::make_neighbour_table(p);
   py::array_t<int> offsets({static_cast<py::ssize_t>(t.count), static_cast<py::ssize_t>(2)});
   py::array_t<double> pos(static_cast<py::ssize_t>(t.count));
@@ -93,7 +79,7 @@ py::array_t<float> affinities(const FloatArray& images, const std::vector<int>& 
                               double w_p, double w_rgb, double w_pos, double sigma_eps,
                               int num_threads) {
   check_images(images);
-  const lcar::ArmParams p = make_params(dilations, 0.1, 0, w_p, w_rgb, w_pos, sigma_eps);
+  const lcar::ArmParams p = lcar::make_params(dilations, 0.1, 0, w_p, w_rgb, w_pos, sigma_eps);
   const lcar::NeighbourTable t = lcar::make_neighbour_table(p);
   const py::ssize_t B = images.shape(0);
   const int H = static_cast<int>(images.shape(2));
@@ -112,7 +98,7 @@ py::array_t<float> affinities(const FloatArray& images, const std::vector<int>& 
 py::array_t<float> propagate(const FloatArray& e_h, const FloatArray& aff,
                              const std::vector<int>& dilations, double eta, int iterations,
                              int num_threads) {
-  const lcar::ArmParams p = make_params(dilations, eta, iterations, 0.01, 0.3, 0.3, 1e-8);
+  const lcar::ArmParams p = lcar::make_params(dilations, eta, iterations, 0.01, 0.3, 0.3, 1e-8);
   const lcar::NeighbourTable t = lcar::make_neighbour_table(p);
   check_ndim(e_h, 3, "e_h", "(B, H, W)");
   check_ndim(aff, 4, "aff", "(B, |N|, H, W)");
@@ -141,7 +127,7 @@ py::array_t<float> refine(const FloatArray& e_h, const FloatArray& images,
                           double w_rgb, double w_pos, double sigma_eps, int num_threads) {
   check_images(images);
   check_map(e_h, images);
-  const lcar::ArmParams p = make_params(dilations, eta, iterations, w_p, w_rgb, w_pos, sigma_eps);
+  const lcar::ArmParams p = lcar::make_params(dilations, eta, iterations, w_p, w_rgb, w_pos, sigma_eps);
   const py::ssize_t B = e_h.shape(0);
   const int H = static_cast<int>(e_h.shape(1));
   const int W = static_cast<int>(e_h.shape(2));

@@ -16,20 +16,6 @@ namespace py = pybind11;
 
 namespace {
 
-lcar::ArmParams make_params(const std::vector<int>& dilations, double eta, int iterations,
-                            double w_p, double w_rgb, double w_pos, double sigma_eps) {
-  lcar::ArmParams p;
-  p.dilations = dilations;
-  p.eta = eta;
-  p.iterations = iterations;
-  p.w_p = w_p;
-  p.w_rgb = w_rgb;
-  p.w_pos = w_pos;
-  p.sigma_eps = sigma_eps;
-  lcar::validate_params(p);
-  return p;
-}
-
 void check_sizes(int64_t B, int64_t H, int64_t W) {
   if (B < 0 || H < 1 || W < 1 || H > INT_MAX || W > INT_MAX || B > INT_MAX) {
     throw std::invalid_argument("bad sizes B=" + std::to_string(B) + " H=" + std::to_string(H) +
@@ -45,7 +31,7 @@ void affinities(std::uintptr_t images, std::uintptr_t aff, int64_t B, int64_t H,
                 const std::vector<int>& dilations, double w_p, double w_rgb, double w_pos,
                 double sigma_eps, int device, std::uintptr_t stream) {
   check_sizes(B, H, W);
-  const lcar::ArmParams p = make_params(dilations, 0.1, 0, w_p, w_rgb, w_pos, sigma_eps);
+  const lcar::ArmParams p = lcar::make_params(dilations, 0.1, 0, w_p, w_rgb, w_pos, sigma_eps);
   if (B == 0) return;
   check_pointer(images, "images");
   check_pointer(aff, "aff");
@@ -59,7 +45,7 @@ void refine(std::uintptr_t e_h, std::uintptr_t images, std::uintptr_t aff, std::
             double eta, int iterations, double w_p, double w_rgb, double w_pos, double sigma_eps,
             int device, std::uintptr_t stream) {
   check_sizes(B, H, W);
-  const lcar::ArmParams p = make_params(dilations, eta, iterations, w_p, w_rgb, w_pos, sigma_eps);
+  const lcar::ArmParams p = lcar::make_params(dilations, eta, iterations, w_p, w_rgb, w_pos, sigma_eps);
   if (B == 0) return;
   check_pointer(e_h, "e_h");
   check_pointer(images, "images");
