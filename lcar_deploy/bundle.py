@@ -45,9 +45,14 @@ def cache_dir() -> Path:
     return Path(base) / "lcar-deploy"
 
 
+# Names the default bundle's backbone and input size, so that a cached default bundle from an
+# older default is not reused after the default changes (tests/test_export.py checks it).
+DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384"
+
+
 def default_bundle_dir() -> Path:
     """Where ``lcar-deploy export`` with no ``--out`` writes, and ``localize`` looks."""
-    return cache_dir() / "bundles" / "default"
+    return cache_dir() / "bundles" / DEFAULT_BUNDLE_NAME
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import skimage.data
 import timm
 import torch
 
-from lcar_deploy.bundle import Bundle, BundleError
+from lcar_deploy.bundle import Bundle, BundleError, default_bundle_dir
 from lcar_deploy.export.backbones import (
     BackboneConfig,
     WeightsError,
@@ -203,6 +203,11 @@ def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_
         Bundle.load(copy)
     with pytest.raises(BundleError, match="not found"):
         Bundle.load(tmp_path / "nowhere")
+
+
+def test_default_bundle_folder_names_the_default_backbone() -> None:
+    config = default_config("efficientnet_lite0")
+    assert default_bundle_dir().name == f"default-{config.name}-{config.input_size}"
 
 
 def test_unknown_class_id_is_rejected(default_bundle: Bundle) -> None:
