@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcar_deploy.bundle import Bundle, default_bundle_dir
+from lcar_deploy.cli import load_bundle_or_default
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb
 from lcar_deploy.pipeline import METHODS, STAGES, Localizer, PipelineConfig
@@ -31,13 +31,13 @@ def shared_data() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=default_bundle_dir())
+    parser.add_argument("--bundle", type=Path, help="default: the default bundle")
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle_or_default(args.bundle)
     config = PipelineConfig.from_settings(bundle.settings)
     localizer = Localizer(bundle, config, device="cpu", threads=args.threads)
     data = load_dataset("cub", shared_data() / "CUB_200_2011", "test", limit=args.images)
