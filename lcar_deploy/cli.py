@@ -13,6 +13,7 @@ images, an output folder that cannot be written, bad bundle); 2 the command line
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from enum import Enum
@@ -444,7 +445,7 @@ def evaluate(
         "backbone": loaded.backbone,
         "input_size": loaded.input_size,
         "providers": localizer.providers,
-        "settings": _config_dict(localizer.config),
+        "settings": dataclasses.asdict(localizer.config),
     }
     title = f"lcar-deploy eval: {data.kind} {data.split} ({loaded.backbone}, S={loaded.input_size})"
     write_outputs(result, data, out, title, info)
@@ -456,12 +457,6 @@ def evaluate(
             err=True,
         )
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
-
-
-def _config_dict(config) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 class Augment(str, Enum):

@@ -34,12 +34,6 @@ class LoadedImage:
     rgb: np.ndarray
     original_size: tuple[int, int]
 
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Factors from ``rgb`` pixels to original pixels (x, y); not 1 after a JPEG draft."""
-        h, w = self.rgb.shape[:2]
-        return self.original_size[0] / w, self.original_size[1] / h
-
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):

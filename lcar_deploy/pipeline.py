@@ -172,13 +172,6 @@ class Localizer:
     def providers(self) -> list[str]:
         return self.session.providers
 
-    def with_method(self, method: Method) -> Localizer:
-        """The same session and bundle with another last stage (shares the onnxruntime session)."""
-        clone = object.__new__(Localizer)
-        clone.__dict__.update(self.__dict__)
-        clone.config = replace(self.config, method=method)
-        return clone
-
     def run(
         self, images: list[np.ndarray], class_ids: list[int | None] | None = None
     ) -> list[Localization]:
