@@ -195,7 +195,8 @@ def merged_settings(bundle_settings: dict, text: str | None) -> dict:
 
 SETTINGS_HELP = (
     'Stage settings as JSON, over the bundle\'s: e.g. \'{"arm_input": "cam", '
-    '"sgrm": {"gamma_l1": 0.3, "gamma_h1": 0.45}}\' (see lcar_deploy/pipeline.py).'
+    '"sgrm": {"gamma_l1": 0.3, "gamma_h1": 0.45}}\', or \'{"flip": false}\' to skip the '
+    "test-time flip (half the backbone time) (see lcar_deploy/pipeline.py)."
 )
 
 

@@ -29,6 +29,16 @@ METHODS: tuple[str, ...] = ("cam", "graphcut", "arm", "lcar")
 STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
 ARM_INPUTS = ("auto", "graphcut", "cam", "foreground")
 AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
+# Axis of each bundle output that runs along the image width (None: not spatial).
+WIDTH_AXIS = {
+    "global": None,
+    "logits": None,
+    "cam_logits": None,
+    "grid": 2,
+    "affinity": 2,
+    "cams": 3,
+    "foreground": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class PipelineConfig:
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu`` or ``cuda``).
     sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
+    flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
+        output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
+        Twice the backbone time; ILSVRC-mini lcar 62.7 -> 66.3 GT-known (docs/accuracy.md).
     """
 
     method: Method = "lcar"
@@ -54,6 +67,7 @@ class PipelineConfig:
     arm_backend: str = "auto"
     sgrm_device: str = "cpu"
     sgrm_seed: int = 0
+    flip: bool = True
     cam: CamConfig = field(default_factory=CamConfig)
     graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
     arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
@@ -199,7 +213,10 @@ class Localizer:
 
         tick = time.perf_counter()
         net_in = np.stack([to_chw_float(resize_rgb(im, size)) for im in images])
-        out = self.session.run(net_in)
+        if cfg.flip:
+            out = merge_flipped(self.session.run(np.concatenate([net_in, net_in[..., ::-1]])))
+        else:
+            out = self.session.run(net_in)
         work_rgb = np.stack([resize_rgb(im, work) for im in images])
         times["backbone"] = time.perf_counter() - tick
 
@@ -317,6 +334,27 @@ class Localizer:
             seeds.append(result.seed)
             maps.append(result.map.astype(np.float32))
         return classes, np.stack(seeds), np.stack(maps)
+
+
+def merge_flipped(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Average a run on 2B images (B images, then the same B mirrored left-right) into B.
+
+    Spatial outputs of the mirrored half are mirrored back along their width axis
+    (:data:`WIDTH_AXIS`) first, so every cell is averaged with the same place of the image.
+    """
+    merged = {}
+    for name, value in outputs.items():
+        if name not in WIDTH_AXIS:
+            raise ValueError(f"cannot merge flipped runs: unknown output {name!r}")
+        if len(value) % 2:
+            raise ValueError(f"output {name!r} has an odd batch ({len(value)}), not 2B")
+        half = len(value) // 2
+        original, mirrored = value[:half], value[half:]
+        axis = WIDTH_AXIS[name]
+        if axis is not None:
+            mirrored = np.flip(mirrored, axis=axis)
+        merged[name] = ((original + mirrored) / 2).astype(value.dtype)
+    return merged
 
 
 def eigen_scoremaps(e_low: np.ndarray, size: int) -> np.ndarray:

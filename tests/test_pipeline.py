@@ -21,6 +21,7 @@ from lcar_deploy.pipeline import (
     PipelineConfig,
     box_to_original,
     component_boxes,
+    merge_flipped,
 )
 from lcar_deploy.sgrm import SgrmConfig
 
@@ -53,6 +54,38 @@ def test_config_from_bundle_settings() -> None:
         PipelineConfig.from_settings({"bogus": 1})
     with pytest.raises(ValueError, match="method"):
         PipelineConfig(method="crf")
+
+
+def test_merge_flipped_averages_mirrored_cells() -> None:
+    cams = np.array([[[[1.0, 2.0, 3.0]]], [[[10.0, 20.0, 30.0]]]], dtype=np.float32)
+    grid = np.arange(2 * 1 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2)
+    merged = merge_flipped(
+        {"cams": cams, "logits": np.array([[1.0], [3.0]], np.float32), "grid": grid}
+    )
+    np.testing.assert_array_equal(merged["cams"], [[[[15.5, 11.0, 6.5]]]])
+    np.testing.assert_array_equal(merged["logits"], [[2.0]])
+    # grid is (B, h, w, D): cells (w) swap, channels (D) stay.
+    np.testing.assert_array_equal(merged["grid"], [[[[3.0, 4.0], [3.0, 4.0]]]])
+    assert merged["cams"].dtype == np.float32
+    with pytest.raises(ValueError, match="unknown output 'extra'"):
+        merge_flipped({"extra": cams})
+    with pytest.raises(ValueError, match="odd batch"):
+        merge_flipped({"cams": cams[:1]})
+
+
+def test_flip_makes_maps_mirror_equivariant(small_bundle: Path) -> None:
+    bundle = Bundle.load(small_bundle)
+    image = synthetic_scene(size=(96, 128), seed=3)[0]
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    for flip in (True, False):
+        config = PipelineConfig.from_settings(FAST, flip=flip)
+        localizer = Localizer(bundle, config, device="cpu", threads=2)
+        results = localizer.run_methods([image, mirrored], [281, 281], ("cam", "arm"))
+        for method in ("cam", "arm"):
+            a, b = (loc.map for loc in results[method])
+            gap = float(np.abs(a - b[:, ::-1]).max())
+            # With flip the two runs see the same pair of images: equal up to rounding.
+            assert gap < 1e-4 if flip else gap > 1e-3, (method, flip, gap)
 
 
 def test_every_method_from_one_run(small_bundle: Path) -> None:
