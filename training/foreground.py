@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..cam import CamConfig, cam_map, upsample
 from ..datasets import Dataset
-from ..export.backbones import BackboneConfig, build_backbone
+from ..export.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone
 from ..export.heads import Heads
 from ..image_io import load_rgb, resize_rgb, to_chw_float
 
@@ -65,8 +65,11 @@ def collect_pseudo_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Affinity features (N, ha, wa, Da) float16 and CAM maps at that grid (N, ha, wa) float32."""
     if config.pseudo == "imagenet":
-        if backbone_config.name != "efficientnet_lite0":
-            raise ValueError("pseudo='imagenet' needs the efficientnet_lite0 backbone")
+        if backbone_config.name not in EFFICIENTNET_LITES:
+            raise ValueError(
+                f"pseudo='imagenet' needs an ImageNet classifier ({', '.join(EFFICIENTNET_LITES)}), "
+                f"not {backbone_config.name}"
+            )
         source = BackboneConfig(
             backbone_config.name, backbone_config.input_size, "head", backbone_config.affinity_layer
         )

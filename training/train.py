@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
 from ..datasets import Dataset, load_dataset
-from ..export.backbones import BackboneConfig, build_backbone, default_config
+from ..export.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone, default_config
 from ..export.heads import Heads, HeadsConfig, save_heads, with_foreground
 from .features import FeatureSet, ViewSpec, cached_features
 from .foreground import ForegroundConfig, collect_pseudo_labels, fit_foreground
@@ -51,7 +51,7 @@ class TrainConfig:
     out: output folder.
     backbone, weights: backbone name and weights file (``None``: the embedded weights);
         input_size: S (``None``: the backbone's default); grid_layer: the CAM head's grid
-        (``None``: default, ``head`` for efficientnet_lite0); affinity_layer: recorded in the
+        (``None``: default, ``head`` for the EfficientNet-Lites); affinity_layer: recorded in the
         heads for the graph cut (``None``: default).
     epochs, lr, batch_size, weight_decay: AdamW with a cosine schedule over ``epochs``.
     alpha, temperature: alpha and T of eq. 6 (paper 0.3, 3).
@@ -73,7 +73,7 @@ class TrainConfig:
         ``None``: on for ``cub`` (single objects; measured +7 GT-known@50 on CUB test), off
         for ILSVRC (several objects per image; measured -4 on ILSVRC-mini), see docs/accuracy.md.
     foreground_pseudo: its pseudo labels, ``imagenet`` (embedded classifier's top-5 CAM) or
-        ``heads`` (the trained CAM head); ``None``: imagenet for efficientnet_lite0, else heads.
+        ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
     """
 
     dataset: str
@@ -135,7 +135,7 @@ class TrainConfig:
         if not use:
             return None
         pseudo = self.foreground_pseudo or (
-            "imagenet" if self.backbone == "efficientnet_lite0" else "heads"
+            "imagenet" if self.backbone in EFFICIENTNET_LITES else "heads"
         )
         return ForegroundConfig(pseudo=pseudo)
 
