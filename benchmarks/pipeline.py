@@ -4,7 +4,8 @@
 
 Runs on the first N CUB test images of ../shared/data (or $LCAR_SHARED_DATA), all methods
 sharing one pass (the stages they have in common run once, as in `lcar-deploy eval`), then
-times SGRM alone on the same refined maps: reference loop (one image at a time) vs batched.
+times SGRM alone on the same refined maps: reference loop (one image at a time) vs batched,
+and the backbone + CAM stages with and without the test-time flip (PipelineConfig.flip).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,21 @@ def main() -> None:
         stages = STAGES[: 2 + METHODS.index(method)]
         print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}")
     print(f"SGRM mean steps to stop: {np.mean(steps):.1f}")
+
+    cam_ms = {}
+    for flip in (False, True):
+        cam_only = Localizer(
+            bundle, replace(config, method="cam", flip=flip), device="cpu", threads=args.threads
+        )
+        cam_only.run(images[: args.batch_size])
+        start = time.perf_counter()
+        for i in range(0, n, args.batch_size):
+            cam_only.run(images[i : i + args.batch_size])
+        cam_ms[flip] = 1000 * (time.perf_counter() - start) / n
+    print(
+        f"\nbackbone + CAM: no flip {cam_ms[False]:.0f} ms/image, flip {cam_ms[True]:.0f} "
+        f"ms/image ({cam_ms[True] / cam_ms[False]:.2f}x)"
+    )
 
     work = config.work_size
     rgb = np.stack([resize_rgb(im, work) for im in images]).astype(np.float32) / 255.0
