@@ -213,10 +213,10 @@ class Localizer:
 
         tick = time.perf_counter()
         net_in = np.stack([to_chw_float(resize_rgb(im, size)) for im in images])
+        out = self.session.run(net_in)
         if cfg.flip:
-            out = merge_flipped(self.session.run(np.concatenate([net_in, net_in[..., ::-1]])))
-        else:
-            out = self.session.run(net_in)
+            # A second run of B rather than one of 2B: the same peak memory as without flip.
+            out = merge_flipped(out, self.session.run(np.ascontiguousarray(net_in[..., ::-1])))
         work_rgb = np.stack([resize_rgb(im, work) for im in images])
         times["backbone"] = time.perf_counter() - tick
 
@@ -336,24 +336,27 @@ class Localizer:
         return classes, np.stack(seeds), np.stack(maps)
 
 
-def merge_flipped(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Average a run on 2B images (B images, then the same B mirrored left-right) into B.
+def merge_flipped(
+    original: dict[str, np.ndarray], mirrored: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Average a run on B images with the run on the same B images mirrored left-right.
 
-    Spatial outputs of the mirrored half are mirrored back along their width axis
+    Spatial outputs of the mirrored run are mirrored back along their width axis
     (:data:`WIDTH_AXIS`) first, so every cell is averaged with the same place of the image.
     """
+    if original.keys() != mirrored.keys():
+        raise ValueError("cannot merge flipped runs: the two runs have different outputs")
     merged = {}
-    for name, value in outputs.items():
+    for name, value in original.items():
         if name not in WIDTH_AXIS:
             raise ValueError(f"cannot merge flipped runs: unknown output {name!r}")
-        if len(value) % 2:
-            raise ValueError(f"output {name!r} has an odd batch ({len(value)}), not 2B")
-        half = len(value) // 2
-        original, mirrored = value[:half], value[half:]
+        other = mirrored[name]
+        if other.shape != value.shape:
+            raise ValueError(f"output {name!r}: shapes {value.shape} and {other.shape} differ")
         axis = WIDTH_AXIS[name]
         if axis is not None:
-            mirrored = np.flip(mirrored, axis=axis)
-        merged[name] = ((original + mirrored) / 2).astype(value.dtype)
+            other = np.flip(other, axis=axis)
+        merged[name] = ((value + other) / 2).astype(value.dtype)
     return merged
 
 

@@ -57,20 +57,23 @@ def test_config_from_bundle_settings() -> None:
 
 
 def test_merge_flipped_averages_mirrored_cells() -> None:
-    cams = np.array([[[[1.0, 2.0, 3.0]]], [[[10.0, 20.0, 30.0]]]], dtype=np.float32)
-    grid = np.arange(2 * 1 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2)
+    cams = np.array([[[[1.0, 2.0, 3.0]]]], dtype=np.float32)
+    grid = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
     merged = merge_flipped(
-        {"cams": cams, "logits": np.array([[1.0], [3.0]], np.float32), "grid": grid}
+        {"cams": cams, "logits": np.array([[1.0]], np.float32), "grid": grid},
+        {"cams": cams * 10, "logits": np.array([[3.0]], np.float32), "grid": grid + 4},
     )
     np.testing.assert_array_equal(merged["cams"], [[[[15.5, 11.0, 6.5]]]])
     np.testing.assert_array_equal(merged["logits"], [[2.0]])
-    # grid is (B, h, w, D): cells (w) swap, channels (D) stay.
+    # grid is (B, h, w, D): cells (w) swap, channels (D) stay: (0,1)+(6,7), (2,3)+(4,5).
     np.testing.assert_array_equal(merged["grid"], [[[[3.0, 4.0], [3.0, 4.0]]]])
     assert merged["cams"].dtype == np.float32
     with pytest.raises(ValueError, match="unknown output 'extra'"):
-        merge_flipped({"extra": cams})
-    with pytest.raises(ValueError, match="odd batch"):
-        merge_flipped({"cams": cams[:1]})
+        merge_flipped({"extra": cams}, {"extra": cams})
+    with pytest.raises(ValueError, match="differ"):
+        merge_flipped({"cams": cams}, {"cams": cams[..., :2]})
+    with pytest.raises(ValueError, match="different outputs"):
+        merge_flipped({"cams": cams}, {"grid": grid})
 
 
 def test_flip_makes_maps_mirror_equivariant(small_bundle: Path) -> None:
