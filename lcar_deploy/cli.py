@@ -42,6 +42,8 @@ app = typer.Typer(
 )
 
 
+# A copy of export.backbones.BACKBONES: importing that module loads torch and timm, and --help
+# must stay instant. tests/test_export.py checks that the two agree.
 class Backbone(str, Enum):
     efficientnet_lite0 = "efficientnet_lite0"
     efficientnet_lite1 = "efficientnet_lite1"
@@ -102,7 +104,7 @@ def export(
     input_size: Annotated[
         int | None,
         typer.Option(
-            help="Backbone input side S in pixels (default 384 for the CNN, 224 for DINO)."
+            help="Backbone input side S in pixels (default 384 for the EfficientNet-Lites, 224 for DINO)."
         ),
     ] = None,
     out: Annotated[
