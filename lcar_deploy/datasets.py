@@ -72,6 +72,9 @@ class Record:
     ) -> np.ndarray:
         """(K, 4) int64 GT boxes at ``resize_size`` x ``resize_size`` (``int(x * S / W)``).
 
+        Boxes are first clipped to the image, ``x <= W - 1`` and ``y <= H - 1``, as in
+        wsolevaluation's metadata (CUB's ``x + width`` can reach ``W``, and a few boxes
+        reach past it).
         ``image_size``: the original ``(width, height)``; defaults to :attr:`size`.
         """
         from .metrics import scale_boxes
@@ -83,7 +86,9 @@ class Record:
             )
         if len(self.boxes) == 0:
             return np.zeros((0, 4), dtype=np.int64)
-        return scale_boxes(self.boxes, size, (resize_size, resize_size))
+        width, height = size
+        clipped = np.minimum(self.boxes, [width - 1, height - 1, width - 1, height - 1])
+        return scale_boxes(clipped, size, (resize_size, resize_size))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Each actor of a fixed-size pool loads the bundle once and holds one onnxruntime 
 (device ``cpu``, ``threads`` threads, ``threads`` Ray CPUs). Its batches run the very functions
 of the local engine, :func:`lcar_deploy.evaluate.evaluate_batch` for ``eval`` and
 :func:`lcar_deploy.localize.localize_batch` for ``localize``, so the results are those of a local
-run. Rows travel as Arrow tables with explicit types (maps as raw float16 bytes, masks as
+run. Rows travel as Arrow tables with explicit types (maps as raw float32 bytes, masks as
 packed bits: bit-exact); the driver turns them back into the local types, in dataset order,
 and writes every output itself.
 
@@ -234,7 +234,7 @@ def _outcome_schema(methods: Sequence[str]) -> pa.Schema:
 
 
 def _outcome_row(index: int, outcome: ImageOutcome, methods: Sequence[str]) -> dict[str, Any]:
-    """An outcome as a row: a map as its float16 bytes (null: absent), a box as 4 ints ([]:
+    """An outcome as a row: a map as its float32 bytes (null: absent), a box as 4 ints ([]:
     None, null: absent), a stage time as float (null: absent)."""
     row: dict[str, Any] = {
         "index": index,
@@ -248,7 +248,7 @@ def _outcome_row(index: int, outcome: ImageOutcome, methods: Sequence[str]) -> d
     for method in methods:
         score_map = outcome.maps.get(method)
         row[f"map_{method}"] = (
-            None if score_map is None else np.ascontiguousarray(score_map, np.float16).tobytes()
+            None if score_map is None else np.ascontiguousarray(score_map, np.float32).tobytes()
         )
         box = outcome.boxes.get(method, ())
         row[f"box_{method}"] = None if box == () else [] if box is None else _flat([box])
@@ -269,7 +269,7 @@ def _row_outcome(row: dict[str, Any], methods: Sequence[str], work: int) -> Imag
     for method in methods:
         data = row[f"map_{method}"]
         if data is not None:
-            outcome.maps[method] = np.frombuffer(data, np.float16).reshape(work, work).copy()
+            outcome.maps[method] = np.frombuffer(data, np.float32).reshape(work, work).copy()
         box = row[f"box_{method}"]
         if box is not None:
             outcome.boxes[method] = _boxes(box)[0] if box else None

@@ -36,7 +36,8 @@ DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
 class ImageOutcome:
     """One image's results for every method (picklable: it crosses process boundaries).
 
-    gt_boxes: (K, 4) int64 at 224. maps: method -> (224, 224) float16. boxes: method -> the
+    gt_boxes: (K, 4) int64 at 224. maps: method -> (224, 224) float32 (scored as they are;
+    ``maps.npz`` stores them as float16). boxes: method -> the
     user-facing V1 box in work pixels or None. cls_correct: None when classes don't match.
     stage_ms: this image's share of each stage. error: why the image could not be evaluated.
     """
@@ -101,7 +102,7 @@ def _localize_good(
     for i, (outcome, record, _) in enumerate(good):
         for method in methods:
             loc = results[method][i]
-            outcome.maps[method] = loc.map.astype(np.float16)
+            outcome.maps[method] = np.asarray(loc.map, dtype=np.float32)
             outcome.boxes[method] = loc.box
             outcome.stage_ms.update(loc.timings_ms)
             if method == "lcar":
@@ -192,14 +193,14 @@ def run_evaluation(
         for m in methods
     }
     start = time.perf_counter()
-    n = 0
+    n = without_gt = 0
     try:
         for outcome in tqdm(outcomes, total=total, unit="img", desc="eval", disable=not progress):
             if outcome.error is not None:
                 errors.append((outcome.image_id, outcome.error))
                 continue
             for method in methods:
-                score_map = outcome.maps[method].astype(np.float32)
+                score_map = outcome.maps[method]
                 if method == "lcar":
                     boxes = outcome.lcar_boxes or [(0, 0, 0, 0)]
                     accs[method].add_mask_box(
@@ -214,6 +215,7 @@ def run_evaluation(
             if outcome.sgrm_steps is not None:
                 steps.append(outcome.sgrm_steps)
             ids.append(outcome.image_id)
+            without_gt += not len(outcome.gt_boxes)
             if len(shown) < examples and len(outcome.gt_boxes):
                 shown.append(outcome)
             n += 1
@@ -224,7 +226,13 @@ def run_evaluation(
         del memmaps
         shutil.rmtree(tmp, ignore_errors=True)
     mean_ms = {s: v / max(n, 1) for s, v in ms_sum.items()}
-    metrics: dict = {"num_images": n, "num_errors": len(errors), "seconds": seconds, "methods": {}}
+    metrics: dict = {
+        "num_images": n,
+        "num_without_gt": without_gt,
+        "num_errors": len(errors),
+        "seconds": seconds,
+        "methods": {},
+    }
     for method in methods:
         stages = STAGES[: 2 + METHODS.index(method)]
         entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
@@ -248,12 +256,22 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _count_line(metrics: dict) -> str:
+    n, without = metrics["num_images"], metrics.get("num_without_gt", 0)
+    if not without:
+        return f"{n} images evaluated, {metrics['num_errors']} failed."
+    return (
+        f"{n - without} images evaluated, {without} without a ground-truth box (not scored), "
+        f"{metrics['num_errors']} failed."
+    )
+
+
 def report_markdown(metrics: dict, title: str) -> str:
     """A table like the paper's Table 1, one row per method."""
     lines = [
         f"# {title}",
         "",
-        f"{metrics['num_images']} images evaluated, {metrics['num_errors']} failed.",
+        _count_line(metrics),
         "",
         "| method | GT(0.5) | GT(0.7) | GT(0.8) | GT(0.9) | MaxBoxAccV2 | top-1 loc | top-1 cls "
         "| best thr | ms/image |",

@@ -186,7 +186,8 @@ def binary_to_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(box_v1, boxes_v2)``: ``int64`` arrays of shapes ``(1, 4)`` (the contour of largest
         ``cv2.contourArea``, first on ties) and ``(M, 4)`` (every contour of
-        ``RETR_TREE``/``CHAIN_APPROX_SIMPLE``, holes included). Corners are
+        ``RETR_TREE``/``CHAIN_APPROX_SIMPLE``, holes included, largest area first, so
+        ``boxes_v2[0]`` is ``box_v1``). Corners are
         ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]``. An empty mask gives ``[[0, 0, 0, 0]]``
         for both.
     """
@@ -205,9 +206,11 @@ def _contour_boxes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)
     boxes[:, 2:] += boxes[:, :2]
     np.minimum(boxes[:, 2:], (width - 1, height - 1), out=boxes[:, 2:])
-    areas = [cv2.contourArea(c) for c in contours]
-    largest = areas.index(max(areas))
-    return boxes[largest : largest + 1], boxes
+    # Largest contour first (stable, so the first of equal areas leads, as wsolevaluation's
+    # argmax): boxes_v2[0] is then the V1 box; the order changes no metric.
+    order = np.argsort([-cv2.contourArea(c) for c in contours], kind="stable")
+    boxes = boxes[order]
+    return boxes[:1], boxes
 
 
 class _Sweep:

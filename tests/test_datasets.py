@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcar_deploy.datasets import CUB_FILES, DatasetError, load_dataset
+from lcar_deploy.datasets import CUB_FILES, DatasetError, Record, load_dataset
 
 
 def test_cub_real_counts_and_boxes(shared_data: Path) -> None:
@@ -30,6 +30,29 @@ def test_cub_real_counts_and_boxes(shared_data: Path) -> None:
     with pytest.raises(DatasetError, match="original size unknown"):
         first.scaled_boxes()
     assert np.bincount(test.labels, minlength=50).min() > 0
+
+
+def test_scaled_boxes_are_clipped_to_the_image() -> None:
+    record = Record("a.jpg", Path("a.jpg"), 1, 0, np.array([[10.0, 5.0, 320.0, 213.0]]))
+    # x1 = W and y1 = H become W - 1 and H - 1 first: int(319 * 224 / 320), int(212 * 224 / 213)
+    np.testing.assert_array_equal(record.scaled_boxes(224, (320, 213)), [[7, 5, 223, 222]])
+
+
+@pytest.mark.slow
+def test_cub_boxes_past_the_border(shared_data: Path) -> None:
+    from PIL import Image
+
+    from lcar_deploy.metrics import scale_boxes
+
+    root = shared_data / "CUB_200_2011"
+    for split, unclipped_past in (("test", 9), ("train", 17)):
+        past = clipped_past = 0
+        for record in load_dataset("cub", root, split):
+            with Image.open(record.path) as image:
+                size = image.size
+            past += bool((scale_boxes(record.boxes, size)[:, 2:] > 223).any())
+            clipped_past += bool((record.scaled_boxes(224, size)[:, 2:] > 223).any())
+        assert (past, clipped_past) == (unclipped_past, 0), split
 
 
 def test_ilsvrc_real_counts_boxes_sizes_names(shared_data: Path) -> None:

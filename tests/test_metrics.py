@@ -145,6 +145,15 @@ class TestBinaryToBoxes:
         np.testing.assert_array_equal(v1, [[10, 10, 60, 40]])
         assert sorted(map(tuple, v2.tolist())) == [(10, 10, 60, 40), (150, 100, 160, 110)]
 
+    def test_v2_largest_first_so_v1_leads(self) -> None:
+        mask = np.zeros((SIZE, SIZE), bool)
+        mask[5:55, 20:120] = True  # large, at the top: cv2 traces it last
+        mask[200:205, 5:10] = True
+        mask[100:120, 150:170] = True
+        v1, v2 = binary_to_boxes(mask)
+        np.testing.assert_array_equal(v2, [[20, 5, 120, 55], [150, 100, 170, 120], [5, 200, 10, 205]])
+        np.testing.assert_array_equal(v2[:1], v1)
+
     def test_hole_contour_counts_in_v2(self) -> None:
         mask = np.zeros((SIZE, SIZE), bool)
         mask[10:50, 10:50] = True
