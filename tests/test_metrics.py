@@ -151,7 +151,9 @@ class TestBinaryToBoxes:
         mask[200:205, 5:10] = True
         mask[100:120, 150:170] = True
         v1, v2 = binary_to_boxes(mask)
-        np.testing.assert_array_equal(v2, [[20, 5, 120, 55], [150, 100, 170, 120], [5, 200, 10, 205]])
+        np.testing.assert_array_equal(
+            v2, [[20, 5, 120, 55], [150, 100, 170, 120], [5, 200, 10, 205]]
+        )
         np.testing.assert_array_equal(v2[:1], v1)
 
     def test_hole_contour_counts_in_v2(self) -> None:

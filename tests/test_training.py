@@ -151,3 +151,31 @@ def test_training_overfits_tiny_set_and_exports_with_parity(tmp_path: Path) -> N
         torch_out = dict(zip(model.output_names, model(torch.from_numpy(images)), strict=True))
     for name in ("logits", "cam_logits", "cams"):
         np.testing.assert_allclose(onnx_out[name], torch_out[name].numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_undecodable_images_are_skipped_up_to_a_share(tmp_path: Path) -> None:
+    from lcar_deploy.datasets import DatasetError
+
+    data = tmp_path / "data"
+    _synthetic_wsol(data, per_class=3)
+    (data / "img" / "c0_bad.png").write_bytes(b"not an image")
+    meta = data / "metadata" / "train"
+    for name, line in (
+        ("image_ids.txt", "img/c0_bad.png"),
+        ("class_labels.txt", "img/c0_bad.png,10"),
+    ):
+        with (meta / name).open("a") as f:
+            f.write(line + "\n")
+    common = dict(
+        dataset="wsol", root=data, input_size=64, epochs=2, batch_size=4, teacher_hidden=0,
+        val_fraction=0.0, cache_dir=tmp_path / "cache", threads=1, progress=False,
+    )  # fmt: skip
+    result = train(TrainConfig(out=tmp_path / "run", max_bad_share=0.1, **common))
+    assert result.metrics["num_images"]["train"] == 9
+    skipped = result.metrics["skipped_images"]["train"]
+    assert [s["image_id"] for s in skipped] == ["img/c0_bad.png"]
+    assert "cannot decode image" in skipped[0]["error"]
+    # a share under one bad image in ten: an error naming it, from the cache as well
+    with pytest.raises(DatasetError, match=r"1 of 10 images cannot be decoded.*c0_bad\.png"):
+        train(TrainConfig(out=tmp_path / "run2", max_bad_share=0.05, **common))

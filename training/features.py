@@ -16,6 +16,9 @@ Views (the augmentation kept with cached features), for an image of the split:
 
 Training draws one view per image per epoch; validation and test use view 0 only.
 
+An image that cannot be decoded is skipped and listed (:attr:`FeatureSet.skipped`) as long as
+such images are at most ``max_bad_share`` of the split; past that the split is an error.
+
 The cache file is ``{cache_dir}/{kind}-{split}-{key}.pt``, ``key`` a hash of everything that
 changes the features: backbone, input size, grid layer, weights file (path, size, mtime),
 dataset kind, root, metadata folder, split, the image ids, and the views.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +39,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
-from ..datasets import Dataset
+from ..datasets import Dataset, DatasetError
 from ..export.backbones import BackboneConfig
-from ..image_io import load_rgb, resize_rgb, to_chw_float
+from ..image_io import ImageError, load_rgb, resize_rgb, to_chw_float
 
 CACHE_FORMAT_VERSION = 1
 AUGMENTS = ("none", "flip", "crop")
@@ -73,7 +76,8 @@ class FeatureSet:
     """Cached features of one split.
 
     global_feat: (N, V, Dg) float32; grid_mean: (N, V, D) float32; labels: (N,) int64
-    contiguous labels; image_ids: the N ids; path: the cache file.
+    contiguous labels; image_ids: the N ids; path: the cache file. The N images are the
+    split's decodable ones; skipped: (image id, reason) of the others.
     """
 
     global_feat: torch.Tensor
@@ -81,6 +85,7 @@ class FeatureSet:
     labels: torch.Tensor
     image_ids: list[str]
     path: Path
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -103,7 +108,8 @@ def make_view(rgb: np.ndarray, size: int, view: int, rng_seed: tuple[int, ...]) 
 
 
 class _ViewImages(TorchDataset):
-    """(image index, view) pairs -> (index, view, (3, S, S) tensor)."""
+    """(image index, view) pairs -> (index, view, (3, S, S) tensor, error): an image that
+    cannot be decoded gives zeros and its reason ("" for the others)."""
 
     def __init__(self, paths: list[Path], size: int, views: ViewSpec) -> None:
         self.paths = paths
@@ -114,11 +120,14 @@ class _ViewImages(TorchDataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor, str]:
         index, view = self.items[item]
-        rgb = load_rgb(self.paths[index])
+        try:
+            rgb = load_rgb(self.paths[index])
+        except ImageError as exc:
+            return index, view, torch.zeros(3, self.size, self.size), str(exc)
         image = make_view(rgb, self.size, view, (self.views.seed, index, view))
-        return index, view, torch.from_numpy(image)
+        return index, view, torch.from_numpy(image), ""
 
 
 def _weights_identity(weights: str | Path | None) -> str:
@@ -157,8 +166,9 @@ def compute_features(
     workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen backbone over every view: (N, V, Dg) global, (N, V, D) grid means.
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    """Run the frozen backbone over every view: (N, V, Dg) global, (N, V, D) grid means and
+    {image index: reason} of the images that could not be decoded (their rows are zeros).
 
     The backbone runs in channels-last memory format (about 2x faster on CPU for the
     depthwise convolutions of efficientnet_lite0, and no page-fault storm); small batches
@@ -171,6 +181,7 @@ def compute_features(
     )
     n, v = len(dataset), views.num_views
     global_feat = grid_mean = torch.empty(0)
+    errors: dict[int, str] = {}
     bar = tqdm(
         total=n * v,
         desc=f"features {dataset.kind}/{dataset.split}",
@@ -179,7 +190,8 @@ def compute_features(
     )
     backbone = backbone.to(device, memory_format=torch.channels_last)
     with bar:
-        for index, view, images in loader:
+        for index, view, images, reasons in loader:
+            errors.update((int(i), r) for i, r in zip(index, reasons, strict=True) if r)
             out = backbone(images.to(device).contiguous(memory_format=torch.channels_last))
             g, m = out["global"].float().cpu(), out["grid"].float().mean(dim=(1, 2)).cpu()
             if not global_feat.numel():
@@ -188,7 +200,7 @@ def compute_features(
             global_feat[index, view] = g
             grid_mean[index, view] = m
             bar.update(len(index))
-    return global_feat, grid_mean
+    return global_feat, grid_mean, errors
 
 
 def cached_features(
@@ -203,19 +215,26 @@ def cached_features(
     workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    max_bad_share: float = 0.01,
 ) -> FeatureSet:
     """Load the split's features from the cache, or compute them with ``build()`` (the frozen
-    backbone, built only on a cache miss) and store them (atomically)."""
+    backbone, built only on a cache miss) and store them (atomically).
+
+    Undecodable images are left out of the returned set and listed in ``skipped``; when they
+    are more than ``max_bad_share`` of the split, :class:`DatasetError` names the first few.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(dataset, backbone_config, weights, views)
     path = cache_dir / f"{dataset.kind}-{dataset.split}-{key}.pt"
-    labels = torch.from_numpy(dataset.labels)
     ids = [r.image_id for r in dataset]
     if path.is_file():
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("key") == key and payload.get("image_ids") == ids:
-            return FeatureSet(payload["global"], payload["grid_mean"], labels, ids, path)
-    global_feat, grid_mean = compute_features(
+            errors = {int(i): r for i, r in payload.get("errors", {}).items()}
+            return _decodable(
+                dataset, payload["global"], payload["grid_mean"], errors, path, max_bad_share
+            )
+    global_feat, grid_mean, errors = compute_features(
         build(),
         dataset,
         backbone_config.input_size,
@@ -226,6 +245,34 @@ def cached_features(
         progress=progress,
     )
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "image_ids": ids, "global": global_feat, "grid_mean": grid_mean}, tmp)
+    payload = {"key": key, "image_ids": ids, "global": global_feat, "grid_mean": grid_mean}
+    torch.save({**payload, "errors": {str(i): r for i, r in errors.items()}}, tmp)
     tmp.replace(path)
-    return FeatureSet(global_feat, grid_mean, labels, ids, path)
+    return _decodable(dataset, global_feat, grid_mean, errors, path, max_bad_share)
+
+
+def _decodable(
+    dataset: Dataset,
+    global_feat: torch.Tensor,
+    grid_mean: torch.Tensor,
+    errors: dict[int, str],
+    path: Path,
+    max_bad_share: float,
+) -> FeatureSet:
+    """The feature set without the images in ``errors``; an error past ``max_bad_share``."""
+    ids = [r.image_id for r in dataset]
+    if len(errors) > max_bad_share * len(ids):
+        first = "; ".join(errors[i] for i in sorted(errors)[:3])
+        raise DatasetError(
+            f"{dataset.kind}/{dataset.split}: {len(errors)} of {len(ids)} images cannot be "
+            f"decoded, more than the {max_bad_share:.1%} allowed (e.g. {first})"
+        )
+    keep = torch.tensor([i not in errors for i in range(len(ids))], dtype=torch.bool)
+    return FeatureSet(
+        global_feat[keep],
+        grid_mean[keep],
+        torch.from_numpy(dataset.labels)[keep],
+        [image_id for image_id, k in zip(ids, keep.tolist(), strict=True) if k],
+        path,
+        [(ids[i], errors[i]) for i in sorted(errors)],
+    )

@@ -74,6 +74,8 @@ class TrainConfig:
         for ILSVRC (several objects per image; measured -4 on ILSVRC-mini), see docs/accuracy.md.
     foreground_pseudo: its pseudo labels, ``imagenet`` (embedded classifier's top-5 CAM) or
         ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
+    max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
+        while they are at most this share of a split; more is an error.
     """
 
     dataset: str
@@ -107,6 +109,7 @@ class TrainConfig:
     progress: bool = True
     foreground: bool | None = None
     foreground_pseudo: str | None = None
+    max_bad_share: float = 0.01
 
     def __post_init__(self) -> None:
         checks = [
@@ -118,6 +121,10 @@ class TrainConfig:
                 f"val_fraction must be in [0, 1), got {self.val_fraction}",
             ),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (
+                0 <= self.max_bad_share < 1,
+                f"max_bad_share must be in [0, 1), got {self.max_bad_share}",
+            ),
             (
                 self.teacher_hidden is None or self.teacher_hidden >= 0,
                 "teacher_hidden must be >= 0",
@@ -369,6 +376,7 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
         "workers": config.workers,
         "device": config.device,
         "progress": config.progress,
+        "max_bad_share": config.max_bad_share,
     }
     views = ViewSpec(config.augment, config.crop_views, config.seed)
     train_set = cached_features(
@@ -437,6 +445,10 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
         "test_split": config.test_split if test_set is not None else None,
     }
     summary = {"top1": top1, "num_images": sizes}
+    skipped = {"train": train_set.skipped, "test": test_set.skipped if test_set else []}
+    summary["skipped_images"] = {
+        part: [{"image_id": i, "error": e} for i, e in items] for part, items in skipped.items()
+    }
     training_info = {
         k: v
         for k, v in config.to_dict().items()
@@ -458,8 +470,10 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     if fg_config is not None:
         fg_start = time.perf_counter()
         heads = heads.cpu()
+        bad = {image_id for image_id, _ in train_set.skipped}
+        decodable = [r for r in train_data.records if r.image_id not in bad]
         features, cam_maps = collect_pseudo_labels(
-            train_data,
+            dataclasses.replace(train_data, records=decodable),
             backbone_config,
             config.weights,
             heads,
