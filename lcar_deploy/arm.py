@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config_check import check_fields, check_length, check_range
+
 Backend = Literal["auto", "cuda", "cpp", "reference"]
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -79,30 +81,15 @@ class ArmConfig:
     max_dilations: ClassVar[int] = 16
 
     def __post_init__(self) -> None:
-        try:
-            dilations = tuple(self.dilations)
-        except TypeError as exc:
-            raise ValueError(f"dilations must be a sequence, got {self.dilations!r}") from exc
-        if not dilations or len(dilations) > self.max_dilations:
-            raise ValueError(f"dilations: 1 to {self.max_dilations} values, got {dilations}")
-        for d in dilations:
-            if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
-                raise ValueError(f"dilations must be integers >= 1, got {dilations}")
-        object.__setattr__(self, "dilations", tuple(int(d) for d in dilations))
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int | np.integer):
-            raise ValueError(f"iterations must be an integer, got {self.iterations!r}")
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if not (math.isfinite(self.w_p) and self.w_p >= 0.0):
-            raise ValueError(f"w_p must be finite and >= 0, got {self.w_p}")
-        for name in ("w_rgb", "w_pos"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        if not (math.isfinite(self.sigma_eps) and self.sigma_eps >= 0.0):
-            raise ValueError(f"sigma_eps must be finite and >= 0, got {self.sigma_eps}")
+        check_fields(self)
+        check_length(self, "dilations", 1, self.max_dilations)
+        check_range(self, "dilations", 1)
+        check_range(self, "eta", 0.0, 1.0)
+        check_range(self, "iterations", 0)
+        check_range(self, "w_p", 0.0)
+        check_range(self, "w_rgb", 0.0, low_open=True)
+        check_range(self, "w_pos", 0.0, low_open=True)
+        check_range(self, "sigma_eps", 0.0)
 
     @property
     def num_neighbours(self) -> int:

@@ -16,10 +16,14 @@ For one image:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 
+from .config_check import check_fields, check_range
+
+Interpolation = Literal["cubic", "bilinear"]
 INTERPOLATIONS = {"cubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
 
 
@@ -37,21 +41,14 @@ class CamConfig:
 
     beta: float = 0.6
     size: int = 224
-    interpolation: str = "cubic"
+    interpolation: Interpolation = "cubic"
     top_k: int = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                f"got {self.interpolation!r}"
-            )
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        check_fields(self)
+        check_range(self, "beta", 0.0, 1.0)
+        check_range(self, "size", 1)
+        check_range(self, "top_k", 1)
 
 
 @dataclass(frozen=True)

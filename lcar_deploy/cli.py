@@ -195,6 +195,15 @@ def merged_settings(bundle_settings: dict, text: str | None) -> dict:
         raise ValueError(f"--settings is not valid JSON ({exc})") from None
     if not isinstance(extra, dict):
         raise ValueError("--settings must be a JSON object")
+    # Settings that a command-line option sets: make_localizer would override them.
+    options = {
+        "method": "--method (eval: --methods)",
+        "arm_backend": "--arm-backend",
+        "sgrm_device": "--device",
+    }
+    owned = [key for key in options if key in extra]
+    if owned:
+        raise ValueError(f"setting {owned[0]}: set it with {options[owned[0]]}, not in --settings")
     merged = dict(bundle_settings)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -207,7 +216,9 @@ def merged_settings(bundle_settings: dict, text: str | None) -> dict:
 SETTINGS_HELP = (
     'Stage settings as JSON, over the bundle\'s: e.g. \'{"arm_input": "cam", '
     '"sgrm": {"gamma_l1": 0.3, "gamma_h1": 0.45}}\', or \'{"flip": false}\' to skip the '
-    "test-time flip (half the backbone time) (see lcar_deploy/pipeline.py)."
+    "test-time flip (half the backbone time) (see lcar_deploy/pipeline.py). Every value is "
+    "checked before any image is read; method, arm_backend and sgrm_device come from "
+    "--method, --arm-backend and --device."
 )
 
 
@@ -221,6 +232,10 @@ def make_localizer(
 ):
     from .pipeline import Localizer, PipelineConfig
 
+    try:
+        PipelineConfig.from_settings(bundle.settings)
+    except ValueError as exc:
+        raise ValueError(f"{bundle.path}: bundle settings: {exc}") from None
     overrides = {"method": method.value, "arm_backend": arm_backend.value}
     if device == Device.cuda:
         overrides["sgrm_device"] = "cuda"

@@ -23,14 +23,16 @@ the 4-connected component holding the seed, its bounding box scaled to the image
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import linalg, ndimage
 from threadpoolctl import threadpool_limits
 
 from .cam import minmax_normalize, upsample
+from .config_check import check_fields, check_range
 
-SOLVERS = ("eigh", "normalized")
+Solver = Literal["eigh", "normalized"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,12 @@ class GraphCutConfig:
 
     tau: float = 0.2
     eps: float = 1e-5
-    solver: str = "normalized"
+    solver: Solver = "normalized"
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.tau < 1.0:
-            raise ValueError(f"tau must be in [-1, 1), got {self.tau}")
-        if not 0.0 < self.eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        check_fields(self)
+        check_range(self, "tau", -1.0, 1.0, high_open=True)
+        check_range(self, "eps", 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,28 @@ back to the original image's pixels.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from .arm import ArmConfig, orient, refine
+from .arm import ArmConfig, Backend, orient, refine
 from .bundle import Bundle, OnnxRunner
 from .cam import CamConfig, cam_map, softmax
+from .config_check import SettingError, check_fields, check_range, from_table, show
 from .graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
 from .image_io import resize_rgb, to_chw_float
 from .metrics import scoremap_to_boxes
 from .sgrm import SgrmConfig, mask_to_box, sgrm_batched
 
 Method = Literal["cam", "graphcut", "arm", "lcar"]
-METHODS: tuple[str, ...] = ("cam", "graphcut", "arm", "lcar")
+METHODS: tuple[str, ...] = get_args(Method)
 STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
-ARM_INPUTS = ("auto", "graphcut", "cam", "foreground")
+ArmInput = Literal["auto", "graphcut", "cam", "foreground"]
+ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
+SGRM_DEVICE_TYPES = ("cpu", "cuda")
 AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 # Axis of each bundle output that runs along the image width (None: not spatial).
 WIDTH_AXIS = {
@@ -46,14 +50,16 @@ class PipelineConfig:
     """How the stages are chained.
 
     method: last stage to run (``cam | graphcut | arm | lcar``).
-    work_size: side of the maps, ARM and SGRM input (the evaluation size, 224).
+    work_size: side of the maps, ARM and SGRM input (the evaluation size, 224), in
+        [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
     arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
         seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
         foreground when the bundle has it, else cam, else graphcut (measured best in that
         order with the embedded backbone, docs/accuracy.md).
-    box_threshold: threshold on a map method's [0, 1] score map for the user-facing box.
+    box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
+        [0, 1).
     arm_backend: ``auto | cuda | cpp | reference``.
-    sgrm_device: torch device of the SGRM nets (``cpu`` or ``cuda``).
+    sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
     sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
     flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
         output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
@@ -63,9 +69,9 @@ class PipelineConfig:
 
     method: Method = "lcar"
     work_size: int = 224
-    arm_input: Literal["auto", "graphcut", "cam", "foreground"] = "auto"
+    arm_input: ArmInput = "auto"
     box_threshold: float = 0.5
-    arm_backend: str = "auto"
+    arm_backend: Backend = "auto"
     sgrm_device: str = "cpu"
     sgrm_seed: int = 0
     flip: bool = True
@@ -74,36 +80,40 @@ class PipelineConfig:
     arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
     sgrm: SgrmConfig = field(default_factory=SgrmConfig)
 
+    min_work_size: ClassVar[int] = 32
+    max_work_size: ClassVar[int] = 1024
+
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.arm_input not in ARM_INPUTS:
-            raise ValueError(
-                f"arm_input must be one of {', '.join(ARM_INPUTS)}, got {self.arm_input!r}"
+        check_fields(self)
+        check_range(self, "work_size", self.min_work_size, self.max_work_size)
+        check_range(self, "box_threshold", 0.0, 1.0, high_open=True)
+        check_range(self, "sgrm_seed", 0, 2**64 - 1)  # torch.Generator.manual_seed's range
+        try:
+            device_type = torch.device(self.sgrm_device).type
+        except RuntimeError:
+            device_type = None
+        if device_type not in SGRM_DEVICE_TYPES:
+            raise SettingError(
+                "sgrm_device", f"must be cpu, cuda or cuda:N, got {show(self.sgrm_device)}"
             )
-        if not 0.0 <= self.box_threshold < 1.0:
-            raise ValueError(f"box_threshold must be in [0, 1), got {self.box_threshold}")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
-        """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides."""
-        nested = {
-            "cam": CamConfig,
-            "graph_cut": GraphCutConfig,
-            "arm": ArmConfig,
-            "sgrm": SgrmConfig,
-        }
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in {**settings, **overrides}.items():
-            if key not in known:
-                raise ValueError(f"unknown pipeline setting {key!r}")
-            if key in nested and isinstance(value, dict):
-                value = nested[key](
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-                )
-            values[key] = value
-        return cls(**values)
+        """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides.
+
+        The stage tables ``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are JSON objects of their
+        config's fields. Every value is checked here: ValueError naming the setting
+        (``setting sgrm.max_steps: ...``) for a bad value, an unknown key or a table that is
+        not an object.
+        """
+        if not isinstance(settings, dict):
+            raise ValueError(f"settings must be a JSON object, got {show(settings)}")
+        merged = {**settings, **overrides}
+        cam = merged.get("cam")
+        if isinstance(cam, dict) and "size" in cam:
+            # _cam_stage replaces it with work_size: a value here would be ignored.
+            raise SettingError("cam.size", "the CAM map is work_size wide: set work_size instead")
+        return from_table(cls, merged)
 
 
 @dataclass
@@ -177,7 +187,12 @@ class Localizer:
         threads: int | None = None,
     ) -> None:
         self.bundle = bundle
-        self.config = config or PipelineConfig.from_settings(bundle.settings)
+        if config is None:
+            try:
+                config = PipelineConfig.from_settings(bundle.settings)
+            except ValueError as exc:
+                raise ValueError(f"{bundle.path}: bundle settings: {exc}") from None
+        self.config = config
         if self.config.method == "cam" and not bundle.has_heads:
             raise ValueError(f"{bundle.path}: method 'cam' needs a bundle with heads")
         self.threads = threads

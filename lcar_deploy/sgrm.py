@@ -81,7 +81,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -89,6 +89,8 @@ import torch
 import torch.nn.functional as F
 from skimage.segmentation import felzenszwalb
 from torch import nn
+
+from .config_check import SettingError, check_fields, check_length, check_order, check_range, show
 
 IGNORE = 255
 """Label value of pixels that no loss term looks at (eq. 12)."""
@@ -129,9 +131,10 @@ class SgrmConfig:
             and over the reliable background pixels (a class with no pixels left out), so a
             net that predicts all background cannot stop on an image whose reliable object
             region is under ``stop_error`` of the reliable pixels.
-        width: channels of every hidden layer of the Aggregation Net.
+        width: channels of every hidden layer of the Aggregation Net (at most ``max_width``).
         kernels: kernel size of each hidden convolution of the Aggregation Net (each followed
-            by a ReLU; then one 1x1 convolution to 2 logits).
+            by a ReLU; then one 1x1 convolution to 2 logits): 1 to ``max_layers`` odd sizes of
+            at most ``max_kernel``.
         fz_scale: Felzenszwalb ``scale`` (larger -> larger superpixels), for 224 px images.
         fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma``.
         fz_min_size: Felzenszwalb minimum superpixel size in pixels.
@@ -161,6 +164,31 @@ class SgrmConfig:
     fz_min_size: int = 32
     box_mode: BoxMode = "largest"
     mask_vote: bool = True
+
+    max_width: ClassVar[int] = 256
+    max_kernel: ClassVar[int] = 15
+    max_layers: ClassVar[int] = 8
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("gamma_l1", "gamma_h1", "gamma_l2", "gamma_h2"):
+            check_range(self, name, 0.0, 1.0)
+        check_order(self, "gamma_l1", "gamma_h1")
+        check_order(self, "gamma_l2", "gamma_h2")
+        for name in ("w1", "w2", "w3"):
+            check_range(self, name, 0.0)
+        check_range(self, "lr", 0.0, low_open=True)
+        check_range(self, "momentum", 0.0, 1.0, high_open=True)
+        check_range(self, "max_steps", 1)
+        check_range(self, "stop_error", 0.0, 1.0, low_open=True)
+        check_range(self, "width", 1, self.max_width)
+        check_length(self, "kernels", 1, self.max_layers)
+        check_range(self, "kernels", 1, self.max_kernel)
+        if any(k % 2 == 0 for k in self.kernels):
+            raise SettingError("kernels", f"must be odd sizes, got {show(self.kernels)}")
+        check_range(self, "fz_scale", 0.0, low_open=True)
+        check_range(self, "fz_sigma", 0.0)
+        check_range(self, "fz_min_size", 1)
 
 
 PAPER_CUB = SgrmConfig(

