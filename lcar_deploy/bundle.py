@@ -2,17 +2,25 @@
 
 ``manifest.json`` holds the format version, the backbone and its input size, mean/std, the grid
 sizes, the class ids and names, stage settings, the sha256 of every file and the versions of
-the tools that wrote it. Loading checks all of it: a missing or tampered file, or a manifest
-from a newer format, is a :class:`BundleError` naming the file and the reason.
+the tools that wrote it. A bundle is untrusted input, and loading checks all of it before the
+graph is handed to onnxruntime: the manifest against its schema; every listed file being a
+plain, regular file in the bundle folder itself (no paths, no symbolic links, size-capped)
+before any is opened; the sha256 of each; and ``model.onnx``'s declared inputs and outputs
+against the manifest (external tensor data is refused). Any failure is a :class:`BundleError`
+naming the file and the reason.
 
-This module needs only numpy and onnxruntime (torch is not imported).
+This module needs only numpy and onnxruntime (torch is not imported; onnx is, to check the graph).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +30,26 @@ import numpy as np
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEVICES = ("auto", "cpu", "cuda")
+MAX_FILE_BYTES = 2 << 30  # also protobuf's limit on one ONNX file
+MAX_MANIFEST_BYTES = 64 << 20
+INPUT_SIZES = (32, 2048)
+REQUIRED_KEYS = ("backbone", "input_size", "mean", "std", "files", "outputs")
+# The outputs the pipeline knows, with their rank; axis 1 of the class outputs runs over classes.
+OUTPUT_RANKS = {
+    "global": 2,
+    "grid": 4,
+    "affinity": 4,
+    "logits": 2,
+    "cam_logits": 2,
+    "cams": 4,
+    "foreground": 3,
+}
+CLASS_OUTPUTS = ("logits", "cam_logits", "cams")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
-    """A bundle that is missing, incomplete, tampered with or from a newer format."""
+    """A bundle that is missing, incomplete, tampered with, ill-formed or from a newer format."""
 
 
 def sha256_file(path: Path) -> str:
@@ -55,6 +79,224 @@ def default_bundle_dir() -> Path:
     return cache_dir() / "bundles" / DEFAULT_BUNDLE_NAME
 
 
+def _show(value: object, limit: int = 60) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_plain_name(name: str) -> bool:
+    """A file of the bundle folder itself: no separator, not ``.``/``..``, not absolute."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _outputs_problem(outputs: object) -> str | None:
+    if not isinstance(outputs, dict) or not outputs:
+        return f"'outputs' must be a non-empty object name -> shape, got {_show(outputs)}"
+    for name, shape in outputs.items():
+        if name not in OUTPUT_RANKS:
+            return f"unknown output {name!r} (known: {', '.join(OUTPUT_RANKS)})"
+        rank = OUTPUT_RANKS[name]
+        if not (
+            isinstance(shape, list)
+            and len(shape) == rank
+            and (isinstance(shape[0], str) or _is_int(shape[0]))
+            and all(_is_int(d) and d > 0 for d in shape[1:])
+        ):
+            return f"output {name!r} must be [batch, {rank - 1} positive ints], got {_show(shape)}"
+    if "affinity" not in outputs:
+        return "'outputs' lacks 'affinity' (the graph cut's input)"
+    if ("cams" in outputs) != ("logits" in outputs):
+        return "'outputs' must have both 'cams' and 'logits' or neither"
+    return None
+
+
+def _classes_problem(classes: object, outputs: dict[str, list]) -> str | None:
+    if not isinstance(classes, dict):
+        return f"'classes' must be a JSON object, got {_show(classes)}"
+    ids, names = classes.get("ids", []), classes.get("names", [])
+    if not (isinstance(ids, list) and all(map(_is_int, ids))):
+        return f"'classes.ids' must be a list of integers, got {_show(ids)}"
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return f"'classes.names' must be a list of strings, got {_show(names)}"
+    if len(ids) != len(names):
+        return f"'classes' has {len(ids)} ids but {len(names)} names"
+    if len(set(ids)) != len(ids):
+        return "'classes.ids' has duplicates"
+    if not isinstance(classes.get("dataset"), (str, type(None))):
+        return f"'classes.dataset' must be a string or null, got {_show(classes['dataset'])}"
+    for name in CLASS_OUTPUTS:
+        if name in outputs and outputs[name][1] != len(ids):
+            return f"output {name!r} has {outputs[name][1]} classes but 'classes' lists {len(ids)}"
+    return None
+
+
+def _files_problem(files: object) -> str | None:
+    if not isinstance(files, dict):
+        return f"'files' must be an object name -> {{\"sha256\": ...}}, got {_show(files)}"
+    for name, info in files.items():
+        if not _is_plain_name(name):
+            return f"files entry {name!r} is not a plain file name in the bundle folder"
+        digest = info.get("sha256") if isinstance(info, dict) else None
+        if not (isinstance(digest, str) and SHA256_HEX.fullmatch(digest)):
+            return f"files entry {name!r} needs a 'sha256' of 64 hex digits, got {_show(info)}"
+    if not {"model.onnx", "model.ts"} & set(files):
+        return "lists neither model.onnx nor model.ts"
+    return None
+
+
+def manifest_problem(manifest: object) -> str | None:
+    """What is wrong with a parsed manifest (the first thing found), or None."""
+    if not isinstance(manifest, dict):
+        return "manifest must be a JSON object"
+    version = manifest.get("format_version")
+    if not _is_int(version) or version < 1:
+        return "no integer 'format_version'"
+    if version > BUNDLE_FORMAT_VERSION:
+        return (
+            f"bundle format {version} is newer than this lcar-deploy reads "
+            f"({BUNDLE_FORMAT_VERSION}); upgrade lcar-deploy or re-export the bundle"
+        )
+    for key in REQUIRED_KEYS:
+        if key not in manifest:
+            return f"missing key {key!r}"
+    if not isinstance(manifest["backbone"], str) or not manifest["backbone"]:
+        return f"'backbone' must be a non-empty string, got {_show(manifest['backbone'])}"
+    size, (low, high) = manifest["input_size"], INPUT_SIZES
+    if not (_is_int(size) and low <= size <= high):
+        return f"'input_size' must be an integer in [{low}, {high}], got {_show(size)}"
+    for key in ("mean", "std"):
+        value = manifest[key]
+        if not (isinstance(value, list) and len(value) == 3 and all(map(_is_finite, value))):
+            return f"{key!r} must be 3 finite numbers, got {_show(value)}"
+    if min(manifest["std"]) <= 0:
+        return f"'std' must be > 0, got {_show(manifest['std'])}"
+    outputs = manifest["outputs"]
+    problem = (
+        _outputs_problem(outputs)
+        or _classes_problem(manifest.get("classes", {}), outputs)
+        or _files_problem(manifest["files"])
+    )
+    if problem:
+        return problem
+    for key in ("grid", "affinity"):
+        grid = manifest.get(f"{key}_size")
+        if grid is not None and key in outputs and grid != outputs[key][1:3]:
+            return f"'{key}_size' {_show(grid)} disagrees with output {key!r} {outputs[key]}"
+    for key in ("settings", "heads", "versions"):
+        if not isinstance(manifest.get(key, {}), dict):
+            return f"{key!r} must be a JSON object, got {_show(manifest[key])}"
+    return None
+
+
+def _check_plain_file(file: Path, cap: int, missing: str) -> None:
+    """BundleError unless ``file`` is a regular file (not a link) of at most ``cap`` bytes."""
+    try:
+        info = file.lstat()
+    except FileNotFoundError:
+        raise BundleError(f"{file}: {missing}") from None
+    except OSError as exc:
+        raise BundleError(f"{file}: cannot stat ({exc.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise BundleError(f"{file}: is a symbolic link; a bundle must hold its files itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{file}: not a regular file")
+    if info.st_size > cap:
+        raise BundleError(f"{file}: {info.st_size} bytes, larger than the limit of {cap}")
+
+
+def _read_plain_file(file: Path, cap: int) -> bytes:
+    """At most ``cap`` bytes of ``file``, opened without following a symbolic link."""
+    # Checked by _check_plain_file already; NOFOLLOW and NONBLOCK cover a swap since then.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        with os.fdopen(os.open(file, flags | getattr(os, "O_BINARY", 0)), "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as exc:
+        raise BundleError(f"{file}: cannot read ({exc.strerror})") from None
+    if len(data) > cap:
+        raise BundleError(f"{file}: larger than the limit of {cap} bytes")
+    return data
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: initializers and node attributes, subgraphs too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    # An unset message field reads as an empty message, which holds no tensor.
+    for node in nodes:
+        for attr in node.attribute:
+            yield from (attr.t, *attr.tensors)
+            for sparse in (attr.sparse_tensor, *attr.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            for sub in (attr.g, *attr.graphs):
+                yield from _tensors(sub)
+
+
+def _dims(value: Any) -> list[int | str] | None:
+    """The declared shape of a graph input or output (None if undeclared)."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+
+
+def _shapes_agree(graph: list[int | str] | None, manifest: list[int | str]) -> bool:
+    """Same rank and the same sizes where both are fixed (0 in ONNX: unknown)."""
+    if graph is None:
+        return True
+    if len(graph) != len(manifest):
+        return False
+    pairs = zip(graph, manifest, strict=True)
+    return all(g == m for g, m in pairs if isinstance(g, int) and g and _is_int(m))
+
+
+def graph_problem(data: bytes, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the ONNX graph ``data`` given its (checked) manifest, or None."""
+    import onnx
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError differs between its backends
+        return f"not an ONNX model ({exc or type(exc).__name__})"
+    graph = model.graph
+    tensors = [*_tensors(graph), *(t for f in model.functions for t in _node_tensors(f.node))]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            return f"tensor {tensor.name!r} uses external data (refused: it lies outside the file)"
+    initialized = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initialized]
+    if [v.name for v in inputs] != ["image"]:
+        return f"graph inputs are {[v.name for v in inputs]}, expected only 'image'"
+    size, dims = manifest["input_size"], _dims(inputs[0])
+    dtype = onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
+    if dtype != "FLOAT" or dims is None or len(dims) != 4 or dims[1:] != [3, size, size]:
+        return (
+            f"graph input 'image' is {dtype} {dims}, but the manifest's input_size {size} "
+            f"needs FLOAT [batch, 3, {size}, {size}]"
+        )
+    declared = {v.name: _dims(v) for v in graph.output}
+    for name, shape in manifest["outputs"].items():
+        if name not in declared:
+            return f"the manifest's output {name!r} is not among the graph's {list(declared)}"
+        if not _shapes_agree(declared[name], shape):
+            return f"output {name!r} is {declared[name]} in the graph but {shape} in the manifest"
+    return None
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A validated bundle on disk. Use :meth:`load`."""
@@ -64,46 +306,42 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Bundle:
+        """Check and load the bundle at ``path``; ``verify=False`` skips reading the listed
+        files (their sha256 and the graph check), not the manifest and file-type checks."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
             raise BundleError(f"{path}: bundle folder not found")
-        if not manifest_path.is_file():
-            raise BundleError(f"{manifest_path}: missing (not a bundle folder?)")
+        _check_plain_file(manifest_path, MAX_MANIFEST_BYTES, "missing (not a bundle folder?)")
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{manifest_path}: manifest must be a JSON object")
-        version = manifest.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{manifest_path}: no integer 'format_version'")
-        if version > BUNDLE_FORMAT_VERSION:
-            raise BundleError(
-                f"{manifest_path}: bundle format {version} is newer than this lcar-deploy "
-                f"reads ({BUNDLE_FORMAT_VERSION}); upgrade lcar-deploy or re-export the bundle"
-            )
-        for key in ("backbone", "input_size", "mean", "std", "files", "outputs"):
-            if key not in manifest:
-                raise BundleError(f"{manifest_path}: missing key {key!r}")
-        if not {"model.onnx", "model.ts"} & set(manifest["files"]):
-            raise BundleError(f"{manifest_path}: lists neither model.onnx nor model.ts")
+            manifest = json.loads(_read_plain_file(manifest_path, MAX_MANIFEST_BYTES))
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, int digits, nesting
+            raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+        problem = manifest_problem(manifest)
+        if problem:
+            raise BundleError(f"{manifest_path}: {problem}")
         bundle = cls(path, manifest)
+        for name in manifest["files"]:
+            _check_plain_file(path / name, MAX_FILE_BYTES, "listed in the manifest but missing")
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        """Check that every listed file exists and has its recorded sha256."""
+        """Check that every listed file has its recorded sha256, then check the ONNX graph."""
+        graph = None
         for name, info in self.manifest["files"].items():
             file = self.path / name
-            if not file.is_file():
-                raise BundleError(f"{file}: listed in the manifest but missing")
-            if sha256_file(file) != info["sha256"]:
+            data = _read_plain_file(file, MAX_FILE_BYTES)
+            if hashlib.sha256(data).hexdigest() != info["sha256"]:
                 raise BundleError(
                     f"{file}: sha256 does not match the manifest (file changed or corrupt)"
                 )
+            if name == "model.onnx":
+                graph = data
+        problem = None if graph is None else graph_problem(graph, self.manifest)
+        if problem:
+            raise BundleError(f"{self.path / 'model.onnx'}: {problem}")
 
     @property
     def backbone(self) -> str:
@@ -152,7 +390,9 @@ class Bundle:
             raise BundleError(
                 f"{self.path}: has no model.onnx (exported with --format torchscript)"
             )
-        return OnnxRunner(self.path / "model.onnx", self.outputs, device=device, threads=threads)
+        model = self.path / "model.onnx"
+        _check_plain_file(model, MAX_FILE_BYTES, "listed in the manifest but missing")
+        return OnnxRunner(model, self.outputs, device=device, threads=threads)
 
 
 def select_providers(device: str) -> list[str]:
@@ -186,9 +426,13 @@ class OnnxRunner:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.output_names = outputs
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=select_providers(device)
-        )
+        providers = select_providers(device)
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc})") from None
         shape = self.session.get_inputs()[0].shape
         self.input_size = int(shape[-1])
 
