@@ -97,7 +97,8 @@ def describe(hint: Any) -> str:
 def converted(value: Any, hint: Any) -> tuple[bool, Any]:
     """(whether ``value`` fits ``hint``, the value as stored)."""
     if hint is bool:
-        return isinstance(value, bool | np.bool_), bool(value)
+        ok = isinstance(value, bool | np.bool_)
+        return ok, bool(value) if ok else value
     if hint is int:
         return is_int(value), int(value) if is_int(value) else value
     if hint is float:

@@ -136,7 +136,7 @@ class SgrmConfig:
             by a ReLU; then one 1x1 convolution to 2 logits): 1 to ``max_layers`` odd sizes of
             at most ``max_kernel``.
         fz_scale: Felzenszwalb ``scale`` (larger -> larger superpixels), for 224 px images.
-        fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma``.
+        fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma`` (0: none).
         fz_min_size: Felzenszwalb minimum superpixel size in pixels.
         box_mode: ``"largest"``: box of the largest 8-connected foreground component;
             ``"all"``: box of all foreground pixels.
