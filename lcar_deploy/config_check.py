@@ -186,9 +186,19 @@ def check_order(config: Any, low: str, high: str) -> None:
         raise SettingError(low, f"must be <= {high} ({number(large)}), got {number(small)}")
 
 
+def field_default(cls: type, name: str) -> Any:
+    """The default value of field ``name`` of the dataclass ``cls`` (its factory called)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def from_table(cls: type[T], table: dict[str, Any], name: str | None = None) -> T:
     """``cls(**table)``, its nested configs built the same way from their own tables.
 
+    A nested table changes only the keys it names: the others keep ``cls``'s default for that
+    config (e.g. PipelineConfig's ARM dilations), not the nested class's own defaults.
     ``name``: the table's dotted name (None at the top). A key that is no field of ``cls`` and a
     bad value raise ValueError naming the setting by its dotted name.
     """
@@ -205,7 +215,9 @@ def from_table(cls: type[T], table: dict[str, Any], name: str | None = None) -> 
         if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
             if not isinstance(value, dict):
                 raise SettingError(dotted, f"must be a JSON object, got {show(value)}")
-            value = from_table(hint, value, dotted)
+            base = field_default(cls, key)
+            defaults = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+            value = from_table(hint, {**defaults, **value}, dotted)
         values[key] = value
     try:
         return cls(**values)

@@ -338,3 +338,11 @@ def test_valid_settings_localize_and_their_bad_neighbour_does_not(
     )
     assert code == cli.EXIT_ERROR and "error: setting arm.dilations: must be a list" in stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_stage_table_keeps_the_pipeline_defaults_it_does_not_name() -> None:
+    from lcar_deploy.pipeline import AFA_DILATIONS
+
+    config = PipelineConfig.from_settings({"arm": {"iterations": 20}})
+    assert config.arm.iterations == 20
+    assert config.arm.dilations == AFA_DILATIONS == PipelineConfig().arm.dilations
