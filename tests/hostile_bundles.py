@@ -1,9 +1,10 @@
 """A corpus of hostile bundles, made from one valid bundle (nothing binary is committed).
 
-Each case is a bundle folder under ``root/cases``. Files that a bundle must never make
-lcar-deploy open (a sentinel "secret", a model copy, external tensor data) lie under
-``root/outside``. The untouched ``model.onnx`` of a case is a hard link to the valid bundle's
-(a plain file of the case folder, as far as the bundle is concerned).
+``CASES`` names each case and says what its error must name and say; :func:`make_corpus`
+builds every case as a bundle folder under ``root/cases``. Files a bundle must never make
+lcar-deploy open (a "secret", a model copy, external tensor data) lie under ``root/outside``.
+The untouched ``model.onnx`` of a case is a hard link to the valid bundle's (as far as the case
+is concerned, a plain file of its own folder).
 """
 
 from __future__ import annotations
@@ -22,17 +23,49 @@ import numpy as np
 
 from lcar_deploy.bundle import MAX_FILE_BYTES, MAX_MANIFEST_BYTES, REQUIRED_KEYS
 
-# What a case's error names: the manifest, or the model.
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What the cases are made from, and where outside files go."""
+
+    valid: Path
+    outside: Path
+    base: dict[str, Any]
+
+    @property
+    def secret(self) -> Path:
+        return self.outside / "secret.txt"
+
+    @property
+    def size(self) -> int:
+        return self.base["input_size"]
+
+
+Edit = Callable[[dict[str, Any], Corpus], object]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One hostile bundle: the valid one, ``write`` (files listed with their sha256), then
+    ``edit`` on the manifest, then ``finish`` on the folder."""
+
+    blames: str  # the bundle file the error names
+    reason: str  # regex the error message matches
+    edit: Edit | None = None
+    write: Callable[[Corpus], dict[str, bytes]] | None = None
+    model: bool = True  # hard link the valid model.onnx
+    finish: Callable[[Path, Corpus], object] | None = None
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     path: Path  # the bundle folder
-    blames: str  # the bundle file the error names
-    reason: str  # regex for the rest of the message
+    blames: str
+    reason: str
 
 
 def sha256(data: bytes) -> str:
@@ -75,222 +108,241 @@ def tiny_model(size: int, *, extra_input: bool = False, external: str | None = N
     return model.SerializeToString()
 
 
-def make_corpus(valid: Path, root: Path) -> tuple[Path, list[Case]]:
-    """The hostile bundles made from the bundle ``valid``: (the outside folder, cases)."""
-    outside = root / "outside"
-    outside.mkdir(parents=True)
-    secret = outside / "secret.txt"
-    secret.write_text("a file outside every bundle\n")
-    link_or_copy(valid / MODEL, outside / MODEL)
-    base = json.loads((valid / MANIFEST).read_text())
-    size = base["input_size"]
-    cases: list[Case] = []
+# --- manifest edits and folder touches ---------------------------------------------------------
 
-    def add(
-        name: str,
-        blames: str,
-        reason: str,
-        edit: Callable[[dict[str, Any]], object] | None = None,
-        *,
-        write: dict[str, bytes] | None = None,
-        model: bool = True,
-    ) -> Path:
-        """A case folder: the valid model (unless ``model`` is False or ``write`` replaces
-        it), the files in ``write`` (listed with their sha256), the manifest after ``edit``."""
-        folder = root / "cases" / name
-        folder.mkdir(parents=True)
-        manifest = copy.deepcopy(base)
-        for file, data in (write or {}).items():
-            (folder / file).write_bytes(data)
-            manifest["files"][file] = {"sha256": sha256(data)}
-        if model and MODEL not in (write or {}):
-            link_or_copy(valid / MODEL, folder / MODEL)
-        if edit is not None:
-            edit(manifest)
-        (folder / MANIFEST).write_text(json.dumps(manifest))
-        cases.append(Case(name, folder, blames, reason))
-        return folder
 
-    def listing(name: str, entry: str) -> Callable[[dict[str, Any]], object]:
-        return lambda m: m["files"].update({name: entry})
+def set_key(key: str, value: object) -> Edit:
+    return lambda m, c: m.update({key: value})
 
-    secret_sha = {"sha256": sha256(secret.read_bytes())}
-    wrong_sha = {"sha256": "0" * 64}
-    not_plain = r"files entry .* is not a plain file name in the bundle folder"
-    add("dotdot", MANIFEST, not_plain, listing("../../outside/secret.txt", secret_sha))
-    add("absolute", MANIFEST, not_plain, listing(str(secret), secret_sha))
-    add("absolute-wrong-sha", MANIFEST, not_plain, listing(str(secret), wrong_sha))
-    folder = add("separator", MANIFEST, not_plain, listing("sub/model.onnx", base["files"][MODEL]))
+
+def list_file(name: Callable[[Corpus], str], sha: Callable[[Corpus], str]) -> Edit:
+    return lambda m, c: m["files"].update({name(c): {"sha256": sha(c)}})
+
+
+def secret_sha(c: Corpus) -> str:
+    return sha256(c.secret.read_bytes())
+
+
+def set_classes(cut_ids: int, cut_names: int) -> Edit:
+    """Drop the last ``cut_ids`` class ids and ``cut_names`` class names."""
+
+    def edit(m: dict[str, Any], c: Corpus) -> None:
+        classes = m["classes"]
+        classes["ids"] = classes["ids"][: len(classes["ids"]) - cut_ids]
+        classes["names"] = classes["names"][: len(classes["names"]) - cut_names]
+
+    return edit
+
+
+def set_outputs(**changes: object) -> Edit:
+    return lambda m, c: m["outputs"].update(changes)
+
+
+def fewer_classes_everywhere(m: dict[str, Any], c: Corpus) -> None:
+    """One class fewer in the class list and in every class output: consistent, but not the
+    graph."""
+    set_classes(1, 1)(m, c)
+    for name in ("logits", "cam_logits", "cams"):
+        m["outputs"][name][1] -= 1
+
+
+def raw_manifest(text: Callable[[Corpus], str]) -> Callable[[Path, Corpus], object]:
+    return lambda folder, c: (folder / MANIFEST).write_text(text(c))
+
+
+def sparse(name: str, size: int) -> Callable[[Path, Corpus], object]:
+    def make(folder: Path, c: Corpus) -> None:
+        (folder / name).touch()
+        os.truncate(folder / name, size)
+
+    return make
+
+
+def symlink_model(folder: Path, c: Corpus) -> None:
+    (folder / MODEL).symlink_to(c.outside / MODEL)
+
+
+def symlink_manifest(folder: Path, c: Corpus) -> None:
+    (folder / MANIFEST).rename(c.outside / MANIFEST)
+    (folder / MANIFEST).symlink_to(c.outside / MANIFEST)
+
+
+def model_in_subfolder(folder: Path, c: Corpus) -> None:
     (folder / "sub").mkdir()
-    link_or_copy(valid / MODEL, folder / "sub" / MODEL)
-    add("backslash", MANIFEST, not_plain, listing("..\\secret.txt", secret_sha))
-    add("dot", MANIFEST, not_plain, listing(".", wrong_sha))
+    link_or_copy(c.valid / MODEL, folder / "sub" / MODEL)
 
-    link = r"is a symbolic link"
-    add("symlinked-model", MODEL, link, model=False).joinpath(MODEL).symlink_to(outside / MODEL)
-    folder = add("symlinked-manifest", MANIFEST, link)
-    (folder / MANIFEST).rename(outside / "manifest.json")
-    (folder / MANIFEST).symlink_to(outside / "manifest.json")
-    os.mkfifo(add("fifo-model", MODEL, "not a regular file", model=False) / MODEL)
-    (add("directory-model", MODEL, "not a regular file", model=False) / MODEL).mkdir()
-    folder = add("over-cap-model", MODEL, r"larger than the limit", model=False)
-    (folder / MODEL).touch()
-    os.truncate(folder / MODEL, MAX_FILE_BYTES + 1)
-    folder = add("over-cap-manifest", MANIFEST, r"larger than the limit")
-    os.truncate(folder / MANIFEST, MAX_MANIFEST_BYTES + 1)
-    add("missing-model", MODEL, r"listed in the manifest but missing", model=False)
 
-    def set_key(key: str, value: object) -> Callable[[dict[str, Any]], object]:
-        return lambda m: m.update({key: value})
+def huge_integer(c: Corpus) -> str:
+    text = json.dumps(c.base)
+    return text.replace(f'"input_size": {c.size}', '"input_size": ' + "9" * 5000)
 
-    def raw(name: str, text: str) -> None:
-        folder = add(name, MANIFEST, r"unreadable manifest")
-        (folder / MANIFEST).write_text(text)
 
-    raw("not-json", "{'format_version': 1,")
-    raw("deep-nesting", '{"settings": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    raw(
-        "huge-integer",
-        json.dumps(base).replace(f'"input_size": {size}', '"input_size": ' + "9" * 5000),
-    )
-    folder = add("not-an-object", MANIFEST, r"manifest must be a JSON object")
-    (folder / MANIFEST).write_text("[]")
-    add("newer-format", MANIFEST, r"bundle format 99 is newer", set_key("format_version", 99))
-    add("format-string", MANIFEST, r"no integer 'format_version'", set_key("format_version", "1"))
-    for key in REQUIRED_KEYS:
-        add(f"missing-{key}", MANIFEST, f"missing key '{key}'", lambda m, key=key: m.pop(key))
+NOT_PLAIN = r"files entry .* is not a plain file name in the bundle folder"
+SYMLINK = r"is a symbolic link"
+NOT_REGULAR = r"not a regular file"
+OVER_CAP = r"larger than the limit"
+UNREADABLE = r"unreadable manifest"
+SHA_ENTRY = r"files entry 'model.onnx' needs a 'sha256' of 64 hex digits"
+INPUT_SIZE = r"'input_size' must be an integer in \[32, 2048\]"
+MEAN = r"'mean' must be 3 finite numbers"
+WRONG_SHA = "0" * 64
 
-    sha_reason = r"files entry 'model.onnx' needs a 'sha256' of 64 hex digits"
-    add("files-list", MANIFEST, r"'files' must be an object", set_key("files", [MODEL]))
-    add("files-empty", MANIFEST, r"lists neither model.onnx nor model.ts", set_key("files", {}))
-    add("entry-without-sha", MANIFEST, sha_reason, set_key("files", {MODEL: {}}))
-    add("sha-not-string", MANIFEST, sha_reason, set_key("files", {MODEL: {"sha256": 123}}))
-    add("sha-short", MANIFEST, sha_reason, set_key("files", {MODEL: {"sha256": "abc"}}))
-    add("entry-a-string", MANIFEST, sha_reason, set_key("files", {MODEL: "0" * 64}))
-    add("settings-list", MANIFEST, r"'settings' must be a JSON object", set_key("settings", []))
-    add("heads-string", MANIFEST, r"'heads' must be a JSON object", set_key("heads", "x"))
-    add(
-        "backbone-number",
+CASES: dict[str, Spec] = {
+    "dotdot": Spec(
+        MANIFEST, NOT_PLAIN, list_file(lambda c: "../../outside/secret.txt", secret_sha)
+    ),
+    "absolute": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: str(c.secret), secret_sha)),
+    "absolute-wrong-sha": Spec(
+        MANIFEST, NOT_PLAIN, list_file(lambda c: str(c.secret), lambda c: WRONG_SHA)
+    ),
+    "separator": Spec(
         MANIFEST,
-        r"'backbone' must be a non-empty string",
-        set_key("backbone", 7),
-    )
-
-    input_size = r"'input_size' must be an integer in \[32, 2048\]"
-    for name, value in [("abc", "abc"), ("negative", -5), ("huge", 100_000), ("float", 96.0)]:
-        add(f"input-size-{name}", MANIFEST, input_size, set_key("input_size", value))
-    add("input-size-bool", MANIFEST, input_size, set_key("input_size", True))
-    add("mean-two", MANIFEST, r"'mean' must be 3 finite numbers", set_key("mean", [0.5, 0.5]))
-    add(
-        "mean-nan",
+        NOT_PLAIN,
+        list_file(lambda c: "sub/model.onnx", lambda c: c.base["files"][MODEL]["sha256"]),
+        finish=model_in_subfolder,
+    ),
+    "backslash": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: "..\\secret.txt", secret_sha)),
+    "dot": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: ".", lambda c: WRONG_SHA)),
+    "symlinked-model": Spec(MODEL, SYMLINK, model=False, finish=symlink_model),
+    "symlinked-manifest": Spec(MANIFEST, SYMLINK, finish=symlink_manifest),
+    "fifo-model": Spec(
+        MODEL, NOT_REGULAR, model=False, finish=lambda folder, c: os.mkfifo(folder / MODEL)
+    ),
+    "directory-model": Spec(
+        MODEL, NOT_REGULAR, model=False, finish=lambda folder, c: (folder / MODEL).mkdir()
+    ),
+    "missing-model": Spec(MODEL, r"listed in the manifest but missing", model=False),
+    "over-cap-model": Spec(MODEL, OVER_CAP, model=False, finish=sparse(MODEL, MAX_FILE_BYTES + 1)),
+    "over-cap-manifest": Spec(MANIFEST, OVER_CAP, finish=sparse(MANIFEST, MAX_MANIFEST_BYTES + 1)),
+    "not-json": Spec(MANIFEST, UNREADABLE, finish=raw_manifest(lambda c: "{'format_version': 1,")),
+    "deep-nesting": Spec(
         MANIFEST,
-        r"'mean' must be 3 finite numbers",
-        set_key("mean", [0.5, float("nan"), 0.5]),
-    )
-    add("std-string", MANIFEST, r"'std' must be 3 finite numbers", set_key("std", "0.5"))
-    add("std-zero", MANIFEST, r"'std' must be > 0", set_key("std", [0.5, 0.0, 0.5]))
-
-    ids, names = base["classes"]["ids"], base["classes"]["names"]
-    n = len(ids)
-
-    def classes(ids: list, names: list) -> Callable[[dict[str, Any]], object]:
-        return lambda m: m["classes"].update(ids=ids, names=names)
-
-    add(
-        "classes-short",
-        MANIFEST,
-        rf"output 'logits' has {n} classes but 'classes' lists {n - 1}",
-        classes(ids[:-1], names[:-1]),
-    )
-    add(
-        "ids-names-mismatch",
-        MANIFEST,
-        rf"'classes' has {n} ids but {n - 1} names",
-        classes(ids, names[:-1]),
-    )
-    add(
-        "ids-strings",
+        UNREADABLE,
+        finish=raw_manifest(lambda c: '{"settings": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    ),
+    "huge-integer": Spec(MANIFEST, UNREADABLE, finish=raw_manifest(huge_integer)),
+    "not-an-object": Spec(
+        MANIFEST, r"manifest must be a JSON object", finish=raw_manifest(lambda c: "[]")
+    ),
+    "newer-format": Spec(MANIFEST, r"bundle format 99 is newer", set_key("format_version", 99)),
+    "format-string": Spec(MANIFEST, r"no integer 'format_version'", set_key("format_version", "1")),
+    **{
+        f"missing-{key}": Spec(MANIFEST, f"missing key '{key}'", lambda m, c, key=key: m.pop(key))
+        for key in REQUIRED_KEYS
+    },
+    "files-list": Spec(MANIFEST, r"'files' must be an object", set_key("files", [MODEL])),
+    "files-empty": Spec(MANIFEST, r"lists neither model.onnx nor model.ts", set_key("files", {})),
+    "entry-without-sha": Spec(MANIFEST, SHA_ENTRY, set_key("files", {MODEL: {}})),
+    "sha-not-string": Spec(MANIFEST, SHA_ENTRY, set_key("files", {MODEL: {"sha256": 123}})),
+    "sha-short": Spec(MANIFEST, SHA_ENTRY, set_key("files", {MODEL: {"sha256": "abc"}})),
+    "entry-a-string": Spec(MANIFEST, SHA_ENTRY, set_key("files", {MODEL: WRONG_SHA})),
+    "settings-list": Spec(MANIFEST, r"'settings' must be a JSON object", set_key("settings", [])),
+    "heads-string": Spec(MANIFEST, r"'heads' must be a JSON object", set_key("heads", "x")),
+    "backbone-number": Spec(
+        MANIFEST, r"'backbone' must be a non-empty string", set_key("backbone", 7)
+    ),
+    "input-size-abc": Spec(MANIFEST, INPUT_SIZE, set_key("input_size", "abc")),
+    "input-size-negative": Spec(MANIFEST, INPUT_SIZE, set_key("input_size", -5)),
+    "input-size-huge": Spec(MANIFEST, INPUT_SIZE, set_key("input_size", 100_000)),
+    "input-size-float": Spec(MANIFEST, INPUT_SIZE, set_key("input_size", 96.0)),
+    "input-size-bool": Spec(MANIFEST, INPUT_SIZE, set_key("input_size", True)),
+    "mean-two": Spec(MANIFEST, MEAN, set_key("mean", [0.5, 0.5])),
+    "mean-nan": Spec(MANIFEST, MEAN, set_key("mean", [0.5, float("nan"), 0.5])),
+    "std-string": Spec(MANIFEST, r"'std' must be 3 finite numbers", set_key("std", "0.5")),
+    "std-zero": Spec(MANIFEST, r"'std' must be > 0", set_key("std", [0.5, 0.0, 0.5])),
+    "classes-short": Spec(
+        MANIFEST, r"output 'logits' has \d+ classes but 'classes' lists \d+", set_classes(1, 1)
+    ),
+    "ids-names-mismatch": Spec(MANIFEST, r"'classes' has \d+ ids but \d+ names", set_classes(0, 1)),
+    "ids-strings": Spec(
         MANIFEST,
         r"'classes.ids' must be a list of integers",
-        classes([str(i) for i in ids], names),
-    )
-    add("ids-duplicate", MANIFEST, r"'classes.ids' has duplicates", classes([0] * n, names))
-    add("classes-list", MANIFEST, r"'classes' must be a JSON object", set_key("classes", []))
-
-    def outputs(**changes: object) -> Callable[[dict[str, Any]], object]:
-        return lambda m: m["outputs"].update(changes)
-
-    add(
-        "outputs-list",
+        lambda m, c: m["classes"].update(ids=[str(i) for i in m["classes"]["ids"]]),
+    ),
+    "ids-duplicate": Spec(
         MANIFEST,
-        r"'outputs' must be a non-empty object",
-        set_key("outputs", ["grid"]),
-    )
-    add("unknown-output", MANIFEST, r"unknown output 'bogus'", outputs(bogus=["batch", 1]))
-    add(
-        "output-wrong-rank",
+        r"'classes.ids' has duplicates",
+        lambda m, c: m["classes"].update(ids=[0] * len(m["classes"]["ids"])),
+    ),
+    "classes-list": Spec(MANIFEST, r"'classes' must be a JSON object", set_key("classes", [])),
+    "outputs-list": Spec(
+        MANIFEST, r"'outputs' must be a non-empty object", set_key("outputs", ["grid"])
+    ),
+    "unknown-output": Spec(MANIFEST, r"unknown output 'bogus'", set_outputs(bogus=["batch", 1])),
+    "output-wrong-rank": Spec(
         MANIFEST,
         r"output 'grid' must be \[batch, 3 positive ints\]",
-        outputs(grid=["batch", 3, 3]),
-    )
-    add(
-        "output-negative",
+        set_outputs(grid=["batch", 3, 3]),
+    ),
+    "output-negative": Spec(
         MANIFEST,
         r"output 'global' must be \[batch, 1 positive ints\]",
-        outputs(**{"global": ["batch", -1280]}),
-    )
-    add(
-        "grid-size-mismatch",
-        MANIFEST,
-        r"'grid_size' \[4, 4\] disagrees",
-        set_key("grid_size", [4, 4]),
-    )
-    add(
-        "cams-without-logits",
+        set_outputs(**{"global": ["batch", -1280]}),
+    ),
+    "grid-size-mismatch": Spec(
+        MANIFEST, r"'grid_size' \[4, 4\] disagrees", set_key("grid_size", [4, 4])
+    ),
+    "cams-without-logits": Spec(
         MANIFEST,
         r"both 'cams' and 'logits'",
-        lambda m: (m["outputs"].pop("logits"), m["outputs"].pop("cam_logits")),
-    )
-
-    add(
-        "not-onnx", MODEL, r"not an ONNX model", write={MODEL: np.random.default_rng(0).bytes(4096)}
-    )
-    add(
-        "external-data",
+        lambda m, c: (m["outputs"].pop("logits"), m["outputs"].pop("cam_logits")),
+    ),
+    "not-onnx": Spec(
+        MODEL,
+        r"not an ONNX model",
+        write=lambda c: {MODEL: np.random.default_rng(0).bytes(4096)},
+    ),
+    "external-data": Spec(
         MODEL,
         r"tensor 'weight' uses external data",
-        write={MODEL: tiny_model(size, external="../../outside/weights.bin")},
-    )
-    (outside / "weights.bin").write_bytes(np.full(3, 2.0, np.float32).tobytes())
-    add(
-        "extra-graph-input",
+        write=lambda c: {MODEL: tiny_model(c.size, external="../../outside/weights.bin")},
+    ),
+    "extra-graph-input": Spec(
         MODEL,
         r"graph inputs are \['image', 'extra'\], expected only 'image'",
-        lambda m: m.update(outputs={"affinity": ["batch", 3, size, size]}, affinity_size=[3, size]),
-        write={MODEL: tiny_model(size, extra_input=True)},
-    )
-    add(
-        "input-size-not-the-graph",
+        lambda m, c: m.update(
+            outputs={"affinity": ["batch", 3, c.size, c.size]}, affinity_size=[3, c.size]
+        ),
+        write=lambda c: {MODEL: tiny_model(c.size, extra_input=True)},
+    ),
+    "input-size-not-the-graph": Spec(
         MODEL,
-        rf"graph input 'image' is FLOAT \['batch', 3, {size}, {size}\].*input_size 128",
+        r"graph input 'image' is FLOAT \[.*\], but .* input_size 128",
         set_key("input_size", 128),
-    )
-    add(
-        "output-not-in-graph",
+    ),
+    "output-not-in-graph": Spec(
         MODEL,
         r"the manifest's output 'foreground' is not among the graph's",
-        outputs(foreground=["batch", 6, 6]),
-    )
+        set_outputs(foreground=["batch", 6, 6]),
+    ),
+    "output-shape-not-the-graph": Spec(
+        MODEL, r"output 'logits' is .* in the graph but", fewer_classes_everywhere
+    ),
+}
 
-    def fewer_classes(m: dict[str, Any]) -> None:
-        classes(ids[:-1], names[:-1])(m)
-        for name in ("logits", "cam_logits", "cams"):
-            m["outputs"][name][1] = n - 1
 
-    add(
-        "output-shape-not-the-graph",
-        MODEL,
-        r"output 'logits' is .* in the graph but",
-        fewer_classes,
-    )
-    return outside, cases
+def make_corpus(valid: Path, root: Path) -> tuple[Path, list[Case]]:
+    """Every case of ``CASES`` made from the bundle ``valid``: (the outside folder, cases)."""
+    corpus = Corpus(valid, root / "outside", json.loads((valid / MANIFEST).read_text()))
+    corpus.outside.mkdir(parents=True)
+    corpus.secret.write_text("a file outside every bundle\n")
+    link_or_copy(valid / MODEL, corpus.outside / MODEL)
+    (corpus.outside / "weights.bin").write_bytes(np.full(3, 2.0, np.float32).tobytes())
+    cases = []
+    for name, spec in CASES.items():
+        folder = root / "cases" / name
+        folder.mkdir(parents=True)
+        manifest = copy.deepcopy(corpus.base)
+        written = spec.write(corpus) if spec.write else {}
+        for file, data in written.items():
+            (folder / file).write_bytes(data)
+            manifest["files"][file] = {"sha256": sha256(data)}
+        if spec.model and MODEL not in written:
+            link_or_copy(valid / MODEL, folder / MODEL)
+        if spec.edit is not None:
+            spec.edit(manifest, corpus)
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+        if spec.finish is not None:
+            spec.finish(folder, corpus)
+        cases.append(Case(name, folder, spec.blames, spec.reason))
+    return corpus.outside, cases

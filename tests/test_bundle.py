@@ -1,0 +1,165 @@
+"""A bundle is untrusted input: every hostile bundle of ``tests/hostile_bundles.py`` is refused,
+by ``Bundle.load`` and by the CLI, with an error naming the bundle file, and nothing outside
+the bundle is opened on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hostile_bundles import CASES, MODEL, Case, make_corpus
+from PIL import Image
+from typer.testing import CliRunner
+
+from lcar_deploy import bundle as bundle_module
+from lcar_deploy import cli
+from lcar_deploy.bundle import Bundle, BundleError
+
+NAMES = sorted(CASES)
+# The CLI as a separate process costs seconds a run: one manifest case, one graph case.
+SUBPROCESS_NAMES = ["dotdot", "external-data"]
+
+# Refused from lstat alone: the blamed file itself is never opened.
+REFUSED_FROM_STAT = {
+    "symlinked-model",
+    "symlinked-manifest",
+    "fifo-model",
+    "directory-model",
+    "over-cap-model",
+    "over-cap-manifest",
+}
+
+# Loads each bundle of argv[1] (JSON name -> folder) under an audit hook; prints, per name, the
+# error (None if it loaded) and every path opened or listed.
+AUDITED_LOAD = """
+import json, os, sys
+
+seen = []
+
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and not isinstance(args[0], (int, type(None))):
+        seen.append(os.fsdecode(args[0]))
+
+sys.addaudithook(hook)
+import onnx  # imported lazily by the first check of a graph: its own files are not the bundle's
+from lcar_deploy.bundle import Bundle, BundleError
+
+report = {}
+for name, path in json.loads(sys.argv[1]).items():
+    seen.clear()
+    try:
+        Bundle.load(path)
+        error = None
+    except BundleError as exc:
+        error = str(exc)
+    report[name] = {"error": error, "opened": list(seen)}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    outside, cases = make_corpus(small_bundle, tmp_path_factory.mktemp("hostile"))
+    return outside, {case.name: case for case in cases}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (40, 30), (200, 60, 40)).save(folder / "a.jpg")
+    return folder
+
+
+def assert_names_case(message: str, case: Case) -> None:
+    """The message starts with the blamed bundle file and gives the case's reason."""
+    assert message.startswith(f"{case.path / case.blames}: "), message
+    assert re.search(case.reason, message), message
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_refuses_hostile_bundle(name: str, corpus: tuple[Path, dict]) -> None:
+    case = corpus[1][name]
+    with pytest.raises(BundleError) as info:
+        Bundle.load(case.path)
+    assert_names_case(str(info.value), case)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_refuses_hostile_bundle(
+    name: str, corpus: tuple[Path, dict], images: Path, tmp_path: Path
+) -> None:
+    case = corpus[1][name]
+    args = ["localize", images, "--bundle", case.path, "--out", tmp_path / "out"]
+    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, "--device", "cpu", "--quiet"]])
+    assert result.exit_code == cli.EXIT_ERROR, (result.exception, result.stderr)
+    assert result.stderr.startswith("error: "), result.stderr
+    assert_names_case(result.stderr.removeprefix("error: ").strip(), case)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_NAMES)
+def test_cli_process_refuses_hostile_bundle(
+    name: str, corpus: tuple[Path, dict], images: Path, tmp_path: Path
+) -> None:
+    case = corpus[1][name]
+    args = ["localize", images, "--bundle", case.path, "--out", tmp_path / "out", "--quiet"]
+    command = [sys.executable, "-m", "lcar_deploy.cli", *map(str, args), "--device", "cpu"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == cli.EXIT_ERROR, run.stderr
+    assert run.stderr.startswith("error: "), run.stderr
+    assert str(case.path / case.blames) in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def audited(corpus: tuple[Path, dict], small_bundle: Path) -> dict[str, dict]:
+    """Every case (and the valid bundle, as ``valid``) loaded in a process with an audit hook."""
+    folders = {name: str(case.path) for name, case in corpus[1].items()}
+    folders["valid"] = str(small_bundle)
+    command = [sys.executable, "-c", AUDITED_LOAD, json.dumps(folders)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(run.stdout)
+
+
+def test_audit_hook_sees_the_bundle_files(audited: dict[str, dict], small_bundle: Path) -> None:
+    valid = audited["valid"]
+    assert valid["error"] is None
+    opened = {os.path.realpath(p) for p in valid["opened"]}
+    assert {str((small_bundle / f).resolve()) for f in ("manifest.json", MODEL)} <= opened
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nothing_outside_the_bundle_is_opened(
+    name: str, corpus: tuple[Path, dict], audited: dict[str, dict]
+) -> None:
+    outside, case = str(corpus[0].resolve()), corpus[1][name]
+    report = audited[name]
+    assert report["error"] is not None
+    leaks = [p for p in report["opened"] if os.path.realpath(p).startswith(outside + os.sep)]
+    assert not leaks, leaks
+    if name in REFUSED_FROM_STAT:
+        assert str(case.path / case.blames) not in report["opened"]
+
+
+def test_file_cap_is_read_from_stat(small_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundle_module, "MAX_FILE_BYTES", 1 << 20)
+    with pytest.raises(BundleError, match=r"model\.onnx: \d+ bytes, larger than the limit"):
+        Bundle.load(small_bundle)
+
+
+def test_valid_bundle_and_torchscript_only_bundle_load(small_bundle: Path, tmp_path: Path) -> None:
+    loaded = Bundle.load(small_bundle)
+    assert loaded.session(device="cpu", threads=1).input_size == loaded.input_size == 96
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    (folder / "model.ts").write_bytes(b"not parsed by lcar-deploy")
+    manifest = json.loads((small_bundle / "manifest.json").read_text())
+    digest = bundle_module.sha256_file(folder / "model.ts")
+    manifest["files"] = {"model.ts": {"sha256": digest}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"has no model\.onnx"):
+        Bundle.load(folder).session()
