@@ -94,7 +94,7 @@ def _is_finite(value: object) -> bool:
 
 def _is_plain_name(name: str) -> bool:
     """A file of the bundle folder itself: no separator, not ``.``/``..``, not absolute."""
-    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    return name not in ("", ".", "..") and name.isprintable() and not any(c in name for c in "/\\")
 
 
 def _outputs_problem(outputs: object) -> str | None:
@@ -282,7 +282,8 @@ def graph_problem(data: bytes, manifest: dict[str, Any]) -> str | None:
     if [v.name for v in inputs] != ["image"]:
         return f"graph inputs are {[v.name for v in inputs]}, expected only 'image'"
     size, dims = manifest["input_size"], _dims(inputs[0])
-    dtype = onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
+    elem_type = inputs[0].type.tensor_type.elem_type
+    dtype = {v: k for k, v in onnx.TensorProto.DataType.items()}.get(elem_type, str(elem_type))
     if dtype != "FLOAT" or dims is None or len(dims) != 4 or dims[1:] != [3, size, size]:
         return (
             f"graph input 'image' is {dtype} {dims}, but the manifest's input_size {size} "

@@ -79,11 +79,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def tiny_model(size: int, *, extra_input: bool = False, external: str | None = None) -> bytes:
+def tiny_model(
+    size: int, *, extra_input: bool = False, external: str | None = None, image_type: int = 1
+) -> bytes:
     """An ONNX graph ``image`` (B, 3, S, S) -> ``affinity`` = image * weight.
 
     extra_input: also take an input ``extra``. external: store ``weight`` as external data at
     this location (relative to the model's folder); the caller writes the data file.
+    image_type: the element type declared for ``image`` (1: float).
     """
     from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
@@ -100,6 +103,7 @@ def tiny_model(size: int, *, extra_input: bool = False, external: str | None = N
     outputs = [helper.make_tensor_value_info("affinity", TensorProto.FLOAT, shape)]
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.graph.input[0].type.tensor_type.elem_type = image_type
     if external is not None:
         external_data_helper.convert_model_to_external_data(
             model, all_tensors_to_one_file=True, location=external, size_threshold=0
@@ -202,6 +206,7 @@ CASES: dict[str, Spec] = {
         finish=model_in_subfolder,
     ),
     "backslash": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: "..\\secret.txt", secret_sha)),
+    "unprintable-name": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: "\ud800\n", secret_sha)),
     "dot": Spec(MANIFEST, NOT_PLAIN, list_file(lambda c: ".", lambda c: WRONG_SHA)),
     "symlinked-model": Spec(MODEL, SYMLINK, model=False, finish=symlink_model),
     "symlinked-manifest": Spec(MANIFEST, SYMLINK, finish=symlink_manifest),
@@ -304,6 +309,14 @@ CASES: dict[str, Spec] = {
             outputs={"affinity": ["batch", 3, c.size, c.size]}, affinity_size=[3, c.size]
         ),
         write=lambda c: {MODEL: tiny_model(c.size, extra_input=True)},
+    ),
+    "image-unknown-type": Spec(
+        MODEL,
+        r"graph input 'image' is 999 \[.*\], but .* needs FLOAT",
+        lambda m, c: m.update(
+            outputs={"affinity": ["batch", 3, c.size, c.size]}, affinity_size=[3, c.size]
+        ),
+        write=lambda c: {MODEL: tiny_model(c.size, image_type=999)},
     ),
     "input-size-not-the-graph": Spec(
         MODEL,
