@@ -252,7 +252,10 @@ def make_localizer(
         "Output: OUT/predictions.jsonl, one JSON line per image: path, status (ok | error), "
         "class_id, class_name, score, box [x0, y0, x1, y1] (inclusive, original image pixels), "
         "boxes (all objects), mask / overlay files, timings_ms per stage, or error. "
-        "Running again with the same --out resumes. Exit code 3: some images failed."
+        "Running again with the same --out resumes (OUT/run.json records the method, bundle "
+        "and settings; a resume with others is refused, --force starts over). One run at a "
+        "time per --out. Exit code 3: some images failed; 130 (143 on SIGTERM): interrupted, "
+        "what is written is complete."
     )
 )
 def localize(
@@ -283,6 +286,13 @@ def localize(
         bool, typer.Option(help="On resume, retry images that failed.")
     ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Stop after N new images.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Start over: first delete OUT's earlier predictions, masks and overlays (only "
+            "the files lcar-deploy wrote), e.g. to rerun with another --method."
+        ),
+    ] = False,
     engine: Annotated[
         Engine, typer.Option(help="local, or ray (Ray Data over actors, CPU, 1 thread each).")
     ] = Engine.local,
@@ -293,16 +303,30 @@ def localize(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Localize the objects in every image of a folder: boxes, masks, overlays."""
+    import signal
+    import threading
+
     from .bundle import BundleError
-    from .image_io import IMAGE_EXTENSIONS
-    from .localize import LocalizeOptions, find_images, localize_folder, prepare_output
+    from .image_io import IMAGE_EXTENSIONS, image_extensions
+    from .localize import (
+        LocalizeOptions,
+        OutputError,
+        RunInterrupted,
+        find_images,
+        localize_folder,
+        some_names,
+    )
 
     if not img_dir.is_dir():
         raise fail(f"{img_dir}: not a folder")
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
     if next(find_images(img_dir, exclude=out), None) is None:
-        raise fail(f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)})")
+        others = len(image_extensions()) - len(IMAGE_EXTENSIONS)
+        raise fail(
+            f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)} and {others} "
+            "more extensions that Pillow reads)"
+        )
     if engine == Engine.ray and device == Device.cuda:
         raise fail("--engine ray runs on CPU actors; leave out --device cuda")
     if engine == Engine.ray:
@@ -321,38 +345,68 @@ def localize(
         class_id=class_id,
         retry_errors=retry_errors,
         limit=limit,
+        force=force,
     )
-    try:
-        prepare_output(out, options)
-    except OSError as exc:
-        raise fail(
-            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
-        ) from None
-    if engine == Engine.ray:
-        from .distributed import RayEngineError, ray_localize_folder
+    # SIGTERM stops the run as Ctrl-C does: the lines written are complete, and it says so.
+    received = [signal.SIGINT]
 
-        try:
-            summary = ray_localize_folder(
-                localizer,
-                img_dir,
-                out,
-                options,
-                progress=not quiet,
-                workers=workers,
-                address=address,
+    def terminate(signum: int, frame: object) -> None:
+        received[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
+    try:
+        if engine == Engine.ray:
+            from .distributed import RayEngineError, ray_localize_folder
+
+            try:
+                summary = ray_localize_folder(
+                    localizer,
+                    img_dir,
+                    out,
+                    options,
+                    progress=not quiet,
+                    workers=workers,
+                    address=address,
+                )
+            except (RayEngineError, ConnectionError) as exc:
+                raise fail(str(exc)) from None
+        else:
+            summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
+    except OutputError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, RunInterrupted):
+            how_far = (
+                f"{exc.done} of {exc.total} images done this run, written to {exc.predictions}"
             )
-        except (RayEngineError, ConnectionError) as exc:
-            raise fail(str(exc)) from None
-    else:
-        summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
+        else:
+            how_far = "no image done this run"
+        typer.echo(f"interrupted: {how_far}; run the same command again to resume", err=True)
+        raise typer.Exit(128 + received[0]) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     stats = summary.to_dict()
     earlier = f" ({summary.skipped_errors} of them failed)" if summary.skipped_errors else ""
-    typer.echo(
-        f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}; "
-        f"{stats['images_per_second'] or 0:.2f} img/s; providers {summary.providers}; "
-        f"mean ms/stage {stats['mean_ms_per_stage']}; results in {out / 'predictions.jsonl'}",
-        err=True,
-    )
+    parts = [f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}"]
+    if summary.errors or summary.skipped_errors:
+        failed = some_names(summary.failed_names, summary.errors + summary.skipped_errors)
+        parts.append(f"failed: {failed} (reasons in their error lines)")
+    if summary.not_images:
+        these = (
+            "files that are not images" if summary.not_images > 1 else "file that is not an image"
+        )
+        names = some_names(summary.not_image_names, summary.not_images)
+        parts.append(f"skipped {summary.not_images} {these} ({names})")
+    parts += [
+        f"{stats['images_per_second'] or 0:.2f} img/s",
+        f"providers {summary.providers}",
+        f"mean ms/stage {stats['mean_ms_per_stage']}",
+        f"results in {out / 'predictions.jsonl'}",
+    ]
+    typer.echo("; ".join(parts), err=True)
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 

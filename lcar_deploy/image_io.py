@@ -5,12 +5,20 @@ the upright image's pixels), alpha is composited on white, 16-bit, grayscale, CM
 palette images are converted, and an animated image gives its first frame. Huge images are
 refused before their pixels are decoded (``max_pixels``), except JPEGs, which are decoded
 at a reduced scale (``draft``) so that memory stays bounded.
+
+TIFFs that Pillow cannot read (floating-point or planar RGB samples, ...) or misreads
+(uncompressed planar 16-bit) are decoded by ``tifffile``: the first page, its size checked
+before its data is read, its samples converted to 8 bits by the same rules.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+"""The common image extensions; :func:`image_extensions` adds the others Pillow reads."""
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_JPEG_DRAFT_SIDE = 2048
 EXIF_ORIENTATION = 0x0112
@@ -35,14 +44,79 @@ class LoadedImage:
     original_size: tuple[int, int]
 
 
+# Formats Pillow registers but cannot decode on its own: video, PostScript without Ghostscript.
+_NOT_DECODED = ("MPEG",)
+# Formats whose decoder is an optional part of a Pillow build: {format: Pillow feature}.
+_CODEC_FEATURES = {"AVIF": "avif", "WEBP": "webp", "JPEG2000": "jpg_2000"}
+
+
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """Lower-case extensions of the files taken for images: :data:`IMAGE_EXTENSIONS` and every
+    extension of a format this Pillow opens and decodes (AVIF, TGA, QOI, PPM, ...).
+
+    Left out: Pillow's stub formats (identified, but decoded only by a handler registered
+    from outside: HDF5, GRIB, BUFR, WMF), video, PostScript when Ghostscript is missing, and
+    formats whose codec this Pillow build lacks.
+    """
+    from PIL import EpsImagePlugin, ImageFile, features
+
+    extensions = dict.fromkeys(IMAGE_EXTENSIONS)
+    for extension, format in sorted(Image.registered_extensions().items()):
+        opener = Image.OPEN.get(format)
+        if opener is None or format in _NOT_DECODED:
+            continue
+        if isinstance(opener[0], type) and issubclass(opener[0], ImageFile.StubImageFile):
+            continue
+        if format == "EPS" and not EpsImagePlugin.has_ghostscript():
+            continue
+        if format in _CODEC_FEATURES:
+            with contextlib.suppress(ValueError):  # a feature this Pillow does not know
+                if not features.check_module(_CODEC_FEATURES[format]):
+                    continue
+        extensions[extension.lower()] = None
+    return tuple(extensions)
+
+
+def _integers_to_uint8(values: np.ndarray, full_16bit: bool) -> np.ndarray:
+    """Integer samples -> uint8. ``full_16bit``: 16-bit data by its full range (0..65535 ->
+    0..255, not stretched per image); otherwise values up to 255 are kept as they are and
+    larger ones scaled by max(their maximum, 65535). Negative values become 0."""
+    arr = values.astype(np.float64)
+    top = float(arr.max()) if arr.size else 0.0
+    peak = max(top, 65535.0) if full_16bit or top > 255 else 255.0
+    return np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _floats_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float samples -> uint8: data within [0, 1] (the usual range of float images) times
+    255, other data as :func:`_integers_to_uint8` takes 32-bit integers. NaN and infinities
+    become 0."""
+    arr = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if top <= 1.0:
+        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _integers_to_uint8(arr, full_16bit=False)
+
+
+def _samples_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Samples of any numeric type -> uint8 by the rules of :func:`_to_rgb`."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if values.dtype.kind == "f":
+        return _floats_to_uint8(values)
+    if values.dtype.kind in "iu":
+        return _integers_to_uint8(values, full_16bit=values.dtype == np.uint16)
+    raise ValueError(f"unsupported sample type {values.dtype}")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):
-        # 16-bit data by its full range (0..65535 -> 0..255, not stretched per image); a 32-bit
-        # "I" image holding 8-bit values as is, larger values by their own maximum
-        arr = np.asarray(image, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        peak = 255.0 if image.mode == "I" and top <= 255 else max(top, 65535.0)
-        image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        image = Image.fromarray(_integers_to_uint8(np.asarray(image), image.mode != "I"))
+    if image.mode == "F":
+        image = Image.fromarray(_floats_to_uint8(np.asarray(image)))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -112,6 +186,8 @@ def load_image(
                     raise ImageError(
                         f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
                     )
+                if image.format == "TIFF" and _pillow_misreads(image):
+                    raise _PillowMisreads("Pillow mixes up the planes of this TIFF")
                 image.seek(0)
                 image.load()
                 image = ImageOps.exif_transpose(image)
@@ -123,12 +199,133 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large ({exc})") from exc
     except Exception as exc:  # PIL's decoders raise many types on malformed data
-        raise ImageError(f"{path}: cannot decode image ({exc or type(exc).__name__})") from exc
+        reason = str(exc) or type(exc).__name__
+        if _is_tiff(path):
+            return _load_tiff(path, max_pixels, reason)
+        raise ImageError(f"{path}: cannot decode image ({reason})") from exc
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         raise ImageError(f"{path}: decoded to an unusable shape {rgb.shape}")
     return LoadedImage(rgb=np.ascontiguousarray(rgb), original_size=(width, height))
+
+
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+# Samples per pixel of the largest usual page (RGBA): more data than that is refused unread.
+_MAX_SAMPLES = 4
+# TIFF orientation tag -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class _PillowMisreads(Exception):
+    """A TIFF that Pillow opens but decodes to wrong pixels: tifffile decodes it."""
+
+
+def _pillow_misreads(image: Image.Image) -> bool:
+    """Uncompressed planar TIFFs of more than 8 bits per sample: Pillow's own decoder mixes
+    up their planes (compressed ones go through libtiff, which reads them right)."""
+    tags = getattr(image, "tag_v2", {})
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return tags.get(284) == 2 and tags.get(259, 1) == 1 and max(bits, default=8) > 8
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs what it finds odd in a file; the ImageError says what matters."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load_tiff(path: Path, max_pixels: int, pil_reason: str) -> LoadedImage:
+    """The first page of a TIFF that PIL could not read, decoded by tifffile."""
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            width, height = page.imagewidth, page.imagelength
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
+                )
+            if page.size > _MAX_SAMPLES * max_pixels:
+                raise ImageError(
+                    f"{path}: first page {page.shape} of {page.dtype} is over the limit of "
+                    f"{max_pixels} pixels of {_MAX_SAMPLES} samples"
+                )
+            data = page.asarray()
+            orientation = page.tags.get(274)
+            image = _tiff_page_image(page, data)
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile raises many types on malformed data too
+        raise ImageError(
+            f"{path}: cannot decode image ({pil_reason}; tifffile: {exc or type(exc).__name__})"
+        ) from exc
+    transpose = _UPRIGHT.get(orientation.value if orientation is not None else 1)
+    if transpose is not None:
+        image = image.transpose(transpose)
+    rgb = np.asarray(_to_rgb(image))
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise ImageError(f"{path}: decoded to an unusable shape {rgb.shape}")
+    return LoadedImage(rgb=np.ascontiguousarray(rgb), original_size=(rgb.shape[1], rgb.shape[0]))
+
+
+def _tiff_page_image(page, data: np.ndarray) -> Image.Image:
+    """A tifffile page's array (axes ``page.axes``) as a PIL image of 8-bit samples."""
+    from tifffile import COMPRESSION, PHOTOMETRIC
+
+    axes = page.axes
+    # Of the other axes (planes of a volume, ...), the first entry, as of the pages.
+    data = data[tuple(slice(None) if axis in "YXS" else 0 for axis in axes)]
+    kept = [axis for axis in axes if axis in "YXS"]
+    data = np.moveaxis(data, kept.index("S"), -1) if "S" in kept else data[..., None]
+    photometric = page.photometric
+    if photometric == PHOTOMETRIC.PALETTE and page.colormap is not None:
+        colormap = np.asarray(page.colormap)
+        palette = _integers_to_uint8(colormap.T, full_16bit=colormap.dtype == np.uint16)
+        return Image.fromarray(palette[np.clip(data[..., 0], 0, len(palette) - 1)])
+    values = np.ascontiguousarray(_samples_to_uint8(data))
+    samples = values.shape[-1]
+    has_alpha = bool(page.extrasamples) and page.extrasamples[0] in (1, 2)
+    if photometric == PHOTOMETRIC.SEPARATED and samples >= 4:
+        cmyk = np.ascontiguousarray(values[..., :4])
+        return Image.frombytes("CMYK", (cmyk.shape[1], cmyk.shape[0]), cmyk.tobytes())
+    if photometric == PHOTOMETRIC.YCBCR and samples >= 3 and page.compression != COMPRESSION.JPEG:
+        ycbcr = np.ascontiguousarray(values[..., :3])
+        return Image.frombytes("YCbCr", (ycbcr.shape[1], ycbcr.shape[0]), ycbcr.tobytes())
+    if photometric in (PHOTOMETRIC.RGB, PHOTOMETRIC.YCBCR) and samples >= 3:
+        return Image.fromarray(values[..., : 4 if has_alpha and samples > 3 else 3])
+    gray = values[..., 0]
+    if photometric == PHOTOMETRIC.MINISWHITE:
+        gray = 255 - gray
+    if has_alpha and samples > 1:
+        return Image.fromarray(np.stack([gray, values[..., 1]], axis=-1))
+    return Image.fromarray(gray)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

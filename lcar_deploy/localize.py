@@ -2,14 +2,28 @@
 
 Robustness rules:
 
+- One run at a time per output folder: a run holds an exclusive lock (``OUT/.lock``, with its
+  pid) from start to end; a second run on the same ``--out`` stops at once with an error.
 - Images are decoded one batch at a time (memory stays flat over thousands of images).
 - A bad image (unreadable, corrupt, too large, ...) gets a ``status: error`` line with the
   reason and the run goes on; a batch that fails as a whole is retried image by image.
-- Each line is written with one ``write`` call and flushed: a crash leaves at most one partial
-  last line, which the next run removes before it appends. Masks and overlays are written to a
-  temporary name and renamed.
+- Files are taken for images by extension (the formats Pillow here decodes); the others are
+  counted and named in the summary, not read.
+- Each line is appended in one ``write`` call, normally, and never left half-written by this
+  process: a short write (full disk) or an interrupt between two calls takes the partial line
+  back off. A line torn by a power cut or another writer is removed by the next run before it
+  appends. Masks and overlays are written to a temporary name unique to the process and
+  renamed; a temporary file is removed when its write fails.
+- The output folder turning unwritable (full disk, read-only, quota) stops the run with an
+  :class:`OutputError` naming the file; the lines written before are intact, the files of the
+  image whose line could not be written are removed, and running again resumes.
 - Running again on the same ``--out`` skips the images already in ``predictions.jsonl``
   (with ``retry_errors``, their error lines are dropped first, so every image keeps one line).
+  The first run records what makes its results (method, bundle files, settings, class) in
+  ``OUT/run.json``; a run that differs is refused and names the difference, unless ``force``
+  deletes the earlier results first (only the files the tool wrote).
+- Ctrl-C stops the run with :class:`RunInterrupted` (a ``KeyboardInterrupt``) saying how many
+  images are done; every line written is complete.
 - Masks and overlays are named after the whole relative path (``masks/a.jpg.png``), so
   ``a.jpg`` and ``a.png`` never overwrite each other; an output folder inside the input folder
   is not searched for images.
@@ -17,33 +31,81 @@ Robustness rules:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import fcntl
 import json
 import os
+import re
+import secrets
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .image_io import IMAGE_EXTENSIONS, ImageError, LoadedImage, load_image
+from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .pipeline import Localization, Localizer, box_to_original
 
 PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+RUN_INFO = "run.json"
+LOCK = ".lock"
+RUN_INFO_VERSION = 1
+NAMES_SHOWN = 3
+"""How many failed files (and files that are not images) the summary names."""
+
+# errno values that mean the output folder cannot take more writes: the run stops. Other write
+# errors (a name too long, a folder where a file goes) fail only the image they belong to.
+OUTPUT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+)
+# Settings that choose how a stage is computed, not what it computes: a resume may change them.
+EXECUTION_SETTINGS = ("arm_backend", "sgrm_device")
+# write_atomic's temporary names, and those of earlier versions (".NAME.tmp").
+_TEMP_NAME = re.compile(r"^\..+?(\.\d+\.[0-9a-f]{8})?\.tmp$")
+_NAME_MAX = 255
 
 
-def find_images(root: Path, exclude: Path | None = None) -> Iterator[Path]:
-    """Paths under ``root`` (nested, sorted) named like images, except under ``exclude``.
+class OutputError(RuntimeError):
+    """The output folder cannot be used: held by another run, unwritable, full, or holding
+    another run's results. The message names the file and says what to do."""
 
-    Symlinked folders are not followed (no loops). Every entry with an image name is yielded,
-    broken links and special files included: :func:`load_image` reports why they fail.
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal the caller turns into KeyboardInterrupt) during a run: ``done`` of
+    the ``total`` images to do were written to ``predictions``."""
+
+    def __init__(self, done: int, total: int, predictions: Path) -> None:
+        super().__init__(f"interrupted after {done} of {total} images")
+        self.done = done
+        self.total = total
+        self.predictions = predictions
+
+
+def iter_files(root: Path, exclude: Path | None = None) -> Iterator[tuple[Path, bool]]:
+    """(path, named like an image) of every file under ``root`` (nested, sorted), except
+    under ``exclude``.
+
+    Symlinked folders are not followed (no loops). Every entry with an image name counts as an
+    image, broken links and special files included: :func:`load_image` reports why they fail.
     """
+    extensions = image_extensions()
     skip = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() != skip)
         for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                yield Path(dirpath) / name
+            yield Path(dirpath) / name, name.lower().endswith(extensions)
+
+
+def find_images(root: Path, exclude: Path | None = None) -> Iterator[Path]:
+    """The paths of :func:`iter_files` named like images."""
+    for path, is_image in iter_files(root, exclude):
+        if is_image:
+            yield path
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -51,11 +113,45 @@ def relative_name(path: Path, root: Path) -> str:
     return os.fsdecode(os.fsencode(path.relative_to(root)))
 
 
+def some_names(names: Sequence[str], total: int) -> str:
+    """``a, b, c and 4 more``: the first names of ``total``."""
+    shown = ", ".join(names[:NAMES_SHOWN])
+    rest = total - min(len(names), NAMES_SHOWN)
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def _reason(exc: OSError) -> str:
+    """``no space left on device``: the error's text as a message's tail."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def is_output_failure(exc: OSError) -> bool:
+    """Whether ``exc``, raised by a write under the output folder, means that folder takes no
+    more writes (full, read-only, no permission, I/O error)."""
+    return exc.errno in OUTPUT_ERRNOS
+
+
+def _records(predictions: Path) -> Iterator[dict]:
+    """The complete record lines of ``predictions`` (other lines and a partial last one skipped)."""
+    with predictions.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                yield record
+
+
 def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
     """{path: status} of the records already in ``predictions.jsonl``.
 
-    Drops a partial last line left by a crash and, with ``retry_errors``, the error lines (the
-    file is rewritten atomically); lines that are not records are kept as they are.
+    Drops a partial last line left by a crash (the file is truncated in place, which needs no
+    free space) and, with ``retry_errors``, the error lines (the file is rewritten atomically);
+    lines that are not records are kept as they are.
     """
     if not predictions.exists():
         return {}
@@ -66,7 +162,7 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
     for line in data[:end].splitlines(keepends=True):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             record = None
         if isinstance(record, dict) and isinstance(record.get("path"), str):
             if retry_errors and record.get("status") == "error":
@@ -75,30 +171,69 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
         keep.append(line)
     kept = b"".join(keep)
     if len(kept) < len(data):
-        write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
+        if data.startswith(kept):
+            os.truncate(predictions, len(kept))
+        else:
+            write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
     return done
 
 
 class JsonlWriter:
-    """Appends one JSON line per record with a single ``write`` and a flush."""
+    """Appends one JSON line per record; a line is written whole or not at all (see
+    :meth:`write`). Only one writer per file: the output lock sees to that."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
-        os.write(self._fd, (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii"))
+        """Append ``record``'s line (normally in one ``write`` call). When the line cannot be
+        written whole (a full disk writes part of it, then fails; an interrupt comes between
+        two calls), the part written is truncated back off and the error raised."""
+        data = memoryview((json.dumps(record, ensure_ascii=True) + "\n").encode("ascii"))
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                if written <= 0:
+                    raise OSError(errno.EIO, "write() wrote nothing", str(self.path))
+                data = data[written:]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
 
     def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
 
 
-def write_atomic(path: Path, save) -> None:
-    """Call ``save(tmp_path)`` then rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save(tmp)
-    os.replace(tmp, path)
+def _temp_path(path: Path) -> Path:
+    """``.NAME.PID.RANDOM.tmp`` beside ``path``: unique to this process and call, shortened to
+    fit the file-name limit."""
+    suffix = f".{os.getpid()}.{secrets.token_hex(4)}.tmp".encode()
+    name = os.fsencode(path.name)[: _NAME_MAX - 1 - len(suffix)]
+    return path.with_name(os.fsdecode(b"." + name + suffix))
+
+
+def write_atomic(path: Path, save: Callable[[Path], object]) -> None:
+    """Call ``save(tmp_path)`` then rename onto ``path``; the temporary file is removed when
+    either fails. An OSError is raised naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
+        try:
+            save(tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno is None or exc.filename == str(path):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def save_mask(mask: np.ndarray, size: tuple[int, int], path: Path) -> None:
@@ -126,25 +261,228 @@ def save_overlay(image: LoadedImage, result: Localization, work: int, path: Path
     write_atomic(path, lambda tmp: tmp.write_bytes(encoded.tobytes()))
 
 
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``out`` (created) for the block.
+
+    ``flock`` on ``OUT/.lock``, not waiting: :class:`OutputError` at once when another process
+    (or another call in this one) holds it. The file records the holder's pid for that message
+    and is never removed: a run that opened it just before the removal would lock a file that
+    no longer exists, next to a new one.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
+        ) from None
+    try:
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write to the output folder ({_reason(exc)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = f" (pid {pid})" if pid.isdigit() else ""
+            raise OutputError(
+                f"{out}: another localize run{holder} is writing to this folder; wait for it "
+                "to end, or use another --out"
+            ) from None
+        with contextlib.suppress(OSError):  # the pid only makes that message clearer
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_identity(localizer: Localizer, class_id: int | None) -> dict[str, Any]:
+    """What makes a run's results, as ``run.json`` records it: the method, the bundle (the
+    sha256 of its files; its path for the message), every resolved pipeline setting and the
+    class (None: each image's predicted class)."""
+    bundle = localizer.bundle
+    files = bundle.manifest["files"]
+    return {
+        "format_version": RUN_INFO_VERSION,
+        "method": localizer.config.method,
+        "class_id": class_id,
+        "bundle": {
+            "path": str(bundle.path),
+            "backbone": bundle.backbone,
+            "input_size": bundle.input_size,
+            "sha256": {name: files[name]["sha256"] for name in sorted(files)},
+        },
+        "settings": json.loads(json.dumps(dataclasses.asdict(localizer.config))),
+    }
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, item in value.items():
+            items.update(_flatten(item, f"{prefix}{key}."))
+        return items
+    return {prefix[:-1]: value}
+
+
+_MISSING: Any = object()
+
+
+def _show(value: Any) -> str:
+    return "missing" if value is _MISSING else json.dumps(value)
+
+
+def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`run_identity` values, in words (empty: the same).
+
+    The settings of :data:`EXECUTION_SETTINGS` are not compared, nor the bundle's path.
+    """
+    differences = []
+    if before.get("method", _MISSING) != now["method"]:
+        differences.append(f"method {before.get('method', 'missing')} before, {now['method']} now")
+    if before.get("class_id", _MISSING) != now["class_id"]:
+        old_class, new_class = before.get("class_id", _MISSING), now["class_id"]
+        differences.append(
+            f"class {'predicted' if old_class is None else _show(old_class)} before, "
+            f"{'predicted' if new_class is None else _show(new_class)} now"
+        )
+    old_bundle = before.get("bundle")
+    old_bundle = old_bundle if isinstance(old_bundle, dict) else {}
+    if old_bundle.get("sha256") != now["bundle"]["sha256"]:
+        differences.append(
+            f"bundle {old_bundle.get('path', 'unknown')} before, {now['bundle']['path']} now "
+            "(their model files differ)"
+        )
+    ignored = {"method", *EXECUTION_SETTINGS}
+    old_settings = before.get("settings")
+    old = _flatten(old_settings) if isinstance(old_settings, dict) else {}
+    new = _flatten(now["settings"])
+    for key in sorted((old.keys() | new.keys()) - ignored):
+        if old.get(key, _MISSING) != new.get(key, _MISSING):
+            differences.append(
+                f"setting {key} {_show(old.get(key, _MISSING))} before, "
+                f"{_show(new.get(key, _MISSING))} now"
+            )
+    return differences
+
+
+def check_run(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to add to results made another way; record ``identity`` for the runs to come.
+
+    ``OUT/run.json`` is compared with ``identity`` when ``predictions.jsonl`` has lines. A
+    folder from before ``run.json`` existed is checked by the methods of its records.
+    """
+    info_path = out / RUN_INFO
+    predictions = out / PREDICTIONS
+    has_lines = predictions.is_file() and predictions.stat().st_size > 0
+    before: dict[str, Any] | None = None
+    if has_lines and info_path.exists():
+        try:
+            before = json.loads(info_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OutputError(
+                f"{info_path}: unreadable ({exc}); use --force to start over, or another --out"
+            ) from None
+        if not isinstance(before, dict):
+            raise OutputError(
+                f"{info_path}: not a JSON object; use --force to start over, or another --out"
+            )
+        differences = identity_differences(before, identity)
+    elif has_lines:
+        methods = sorted(
+            {r["method"] for r in _records(predictions) if isinstance(r.get("method"), str)}
+        )
+        differences = []
+        if methods and methods != [identity["method"]]:
+            differences.append(f"method {', '.join(methods)} before, {identity['method']} now")
+    else:
+        differences = []
+    if differences:
+        raise OutputError(
+            f"{out}: holds the results of a run made differently ({'; '.join(differences)}); "
+            "run with the same options to resume, with --force to start over (deletes its "
+            "predictions, masks and overlays), or use another --out"
+        )
+    if before is None:
+        try:
+            write_atomic(info_path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2)))
+        except OSError as exc:
+            raise OutputError(_stopped(exc, info_path, predictions)) from None
+
+
+def clear_output(out: Path) -> None:
+    """Delete what earlier runs wrote to ``out``: ``predictions.jsonl``, ``summary.json``,
+    ``run.json``, the masks and overlays its records name, and leftover temporary files of
+    this tool; then the mask and overlay folders left empty. Other files stay."""
+    predictions = out / PREDICTIONS
+    doomed: list[Path] = []
+    if predictions.is_file():
+        for record in _records(predictions):
+            for key, folder in (("mask", "masks"), ("overlay", "overlays")):
+                name = record.get(key)
+                parts = Path(name).parts if isinstance(name, str) else ()
+                if len(parts) > 1 and parts[0] == folder and ".." not in parts:
+                    doomed.append(out / name)
+    for folder in ("masks", "overlays"):
+        if (out / folder).is_dir():
+            doomed += [p for p in (out / folder).rglob(".*.tmp") if _TEMP_NAME.match(p.name)]
+    for name in (PREDICTIONS, SUMMARY, RUN_INFO):
+        doomed += [p for p in out.glob(f".{name}*.tmp") if _TEMP_NAME.match(p.name)]
+    doomed += [out / SUMMARY, out / RUN_INFO, predictions]  # predictions last: it lists the rest
+    try:
+        for path in doomed:
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or out}: cannot delete ({_reason(exc)})") from None
+    for folder in ("masks", "overlays"):
+        top = out / folder
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):  # not empty: it holds files of someone else
+                os.rmdir(dirpath)
+
+
 @dataclass
 class RunSummary:
     """Counts and mean per-stage times of one run.
 
     skipped: images already in ``predictions.jsonl``; skipped_errors: those of them recorded
     as errors (a resumed run still reports them: the output is not complete).
+    failed_names: the first failed images (earlier runs' first), :data:`NAMES_SHOWN` at most.
+    not_images / not_image_names: the files found that are not images by their extension.
     """
 
     ok: int = 0
     errors: int = 0
     skipped: int = 0
     skipped_errors: int = 0
+    not_images: int = 0
     seconds: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
+    failed_names: list[str] = field(default_factory=list)
+    not_image_names: list[str] = field(default_factory=list)
 
     def add_timings(self, timings: dict[str, float]) -> None:
         for stage, ms in timings.items():
             self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
+
+    def add_failed(self, rel: str) -> None:
+        if len(self.failed_names) < NAMES_SHOWN:
+            self.failed_names.append(rel)
+
+    def add_not_image(self, rel: str) -> None:
+        self.not_images += 1
+        if len(self.not_image_names) < NAMES_SHOWN:
+            self.not_image_names.append(rel)
 
     def to_dict(self) -> dict:
         n = max(self.ok, 1)
@@ -153,6 +491,9 @@ class RunSummary:
             "errors": self.errors,
             "skipped_already_done": self.skipped,
             "skipped_failed_before": self.skipped_errors,
+            "skipped_not_images": self.not_images,
+            "failed_examples": self.failed_names,
+            "not_image_examples": self.not_image_names,
             "seconds": round(self.seconds, 3),
             "images_per_second": round((self.ok + self.errors) / self.seconds, 3)
             if self.seconds
@@ -164,7 +505,11 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class LocalizeOptions:
-    """What to write: masks / overlays; which class to use (None = predicted); batch size."""
+    """What to write: masks / overlays; which class to use (None = predicted); batch size.
+
+    force: delete the output's earlier results first (:func:`clear_output`), instead of
+    resuming them.
+    """
 
     batch_size: int = 8
     save_masks: bool = False
@@ -172,6 +517,7 @@ class LocalizeOptions:
     class_id: int | None = None
     retry_errors: bool = False
     limit: int | None = None
+    force: bool = False
 
 
 def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, method: str) -> dict:
@@ -207,22 +553,40 @@ def _save_files(
     result: Localization,
     work: int,
     options: LocalizeOptions,
+    written: list[Path],
 ) -> dict[str, str]:
-    """Write the mask / overlay of one image; their paths relative to ``out``."""
-    written = {}
+    """Write the mask / overlay of one image (appended to ``written`` once on disk); their
+    paths relative to ``out``."""
+    names = {}
     if options.save_masks:
-        written["mask"] = f"masks/{rel}.png"
-        save_mask(result.mask, image.original_size, out / written["mask"])
+        names["mask"] = f"masks/{rel}.png"
+        save_mask(result.mask, image.original_size, out / names["mask"])
+        written.append(out / names["mask"])
     if options.overlays:
-        written["overlay"] = f"overlays/{rel}.jpg"
-        save_overlay(image, result, work, out / written["overlay"])
-    return written
+        names["overlay"] = f"overlays/{rel}.jpg"
+        save_overlay(image, result, work, out / names["overlay"])
+        written.append(out / names["overlay"])
+    return names
 
 
 ImageResult = tuple[str, LoadedImage | None, Localization | None, str | None]
 """(relative path, decoded image, result, error): one per image; ``error`` set on failure."""
 ResultSource = Callable[[list[tuple[Path, str]]], Generator[ImageResult, None, None]]
 """Maps the (path, relative path) pairs to do to their results (e.g. the Ray engine's)."""
+
+
+def _stopped(exc: OSError, fallback: Path, predictions: Path, progress: str = "") -> str:
+    """The message of a run stopped by a failed write: the file, the reason, what to do.
+    ``progress``: how far the run got, e.g. ``stopped after 3 of 10 images of this run``."""
+    where = exc.filename or fallback
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space, then run the same command again to resume"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make the output folder writable (or use another --out), then run again to resume"
+    else:
+        fix = "run the same command again to resume"
+    done = f"{progress}; " if progress else ""
+    return f"{where}: {_reason(exc)} ({done}the lines of {predictions} are complete: {fix})"
 
 
 def localize_folder(
@@ -238,24 +602,63 @@ def localize_folder(
 
     ``results``: where the per-image results come from (default: ``localizer`` in this
     process, batch by batch, :func:`localize_batch`); this function writes every output.
+    Raises :class:`OutputError` when ``out`` cannot be used or written (nothing half-written
+    is left), :class:`RunInterrupted` on Ctrl-C.
     """
+    with output_lock(out):
+        if options.force:
+            clear_output(out)
+        check_run(out, run_identity(localizer, options.class_id))
+        try:
+            prepare_output(out, options)
+        except OSError as exc:
+            raise OutputError(
+                f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
+            ) from None
+        predictions = out / PREDICTIONS
+        try:
+            done = read_done(predictions, options.retry_errors)
+        except OSError as exc:
+            raise OutputError(_stopped(exc, predictions, predictions)) from None
+        summary = RunSummary(providers=localizer.providers)
+        todo: list[tuple[Path, str]] = []
+        try:
+            for path, is_image in iter_files(root, exclude=out):
+                rel = relative_name(path, root)
+                if not is_image:
+                    summary.add_not_image(rel)
+                elif rel in done:
+                    summary.skipped += 1
+                    if done[rel] == "error":
+                        summary.skipped_errors += 1
+                        summary.add_failed(rel)
+                else:
+                    todo.append((path, rel))
+                    if options.limit is not None and len(todo) >= options.limit:
+                        break
+            _run(localizer, out, options, todo, summary, progress, results)
+        except KeyboardInterrupt as exc:
+            raise RunInterrupted(summary.ok + summary.errors, len(todo), predictions) from exc
+    return summary
+
+
+def _run(
+    localizer: Localizer,
+    out: Path,
+    options: LocalizeOptions,
+    todo: list[tuple[Path, str]],
+    summary: RunSummary,
+    progress: bool,
+    results: ResultSource | None,
+) -> None:
+    """Localize ``todo`` and write every output, counting into ``summary``."""
     from tqdm import tqdm
 
-    prepare_output(out, options)
     predictions = out / PREDICTIONS
-    done = read_done(predictions, options.retry_errors)
-    summary = RunSummary(providers=localizer.providers)
-    todo: list[tuple[Path, str]] = []
-    for path in find_images(root, exclude=out):
-        rel = relative_name(path, root)
-        if rel in done:
-            summary.skipped += 1
-            summary.skipped_errors += done[rel] == "error"
-            continue
-        todo.append((path, rel))
-        if options.limit is not None and len(todo) >= options.limit:
-            break
-    writer = JsonlWriter(predictions)
+    try:
+        writer = JsonlWriter(predictions)
+    except OSError as exc:
+        raise OutputError(_stopped(exc, predictions, predictions)) from None
     start = time.perf_counter()
     bar = tqdm(
         total=len(todo), unit="img", disable=not progress, desc="localize", dynamic_ncols=True
@@ -263,31 +666,68 @@ def localize_folder(
     work = localizer.config.work_size
     method = localizer.config.method
     source = results(todo) if results is not None else local_results(localizer, todo, options)
+    finished = False
+
+    def stopped(exc: OSError, fallback: Path) -> OutputError:
+        done = summary.ok + summary.errors
+        progress = f"stopped after {done} of {len(todo)} images of this run"
+        return OutputError(_stopped(exc, fallback, predictions, progress))
+
     try:
         for rel, image, result, error in source:
-            if error is None:
-                record = _ok_record(rel, image, result, work, method)
-                try:
-                    record.update(_save_files(out, rel, image, result, work, options))
-                except OSError as exc:
-                    error = f"{rel}: cannot write its mask or overlay ({exc})"
-            if error is not None:
-                writer.write({"path": rel, "status": "error", "error": error})
-                summary.errors += 1
-            else:
+            written: list[Path] = []
+            try:
+                if error is None:
+                    record = _ok_record(rel, image, result, work, method)
+                    try:
+                        record.update(_save_files(out, rel, image, result, work, options, written))
+                    except OSError as exc:
+                        if is_output_failure(exc):
+                            raise
+                        error = f"{rel}: cannot write its mask or overlay ({exc})"
+                if error is not None:
+                    record = {"path": rel, "status": "error", "error": error}
+                    _remove(written)
                 writer.write(record)
+            except OSError as exc:
+                _remove(written)
+                raise stopped(exc, predictions) from None
+            except BaseException:
+                _remove(written)
+                raise
+            if error is not None:
+                summary.errors += 1
+                summary.add_failed(rel)
+            else:
                 summary.ok += 1
                 summary.add_timings(result.timings_ms)
             bar.update(1)
             bar.set_postfix(errors=summary.errors, refresh=False)
             summary.seconds = time.perf_counter() - start
+        finished = True
     finally:
         source.close()
         bar.close()
-        writer.close()
         summary.seconds = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-    return summary
+        try:
+            writer.close()
+        except OSError as exc:
+            if finished:  # otherwise the error on its way out says more
+                raise stopped(exc, predictions) from None
+    try:
+        write_atomic(
+            out / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary.to_dict(), indent=2))
+        )
+    except OSError as exc:
+        raise stopped(exc, out / SUMMARY) from None
+
+
+def _remove(paths: list[Path]) -> None:
+    """Delete the files an image got before its line failed (no file without its line)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    paths.clear()
 
 
 def local_results(
