@@ -180,10 +180,12 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
 
 class JsonlWriter:
     """Appends one JSON line per record; a line is written whole or not at all (see
-    :meth:`write`). Only one writer per file: the output lock sees to that."""
+    :meth:`write`); ``lines`` counts those written. One writer per file: the output lock sees
+    to that."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lines = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
@@ -199,9 +201,13 @@ class JsonlWriter:
                     raise OSError(errno.EIO, "write() wrote nothing", str(self.path))
                 data = data[written:]
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)
+            if data:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+            else:  # interrupted once the line was whole: it stays, and counts
+                self.lines += 1
             raise
+        self.lines += 1
 
     def close(self) -> None:
         try:
@@ -290,6 +296,8 @@ def output_lock(out: Path) -> Iterator[None]:
                 f"{out}: another localize run{holder} is writing to this folder; wait for it "
                 "to end, or use another --out"
             ) from None
+        except OSError as exc:
+            raise OutputError(f"{out / LOCK}: cannot lock ({_reason(exc)})") from None
         with contextlib.suppress(OSError):  # the pid only makes that message clearer
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -637,8 +645,10 @@ def localize_folder(
                     if options.limit is not None and len(todo) >= options.limit:
                         break
             _run(localizer, out, options, todo, summary, progress, results)
+        except RunInterrupted:
+            raise
         except KeyboardInterrupt as exc:
-            raise RunInterrupted(summary.ok + summary.errors, len(todo), predictions) from exc
+            raise RunInterrupted(0, len(todo), predictions) from exc
     return summary
 
 
@@ -705,6 +715,8 @@ def _run(
             bar.set_postfix(errors=summary.errors, refresh=False)
             summary.seconds = time.perf_counter() - start
         finished = True
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(writer.lines, len(todo), predictions) from exc
     finally:
         source.close()
         bar.close()
