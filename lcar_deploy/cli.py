@@ -387,7 +387,7 @@ def localize(
         raise typer.Exit(128 + received[0]) from None
     finally:
         if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     stats = summary.to_dict()
     earlier = f" ({summary.skipped_errors} of them failed)" if summary.skipped_errors else ""
     parts = [f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}"]

@@ -20,8 +20,9 @@ Robustness rules:
 - Running again on the same ``--out`` skips the images already in ``predictions.jsonl``
   (with ``retry_errors``, their error lines are dropped first, so every image keeps one line).
   The first run records what makes its results (method, bundle files, settings, class) in
-  ``OUT/run.json``; a run that differs is refused and names the difference, unless ``force``
-  deletes the earlier results first (only the files the tool wrote).
+  ``OUT/run.json``; a run that differs (other than in how a stage is computed, such as the ARM
+  backend) is refused and names the difference, unless ``force`` deletes the earlier results
+  first (only the files the tool wrote).
 - Ctrl-C stops the run with :class:`RunInterrupted` (a ``KeyboardInterrupt``) saying how many
   images are done; every line written is complete.
 - Masks and overlays are named after the whole relative path (``masks/a.jpg.png``), so
