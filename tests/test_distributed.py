@@ -97,7 +97,7 @@ def test_eval_on_ray_matches_local(
     for a, b in zip(local, remote, strict=True):
         assert a.maps.keys() == b.maps.keys()
         for method in a.maps:
-            assert b.maps[method].dtype == np.float16
+            assert b.maps[method].dtype == np.float32
             assert np.array_equal(a.maps[method], b.maps[method])
         assert a.gt_boxes.dtype == b.gt_boxes.dtype and np.array_equal(a.gt_boxes, b.gt_boxes)
         for name in ("cls_correct", "boxes", "lcar_boxes", "sgrm_steps", "error"):
