@@ -19,8 +19,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from lcar_deploy import arm
-from lcar_deploy.arm import ArmConfig
+from lcar_deploy.stages import arm
+from lcar_deploy.stages.arm import ArmConfig
 
 AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 

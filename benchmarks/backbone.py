@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from lcar_deploy.bundle import Bundle
-from lcar_deploy.export.backbones import default_config
 from lcar_deploy.export.exporter import export_bundle
-from lcar_deploy.export.model import build_model
+from lcar_deploy.models.backbones import default_config
+from lcar_deploy.models.model import build_model
 
 
 def images_per_second(fn, batch: np.ndarray, repeats: int) -> float:

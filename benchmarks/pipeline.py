@@ -23,7 +23,7 @@ from lcar_deploy.cli import load_bundle_or_default
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb
 from lcar_deploy.pipeline import METHODS, STAGES, Localizer, PipelineConfig
-from lcar_deploy.sgrm import sgrm_batched, sgrm_reference
+from lcar_deploy.stages.sgrm import sgrm_batched, sgrm_reference
 
 
 def shared_data() -> Path:

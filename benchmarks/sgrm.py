@@ -1,4 +1,4 @@
-"""Benchmark of SGRM (lcar_deploy/sgrm.py): reference loop vs the batched fast path.
+"""Benchmark of SGRM (lcar_deploy/stages/sgrm.py): reference loop vs the batched fast path.
 
 On ~10 real CUB images at 224 x 224, with a stand-in for the refined map (the other stages are
 not needed): ``box`` = the GT box, blurred (sigma 10 px); ``grabcut`` = a GrabCut mask from the
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from lcar_deploy.sgrm import (
+from lcar_deploy.stages.sgrm import (
     PAPER_CUB,
     SgrmConfig,
     SgrmResult,

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
-from .backbones import EFFICIENTNET_LITES, BackboneConfig, default_config
-from .heads import load_heads
-from .model import LcarModel, build_model
+from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, default_config
+from ..models.heads import load_heads
+from ..models.model import LcarModel, build_model
 
 FORMATS = ("onnx", "torchscript", "both")
 

@@ -43,7 +43,7 @@ app = typer.Typer(
 )
 
 
-# A copy of export.backbones.BACKBONES: importing that module loads torch and timm, and --help
+# A copy of models.backbones.BACKBONES: importing that module loads torch and timm, and --help
 # must stay instant. tests/test_export.py checks that the two agree.
 class Backbone(str, Enum):
     efficientnet_lite0 = "efficientnet_lite0"
@@ -119,9 +119,9 @@ def export(
 ) -> None:
     """Export backbone + heads to a bundle (ONNX, optionally TorchScript) with a manifest."""
     from .bundle import BundleError, default_bundle_dir
-    from .export.backbones import WeightsError
     from .export.exporter import export_bundle
-    from .export.heads import HeadsError
+    from .models.backbones import WeightsError
+    from .models.heads import HeadsError
 
     target = out or default_bundle_dir()
     if input_size is not None and input_size < 32:
@@ -613,8 +613,8 @@ def train(
     """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
     from .bundle import BundleError
     from .datasets import DatasetError
-    from .export.backbones import WeightsError
     from .export.exporter import check_bundle_target
+    from .models.backbones import WeightsError
     from .training.train import TrainConfig
     from .training.train import train as run_training
 

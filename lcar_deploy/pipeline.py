@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .arm import ArmConfig, Backend, orient, refine
 from .bundle import Bundle, OnnxRunner
-from .cam import CamConfig, cam_map, softmax
 from .config_check import SettingError, check_fields, check_range, from_table, show
-from .graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
 from .image_io import resize_rgb, to_chw_float
 from .metrics import scoremap_to_boxes
-from .sgrm import SgrmConfig, mask_to_box, sgrm_batched
+from .stages.arm import ArmConfig, Backend, orient, refine
+from .stages.cam import CamConfig, cam_map, softmax
+from .stages.graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
+from .stages.sgrm import SgrmConfig, mask_to_box, sgrm_batched
 
 Method = Literal["cam", "graphcut", "arm", "lcar"]
 METHODS: tuple[str, ...] = get_args(Method)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lcar_deploy import arm
-from lcar_deploy.arm import ArmConfig
+from lcar_deploy.stages import arm
+from lcar_deploy.stages.arm import ArmConfig
 
 AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 PARITY_ATOL = 1e-5

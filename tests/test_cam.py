@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lcar_deploy.cam import (
+from lcar_deploy.stages.cam import (
     CamConfig,
     cam_map,
     class_weights,

@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from lcar_deploy import cli
 from lcar_deploy import localize as localize_module
-from lcar_deploy.arm import ArmConfig
 from lcar_deploy.bundle import Bundle
-from lcar_deploy.cam import CamConfig
 from lcar_deploy.export.exporter import CLASSIFIER_BUNDLE_SETTINGS
-from lcar_deploy.graph_cut import GraphCutConfig
 from lcar_deploy.pipeline import AFA_DILATIONS, Localizer, PipelineConfig
-from lcar_deploy.sgrm import PAPER_CUB, SgrmConfig
+from lcar_deploy.stages.arm import ArmConfig
+from lcar_deploy.stages.cam import CamConfig
+from lcar_deploy.stages.graph_cut import GraphCutConfig
+from lcar_deploy.stages.sgrm import PAPER_CUB, SgrmConfig
 
 FAST = ["--device", "cpu", "--threads", "2", "--quiet"]
 

@@ -13,16 +13,16 @@ import timm
 import torch
 
 from lcar_deploy.bundle import Bundle, BundleError, default_bundle_dir
-from lcar_deploy.export.backbones import (
+from lcar_deploy.export.exporter import export_bundle
+from lcar_deploy.image_io import load_rgb, resize_rgb, to_chw_float
+from lcar_deploy.models.backbones import (
     BackboneConfig,
     WeightsError,
     build_backbone,
     default_config,
     read_checkpoint,
 )
-from lcar_deploy.export.exporter import export_bundle
-from lcar_deploy.export.model import build_model
-from lcar_deploy.image_io import load_rgb, resize_rgb, to_chw_float
+from lcar_deploy.models.model import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
 
 def test_cli_offers_every_backbone() -> None:
     from lcar_deploy.cli import Backbone
-    from lcar_deploy.export.backbones import BACKBONES
+    from lcar_deploy.models.backbones import BACKBONES
 
     assert tuple(b.value for b in Backbone) == BACKBONES
 

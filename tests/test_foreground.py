@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lcar_deploy.bundle import Bundle
-from lcar_deploy.export.backbones import default_config
 from lcar_deploy.export.exporter import export_bundle
-from lcar_deploy.export.heads import Heads, load_heads, save_heads, with_foreground
-from lcar_deploy.export.model import build_backbone, heads_config_for
+from lcar_deploy.models.backbones import default_config
+from lcar_deploy.models.heads import Heads, load_heads, save_heads, with_foreground
+from lcar_deploy.models.model import build_backbone, heads_config_for
 from lcar_deploy.training.foreground import ForegroundConfig, fit_foreground
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcar_deploy.graph_cut import (
+from lcar_deploy.stages.graph_cut import (
     GraphCutConfig,
     affinity_graph,
     cut_eigenvector,

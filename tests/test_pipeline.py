@@ -10,7 +10,6 @@ import pytest
 from conftest import synthetic_scene
 from PIL import Image
 
-from lcar_deploy.arm import ArmConfig
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluate import iter_outcomes, run_evaluation, write_outputs
@@ -23,7 +22,8 @@ from lcar_deploy.pipeline import (
     component_boxes,
     merge_flipped,
 )
-from lcar_deploy.sgrm import SgrmConfig
+from lcar_deploy.stages.arm import ArmConfig
+from lcar_deploy.stages.sgrm import SgrmConfig
 
 FAST = {"arm": {"iterations": 10}, "sgrm": {"max_steps": 30}}
 

@@ -33,11 +33,11 @@ from lcar_deploy import cli
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluate import evaluate_batch
-from lcar_deploy.export.heads import Heads, HeadsConfig, save_heads
 from lcar_deploy.image_io import ImageError, load_image
 from lcar_deploy.localize import LocalizeOptions, localize_folder
+from lcar_deploy.models.heads import Heads, HeadsConfig, save_heads
 from lcar_deploy.pipeline import Localizer, PipelineConfig
-from lcar_deploy.sgrm import SgrmConfig
+from lcar_deploy.stages.sgrm import SgrmConfig
 
 EXIT_USAGE = 2  # click's usage error
 FAST = ["--device", "cpu", "--threads", "2", "--quiet"]

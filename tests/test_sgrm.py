@@ -1,4 +1,4 @@
-"""Tests of SGRM (lcar_deploy/sgrm.py): labels (eqs. 12-13), loss gradient, boxes, and both
+"""Tests of SGRM (lcar_deploy/stages/sgrm.py): labels (eqs. 12-13), loss gradient, boxes, and both
 training loops on a synthetic image and on real CUB images."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lcar_deploy.sgrm import (
+from lcar_deploy.stages.sgrm import (
     IGNORE,
     PAPER_CUB,
     AggregationNet,

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from lcar_deploy.bundle import Bundle
-from lcar_deploy.export.backbones import BackboneConfig
 from lcar_deploy.export.exporter import export_bundle
-from lcar_deploy.export.heads import load_heads
-from lcar_deploy.export.model import build_model
 from lcar_deploy.image_io import load_rgb
+from lcar_deploy.models.backbones import BackboneConfig
+from lcar_deploy.models.heads import load_heads
+from lcar_deploy.models.model import build_model
 from lcar_deploy.training.features import ViewSpec, make_view
 from lcar_deploy.training.losses import SdLossConfig, distillation_kl, sd_losses
 from lcar_deploy.training.train import TrainConfig, stratified_split, train

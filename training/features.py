@@ -40,8 +40,8 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from ..datasets import Dataset, DatasetError
-from ..export.backbones import BackboneConfig
 from ..image_io import ImageError, load_rgb, resize_rgb, to_chw_float
+from ..models.backbones import BackboneConfig
 
 CACHE_FORMAT_VERSION = 1
 AUGMENTS = ("none", "flip", "crop")

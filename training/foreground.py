@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cam import CamConfig, cam_map, upsample
 from ..datasets import Dataset
-from ..export.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone
-from ..export.heads import Heads
 from ..image_io import load_rgb, resize_rgb, to_chw_float
+from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone
+from ..models.heads import Heads
+from ..stages.cam import CamConfig, cam_map, upsample
 
 PSEUDO_SOURCES = ("imagenet", "heads")
 

@@ -2,7 +2,7 @@
 
 ``train(TrainConfig(...))`` writes into ``out``:
 
-- ``heads.pt``: both heads (:func:`lcar_deploy.export.heads.save_heads`), with
+- ``heads.pt``: both heads (:func:`lcar_deploy.models.heads.save_heads`), with
   ``extra = {"metrics": ..., "dataset": ..., "training": ...}``; ready for ``export_bundle``;
 - ``metrics.json``: top-1 of both heads on the validation part of the train split and on the
   test split (when there is one), per-epoch losses and accuracies, sizes, timings, cache files;
@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
 from ..datasets import Dataset, load_dataset
-from ..export.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone, default_config
-from ..export.heads import Heads, HeadsConfig, save_heads, with_foreground
+from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone, default_config
+from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
 from .features import FeatureSet, ViewSpec, cached_features
 from .foreground import ForegroundConfig, collect_pseudo_labels, fit_foreground
 from .losses import SdLossConfig, sd_losses

@@ -29,8 +29,8 @@ import numpy as np
 from scipy import linalg, ndimage
 from threadpoolctl import threadpool_limits
 
+from ..config_check import check_fields, check_range
 from .cam import minmax_normalize, upsample
-from .config_check import check_fields, check_range
 
 Solver = Literal["eigh", "normalized"]
 

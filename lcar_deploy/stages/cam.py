@@ -21,7 +21,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .config_check import check_fields, check_range
+from ..config_check import check_fields, check_range
 
 Interpolation = Literal["cubic", "bilinear"]
 INTERPOLATIONS = {"cubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}

@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from skimage.segmentation import felzenszwalb
 from torch import nn
 
-from .config_check import SettingError, check_fields, check_length, check_order, check_range, show
+from ..config_check import SettingError, check_fields, check_length, check_order, check_range, show
 
 IGNORE = 255
 """Label value of pixels that no loss term looks at (eq. 12)."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config_check import check_fields, check_length, check_range
+from ..config_check import check_fields, check_length, check_range
 
 Backend = Literal["auto", "cuda", "cpp", "reference"]
 ArrayLike = np.ndarray | torch.Tensor

@@ -1,0 +1,1 @@
+"""The networks: backbone registry, heads, the exportable model, safe loading of weight files."""
