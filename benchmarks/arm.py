@@ -20,9 +20,7 @@ import numpy as np
 import torch
 
 from lcar_deploy.stages import arm
-from lcar_deploy.stages.arm import ArmConfig
-
-AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
+from lcar_deploy.stages.arm import AFA_DILATIONS, ArmConfig
 
 
 def make_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

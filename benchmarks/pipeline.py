@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcar_deploy.cli import load_bundle_or_default
+from lcar_deploy.bundle import load_bundle
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb
-from lcar_deploy.pipeline import METHODS, STAGES, Localizer, PipelineConfig
+from lcar_deploy.names import METHODS, STAGES
+from lcar_deploy.pipeline import Localizer
 from lcar_deploy.stages.sgrm import sgrm_batched, sgrm_reference
 
 
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = load_bundle_or_default(args.bundle)
+    bundle = load_bundle(args.bundle, print)
     config = PipelineConfig.from_settings(bundle.settings)
     localizer = Localizer(bundle, config, device="cpu", threads=args.threads)
     data = load_dataset("cub", shared_data() / "CUB_200_2011", "test", limit=args.images)

@@ -13,25 +13,11 @@ from typing import Any
 import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
-from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, default_config
+from ..config import merge_settings, preset, resolve_config, settings_of
+from ..models.backbones import BackboneConfig, default_config
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
-
-FORMATS = ("onnx", "torchscript", "both")
-
-# Stage settings of bundles without trained heads (ARM refines the ImageNet classifier's CAM,
-# whose refined maps are best cut near 0.36 rather than 0.66 for the foreground head's):
-# SGRM's label thresholds sit around that level, and the box covers every object found
-# (ILSVRC images often hold several). Measured on ILSVRC-mini, docs/accuracy.md.
-CLASSIFIER_BUNDLE_SETTINGS = {
-    "sgrm": {
-        "gamma_l1": 0.25,
-        "gamma_l2": 0.25,
-        "gamma_h1": 0.5,
-        "gamma_h2": 0.5,
-        "box_mode": "all",
-    }
-}
+from ..names import EFFICIENTNET_LITES, EXPORT_FORMATS
 
 
 def export_onnx(model: LcarModel, input_size: int, path: Path, opset: int = 18) -> None:
@@ -111,10 +97,12 @@ def write_bundle(
     opset: int = 18,
     settings: dict[str, Any] | None = None,
     heads_info: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> Path:
-    """Export ``model`` into the bundle folder ``out``, atomically (temp folder + rename)."""
-    if formats not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {formats!r}")
+    """Export ``model`` into the bundle folder ``out``, atomically (temp folder + rename).
+    ``settings``: the full stage settings the bundle runs with, written from ``preset``."""
+    if formats not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {formats!r}")
     out = Path(out)
     check_bundle_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +137,7 @@ def write_bundle(
             },
             "heads": heads_info or {"kind": "none" if heads_cfg is None else "classifier"},
             "settings": settings or {},
+            "preset": preset,
             "opset": opset,
             "files": {name: {"sha256": sha256_file(tmp / name)} for name in files},
             "versions": _versions(),
@@ -199,11 +188,12 @@ def export_bundle(
             )
         config = BackboneConfig(backbone, hc.input_size, hc.grid_layer, hc.affinity_layer)
         heads_info = {"kind": "trained", "source": str(heads_path), **extra}
-        settings = {**extra.get("settings", {}), **(settings or {})}
+        settings = merge_settings(extra.get("settings", {}), settings or {})
     else:
         config = default_config(backbone, input_size)
-        if backbone in EFFICIENTNET_LITES:
-            settings = {**CLASSIFIER_BUNDLE_SETTINGS, **(settings or {})}
+    # The ImageNet classifier as heads: its CAMs call for the classifier preset.
+    name = "classifier" if heads is None and backbone in EFFICIENTNET_LITES else "default"
+    settings = settings_of(resolve_config(settings_of(preset(name)), settings=settings or {}))
     model = build_model(config, weights, heads, random_init=random_init)
     return write_bundle(
         model,
@@ -213,4 +203,5 @@ def export_bundle(
         opset=opset,
         settings=settings,
         heads_info=heads_info,
+        preset=name,
     )

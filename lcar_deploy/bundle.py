@@ -20,16 +20,18 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import BundleError
+from .names import DEVICES
+
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DEVICES = ("auto", "cpu", "cuda")
 MAX_FILE_BYTES = 2 << 30  # also protobuf's limit on one ONNX file
 MAX_MANIFEST_BYTES = 64 << 20
 INPUT_SIZES = (32, 2048)
@@ -46,10 +48,6 @@ OUTPUT_RANKS = {
 }
 CLASS_OUTPUTS = ("logits", "cam_logits", "cams")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, incomplete, tampered with, ill-formed or from a newer format."""
 
 
 def sha256_file(path: Path) -> str:
@@ -77,6 +75,34 @@ DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384"
 def default_bundle_dir() -> Path:
     """Where ``lcar-deploy export`` with no ``--out`` writes, and ``localize`` looks."""
     return cache_dir() / "bundles" / DEFAULT_BUNDLE_NAME
+
+
+def load_bundle(
+    path: str | Path | None = None, notify: Callable[[str], None] | None = None
+) -> Bundle:
+    """The bundle at ``path``, or the default bundle (:func:`default_bundle_dir`), exported on
+    first use; ``notify`` (e.g. ``print``) is told what that first export does and how long it
+    took."""
+    if path is not None:
+        return Bundle.load(path)
+    target = default_bundle_dir()
+    if not (target / MANIFEST).is_file():
+        import contextlib
+        import io
+        import time
+
+        from .export.exporter import export_bundle
+
+        say = notify or (lambda _: None)
+        say(
+            "first run: exporting the embedded EfficientNet-Lite0 with its ImageNet classifier "
+            f"to ONNX in {target} (once, about half a minute) ..."
+        )
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_bundle(target)
+        say(f"default bundle ready in {time.perf_counter() - start:.0f} s")
+    return Bundle.load(target)
 
 
 def _show(value: object, limit: int = 60) -> str:

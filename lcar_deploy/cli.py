@@ -16,12 +16,14 @@ import contextlib
 import dataclasses
 import io
 import json
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from . import names
+from .errors import LcarError
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
@@ -43,30 +45,21 @@ app = typer.Typer(
 )
 
 
-# A copy of models.backbones.BACKBONES: importing that module loads torch and timm, and --help
-# must stay instant. tests/test_export.py checks that the two agree.
-class Backbone(str, Enum):
-    efficientnet_lite0 = "efficientnet_lite0"
-    efficientnet_lite1 = "efficientnet_lite1"
-    efficientnet_lite2 = "efficientnet_lite2"
-    dino_vits16 = "dino_vits16"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of ``values`` (members named by their values) for an option's choices."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    both = "both"
+Backbone = choices("Backbone", names.BACKBONES)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+ExportFormat = choices("ExportFormat", names.EXPORT_FORMATS)
 
 
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
+Device = choices("Device", names.DEVICES)
+
+
+Engine = choices("Engine", names.ENGINES)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -118,10 +111,8 @@ def export(
     ] = False,
 ) -> None:
     """Export backbone + heads to a bundle (ONNX, optionally TorchScript) with a manifest."""
-    from .bundle import BundleError, default_bundle_dir
+    from .bundle import default_bundle_dir
     from .export.exporter import export_bundle
-    from .models.backbones import WeightsError
-    from .models.heads import HeadsError
 
     target = out or default_bundle_dir()
     if input_size is not None and input_size < 32:
@@ -139,7 +130,7 @@ def export(
                 opset=opset,
                 random_init=random_init,
             )
-    except (BundleError, WeightsError, HeadsError, ValueError) as exc:
+    except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(str(path))
 
@@ -148,99 +139,51 @@ def _not_implemented(command: str) -> typer.Exit:
     return fail(f"`lcar-deploy {command}` is not implemented yet")
 
 
-class Method(str, Enum):
-    cam = "cam"
-    graphcut = "graphcut"
-    arm = "arm"
-    lcar = "lcar"
+Method = choices("Method", names.METHODS)
 
 
-class ArmBackend(str, Enum):
-    auto = "auto"
-    cuda = "cuda"
-    cpp = "cpp"
-    reference = "reference"
-
-
-def load_bundle_or_default(bundle: Path | None):
-    """The bundle at ``bundle``, or the default one (exported on first use)."""
-    from .bundle import Bundle, default_bundle_dir
-
-    if bundle is not None:
-        return Bundle.load(bundle)
-    path = default_bundle_dir()
-    if not (path / "manifest.json").is_file():
-        from .export.exporter import export_bundle
-
-        typer.echo(
-            "first run: exporting the embedded EfficientNet-Lite0 with its ImageNet classifier "
-            f"to ONNX in {path} (once, about half a minute) ...",
-            err=True,
-        )
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            export_bundle(path)
-        typer.echo(f"default bundle ready in {time.perf_counter() - start:.0f} s", err=True)
-    return Bundle.load(path)
-
-
-def merged_settings(bundle_settings: dict, text: str | None) -> dict:
-    """The bundle's stage settings, overridden by the ``--settings`` JSON object (stage
-    tables such as ``{"sgrm": {"gamma_h1": 0.7}}`` are merged key by key)."""
-    if not text:
-        return bundle_settings
-    try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--settings is not valid JSON ({exc})") from None
-    if not isinstance(extra, dict):
-        raise ValueError("--settings must be a JSON object")
-    # Settings that a command-line option sets: make_localizer would override them.
-    options = {
-        "method": "--method (eval: --methods)",
-        "arm_backend": "--arm-backend",
-        "sgrm_device": "--device",
-    }
-    owned = [key for key in options if key in extra]
-    if owned:
-        raise ValueError(f"setting {owned[0]}: set it with {options[owned[0]]}, not in --settings")
-    merged = dict(bundle_settings)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
+ArmBackend = choices("ArmBackend", names.ARM_BACKENDS)
+Preset = choices("Preset", names.PRESETS)
 
 
 SETTINGS_HELP = (
-    'Stage settings as JSON, over the bundle\'s: e.g. \'{"arm_input": "cam", '
+    'Stage settings as JSON, over the bundle\'s (or --preset\'s): e.g. \'{"arm_input": "cam", '
     '"sgrm": {"gamma_l1": 0.3, "gamma_h1": 0.45}}\', or \'{"flip": false}\' to skip the '
-    "test-time flip (half the backbone time) (see lcar_deploy/pipeline.py). Every value is "
+    "test-time flip (half the backbone time). Every setting: docs/method.md. Every value is "
     "checked before any image is read; method, arm_backend and sgrm_device come from "
     "--method, --arm-backend and --device."
 )
+PRESET_HELP = (
+    "Named settings instead of the bundle's: default, classifier (for bundles whose heads are "
+    "the ImageNet classifier) or paper (the paper's values; graph cut into ARM, no flip)."
+)
+
+
+def notify(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 def make_localizer(
-    bundle,
-    method: Method,
+    bundle: Path | None,
+    method: str,
     device: Device,
     threads: int | None,
     arm_backend: ArmBackend,
-    settings: str | None = None,
+    settings: str | None,
+    preset: Preset | None,
 ):
-    from .pipeline import Localizer, PipelineConfig
+    from .pipeline import Localizer
 
-    try:
-        PipelineConfig.from_settings(bundle.settings)
-    except ValueError as exc:
-        raise ValueError(f"{bundle.path}: bundle settings: {exc}") from None
-    overrides = {"method": method.value, "arm_backend": arm_backend.value}
-    if device == Device.cuda:
-        overrides["sgrm_device"] = "cuda"
-    config = PipelineConfig.from_settings(merged_settings(bundle.settings, settings), **overrides)
-    return Localizer(bundle, config, device=device.value, threads=threads)
+    return Localizer.from_bundle(
+        bundle,
+        method=method,
+        preset=None if preset is None else preset.value,
+        settings=settings,
+        device=device.value,
+        threads=threads,
+        arm_backend=arm_backend.value,
+        notify=notify,
+    )
 
 
 @app.command(
@@ -282,6 +225,7 @@ def localize(
     ] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
+    preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
     retry_errors: Annotated[
         bool, typer.Option(help="On resume, retry images that failed.")
     ] = False,
@@ -306,7 +250,6 @@ def localize(
     import signal
     import threading
 
-    from .bundle import BundleError
     from .image_io import IMAGE_EXTENSIONS, image_extensions
     from .localize import (
         LocalizeOptions,
@@ -332,11 +275,12 @@ def localize(
     if engine == Engine.ray:
         device = Device.cpu
     try:
-        loaded = load_bundle_or_default(bundle)
+        localizer = make_localizer(
+            bundle, method.value, device, threads, arm_backend, settings, preset
+        )
         if class_id is not None:
-            loaded.class_index(class_id)
-        localizer = make_localizer(loaded, method, device, threads, arm_backend, settings)
-    except (BundleError, ValueError, RuntimeError) as exc:
+            localizer.bundle.class_index(class_id)
+    except LcarError as exc:
         raise fail(str(exc)) from None
     options = LocalizeOptions(
         batch_size=batch_size,
@@ -358,7 +302,7 @@ def localize(
     previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
     try:
         if engine == Engine.ray:
-            from .distributed import RayEngineError, ray_localize_folder
+            from .distributed import ray_localize_folder
 
             try:
                 summary = ray_localize_folder(
@@ -370,7 +314,7 @@ def localize(
                     workers=workers,
                     address=address,
                 )
-            except (RayEngineError, ConnectionError) as exc:
+            except (LcarError, ConnectionError) as exc:
                 raise fail(str(exc)) from None
         else:
             summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
@@ -411,20 +355,15 @@ def localize(
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
-class DatasetKind(str, Enum):
-    cub = "cub"
-    ilsvrc = "ilsvrc"
-    wsol = "wsol"
+DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    from .pipeline import METHODS
-
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in names.METHODS]
     if unknown or not methods:
-        raise fail(f"--methods: unknown {unknown or text!r}; choose from {','.join(METHODS)}")
-    return tuple(m for m in METHODS if m in methods)
+        raise fail(f"--methods: unknown {unknown or text!r}; choose from {','.join(names.METHODS)}")
+    return tuple(m for m in names.METHODS if m in methods)
 
 
 @app.command(
@@ -461,6 +400,7 @@ def evaluate(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads in all.")] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
+    preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
     engine: Annotated[
         Engine, typer.Option(help="local, or ray (Ray Data over actors).")
     ] = Engine.local,
@@ -472,8 +412,7 @@ def evaluate(
     """Evaluate localization on CUB / ILSVRC with wsolevaluation's metrics, every method."""
     import sys
 
-    from .bundle import BundleError
-    from .datasets import DatasetError, load_dataset
+    from .datasets import load_dataset
     from .evaluate import iter_outcomes, run_evaluation, write_outputs
 
     chosen = parse_methods(methods)
@@ -481,10 +420,10 @@ def evaluate(
         raise fail(f"{out}: exists and is not a folder")
     try:
         data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
-        loaded = load_bundle_or_default(bundle)
-        localizer = make_localizer(loaded, Method.lcar, device, threads, arm_backend, settings)
-    except (BundleError, DatasetError, ValueError, RuntimeError) as exc:
+        localizer = make_localizer(bundle, "lcar", device, threads, arm_backend, settings, preset)
+    except LcarError as exc:
         raise fail(str(exc)) from None
+    loaded = localizer.bundle
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -508,11 +447,9 @@ def evaluate(
             device=device.value,
             threads=threads,
         )
-    from .distributed import RayEngineError
-
     try:
         result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
-    except (RayEngineError, ConnectionError) as exc:
+    except (LcarError, ConnectionError) as exc:
         raise fail(str(exc)) from None
     info = {
         "command": " ".join(sys.argv),
@@ -540,10 +477,7 @@ def evaluate(
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
-class Augment(str, Enum):
-    none = "none"
-    flip = "flip"
-    crop = "crop"
+Augment = choices("Augment", names.AUGMENTS)
 
 
 @app.command(
@@ -611,10 +545,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
-    from .bundle import BundleError
-    from .datasets import DatasetError
     from .export.exporter import check_bundle_target
-    from .models.backbones import WeightsError
     from .training.train import TrainConfig
     from .training.train import train as run_training
 
@@ -623,7 +554,7 @@ def train(
     try:
         if bundle is not None:
             check_bundle_target(bundle, "--bundle")
-    except BundleError as exc:
+    except LcarError as exc:
         raise fail(str(exc)) from None
     try:
         config = TrainConfig(
@@ -651,7 +582,7 @@ def train(
             max_bad_share=max_bad_share,
         )
         result = run_training(config)
-    except (DatasetError, WeightsError, ValueError) as exc:
+    except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
     for part, skipped in result.metrics["skipped_images"].items():
         if skipped:

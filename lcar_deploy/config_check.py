@@ -26,20 +26,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from .errors import SettingError
+
 T = TypeVar("T")
-
-
-class SettingError(ValueError):
-    """A setting with a bad value: ``name`` (dotted within tables) and ``reason``."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"setting {name}: {reason}")
-        self.name = name
-        self.reason = reason
-
-    def within(self, table: str) -> SettingError:
-        """The same error for the setting inside the table ``table``."""
-        return SettingError(f"{table}.{self.name}", self.reason)
 
 
 def show(value: Any) -> str:
@@ -208,9 +197,7 @@ def from_table(cls: type[T], table: dict[str, Any], name: str | None = None) -> 
         dotted = key if name is None else f"{name}.{key}"
         if key not in types:
             where = "" if name is None else f" in {name}"
-            raise ValueError(
-                f"unknown pipeline setting {dotted!r} (known{where}: {', '.join(types)})"
-            )
+            raise SettingError(dotted, f"unknown setting (known{where}: {', '.join(types)})")
         hint = types[key]
         if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
             if not isinstance(value, dict):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DatasetError
+
 DATASETS = ("cub", "ilsvrc", "wsol")
 CUB_FILES = (
     "images.txt",
@@ -40,10 +42,6 @@ CUB_FILES = (
     "bounding_boxes.txt",
     "classes.txt",
 )
-
-
-class DatasetError(ValueError):
-    """Missing metadata file or malformed line; the message names the file and the line."""
 
 
 @dataclass(frozen=True, eq=False)

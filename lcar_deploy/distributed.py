@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bundle import Bundle
+from .config import PipelineConfig
 from .datasets import Dataset, Record
+from .errors import EngineError
 from .evaluate import ImageOutcome, evaluate_batch, uses_gt_class
 from .image_io import ImageError, LoadedImage, load_image
 from .localize import (
@@ -43,7 +45,8 @@ from .localize import (
     localize_batch,
     localize_folder,
 )
-from .pipeline import STAGES, Localization, Localizer, PipelineConfig
+from .names import STAGES
+from .pipeline import Localization, Localizer
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,12 +56,8 @@ RAY_MISSING = (
 )
 
 
-class RayEngineError(RuntimeError):
-    """Ray is missing or the engine cannot run; the message says what to do."""
-
-
 def import_ray(local: bool = False) -> ModuleType:
-    """``ray`` with Ray Data, or :class:`RayEngineError` naming the extra to install.
+    """``ray`` with Ray Data, or :class:`EngineError` naming the extra to install.
 
     ``local``: a private instance will be started; if Ray is not imported yet, it is told to
     take 127.0.0.1 as this node's address (its single-machine mode, read at import), so that
@@ -70,7 +69,7 @@ def import_ray(local: bool = False) -> ModuleType:
         import ray
         import ray.data
     except ImportError as exc:
-        raise RayEngineError(f"{RAY_MISSING} ({exc})") from None
+        raise EngineError(f"{RAY_MISSING} ({exc})") from None
     return ray
 
 
@@ -161,7 +160,7 @@ def _in_order(rows: Iterable[dict[str, Any]], key: str) -> Iterator[dict[str, An
             yield pending.pop(expected)
             expected += 1
     if pending:
-        raise RayEngineError(f"Ray returned rows out of range: {sorted(pending)[:5]}")
+        raise EngineError(f"Ray returned rows out of range: {sorted(pending)[:5]}")
 
 
 def _encode(text: str | None) -> bytes | None:
@@ -319,7 +318,7 @@ def ray_outcomes(
     """:func:`lcar_deploy.evaluate.iter_outcomes` on Ray: the outcomes in dataset order.
 
     ``workers`` actors of ``threads`` CPUs each run :func:`evaluate_batch` on batches of
-    ``batch_size`` records. Ray is checked now (:class:`RayEngineError`), started on first
+    ``batch_size`` records. Ray is checked now (:class:`EngineError`), started on first
     iteration and released when the iteration ends.
     """
     import_ray(local=not address)

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
+from .config import PipelineConfig
 from .datasets import Dataset, Record
 from .image_io import ImageError, load_image
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
-from .pipeline import METHODS, STAGES, Localizer, PipelineConfig
+from .names import METHODS, STAGES
+from .pipeline import Localizer
 
 DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
 

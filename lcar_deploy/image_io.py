@@ -25,15 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 """The common image extensions; :func:`image_extensions` adds the others Pillow reads."""
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_JPEG_DRAFT_SIDE = 2048
 EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .pipeline import Localization, Localizer, box_to_original
 
@@ -69,11 +70,6 @@ EXECUTION_SETTINGS = ("arm_backend", "sgrm_device")
 # write_atomic's temporary names, and those of earlier versions (".NAME.tmp").
 _TEMP_NAME = re.compile(r"^\..+?(\.\d+\.[0-9a-f]{8})?\.tmp$")
 _NAME_MAX = 255
-
-
-class OutputError(RuntimeError):
-    """The output folder cannot be used: held by another run, unwritable, full, or holding
-    another run's results. The message names the file and says what to do."""
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -10,29 +10,25 @@ back to the original image's pixels.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from .bundle import Bundle, OnnxRunner
-from .config_check import SettingError, check_fields, check_range, from_table, show
-from .image_io import resize_rgb, to_chw_float
+from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle
+from .config import PipelineConfig, resolve_config
+from .errors import BundleError, ImageError, SettingError
+from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
 from .metrics import scoremap_to_boxes
-from .stages.arm import ArmConfig, Backend, orient, refine
-from .stages.cam import CamConfig, cam_map, softmax
-from .stages.graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
-from .stages.sgrm import SgrmConfig, mask_to_box, sgrm_batched
+from .names import METHODS, STAGES
+from .stages.arm import orient, refine
+from .stages.cam import cam_map, softmax
+from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
+from .stages.sgrm import mask_to_box, sgrm_batched
 
-Method = Literal["cam", "graphcut", "arm", "lcar"]
-METHODS: tuple[str, ...] = get_args(Method)
-STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
-ArmInput = Literal["auto", "graphcut", "cam", "foreground"]
-ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
-SGRM_DEVICE_TYPES = ("cpu", "cuda")
-AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 # Axis of each bundle output that runs along the image width (None: not spatial).
 WIDTH_AXIS = {
     "global": None,
@@ -43,77 +39,6 @@ WIDTH_AXIS = {
     "cams": 3,
     "foreground": 2,
 }
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """How the stages are chained.
-
-    method: last stage to run (``cam | graphcut | arm | lcar``).
-    work_size: side of the maps, ARM and SGRM input (the evaluation size, 224), in
-        [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
-    arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
-        seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
-        foreground when the bundle has it, else cam, else graphcut (measured best in that
-        order with the embedded backbone, docs/accuracy.md).
-    box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
-        [0, 1).
-    arm_backend: ``auto | cuda | cpp | reference``.
-    sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
-    sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
-    flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
-        output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
-        Twice the backbone time; lcar GT-known 62.7 -> 66.7 on ILSVRC-mini, 77.5 -> 82.6 on
-        CUB (docs/accuracy.md).
-    """
-
-    method: Method = "lcar"
-    work_size: int = 224
-    arm_input: ArmInput = "auto"
-    box_threshold: float = 0.5
-    arm_backend: Backend = "auto"
-    sgrm_device: str = "cpu"
-    sgrm_seed: int = 0
-    flip: bool = True
-    cam: CamConfig = field(default_factory=CamConfig)
-    graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
-    arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
-    sgrm: SgrmConfig = field(default_factory=SgrmConfig)
-
-    min_work_size: ClassVar[int] = 32
-    max_work_size: ClassVar[int] = 1024
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        check_range(self, "work_size", self.min_work_size, self.max_work_size)
-        check_range(self, "box_threshold", 0.0, 1.0, high_open=True)
-        check_range(self, "sgrm_seed", 0, 2**64 - 1)  # torch.Generator.manual_seed's range
-        try:
-            device_type = torch.device(self.sgrm_device).type
-        except RuntimeError:
-            device_type = None
-        if device_type not in SGRM_DEVICE_TYPES:
-            raise SettingError(
-                "sgrm_device", f"must be cpu, cuda or cuda:N, got {show(self.sgrm_device)}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
-        """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides.
-
-        The stage tables ``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are JSON objects of their
-        config's fields. Every value is checked here: ValueError naming the setting
-        (``setting sgrm.max_steps: ...``) for a bad value, an unknown key or a table that is
-        not an object.
-        """
-        if not isinstance(settings, dict):
-            raise ValueError(f"settings must be a JSON object, got {show(settings)}")
-        merged = {**settings, **overrides}
-        cam = merged.get("cam")
-        if isinstance(cam, dict) and "size" in cam:
-            # _cam_stage replaces it with work_size: a value here would be ignored.
-            raise SettingError("cam.size", "the CAM map is work_size wide: set work_size instead")
-        return from_table(cls, merged)
 
 
 @dataclass
@@ -171,12 +96,80 @@ def box_to_original(
     ]
 
 
+def mask_to_original(mask: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """Work-size bool mask -> (H, W) bool mask of the original (W, H) image (nearest)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    return np.asarray(image.resize(original_size, Image.NEAREST)) > 0
+
+
+@dataclass
+class Result:
+    """One image localized, in the image's own pixels.
+
+    box: inclusive ``[x0, y0, x1, y1]`` of the object (the largest one for map methods and
+    SGRM's default box mode), or None when nothing was found; boxes: every object's box,
+    largest first; mask: (H, W) bool; class_id / class_name / score: the class whose map was
+    used and its probability (None for a bundle without heads); image_size: (W, H);
+    localization: the same result at work size (maps, per-stage timings).
+    """
+
+    box: list[int] | None
+    boxes: list[list[int]]
+    mask: np.ndarray
+    class_id: int | None
+    class_name: str | None
+    score: float | None
+    image_size: tuple[int, int]
+    localization: Localization
+
+    @classmethod
+    def from_localization(
+        cls, loc: Localization, work_size: int, image_size: tuple[int, int]
+    ) -> Result:
+        return cls(
+            box=None if loc.box is None else box_to_original(loc.box, work_size, image_size),
+            boxes=[box_to_original(b, work_size, image_size) for b in loc.boxes],
+            mask=mask_to_original(loc.mask, image_size),
+            class_id=loc.class_id,
+            class_name=loc.class_name,
+            score=loc.score,
+            image_size=image_size,
+            localization=loc,
+        )
+
+
+ImageInput = str | Path | np.ndarray
+"""An image file, or an (H, W, 3) (or (H, W) grey) uint8 RGB array."""
+
+
+def _as_image(image: ImageInput) -> LoadedImage:
+    if isinstance(image, str | Path):
+        return load_image(image)
+    array = np.asarray(image)
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] != 3)
+        or min(array.shape[:2]) < 1
+    ):
+        raise ImageError(
+            f"image array must be (H, W, 3) or (H, W) uint8 RGB, got {array.dtype} {array.shape}"
+        )
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    rgb = np.ascontiguousarray(array)
+    return LoadedImage(rgb=rgb, original_size=(rgb.shape[1], rgb.shape[0]))
+
+
 class Localizer:
-    """Runs a bundle and the stages on batches of images.
+    """Runs a bundle and the stages on images.
 
     ``bundle``: a loaded :class:`Bundle`; ``config``: stage settings (defaults: the bundle's
     ``settings``); ``device``: onnxruntime device (``auto | cpu | cuda``); ``threads``: CPU
-    threads for onnxruntime and the C++ ARM.
+    threads for onnxruntime and the C++ ARM. :meth:`from_bundle` builds one from a path and
+    settings, :meth:`localize` takes a file or an array and answers in its pixels.
     """
 
     def __init__(
@@ -190,17 +183,68 @@ class Localizer:
         if config is None:
             try:
                 config = PipelineConfig.from_settings(bundle.settings)
-            except ValueError as exc:
-                raise ValueError(f"{bundle.path}: bundle settings: {exc}") from None
+            except SettingError as exc:
+                raise BundleError(f"{bundle.path / MANIFEST}: bundle {exc}") from None
         self.config = config
-        if self.config.method == "cam" and not bundle.has_heads:
-            raise ValueError(f"{bundle.path}: method 'cam' needs a bundle with heads")
+        if config.method == "cam" and not bundle.has_heads:
+            raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
+        self.arm_input = self._arm_input(set(bundle.outputs), bundle.has_heads)
         self.threads = threads
         self.session: OnnxRunner = bundle.session(device=device, threads=threads)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: str | Path | Bundle | None = None,
+        *,
+        method: str = "lcar",
+        preset: str | None = None,
+        settings: str | dict[str, Any] | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        arm_backend: str = "auto",
+        notify: Callable[[str], None] | None = None,
+    ) -> Localizer:
+        """A localizer for ``bundle`` (a folder, a loaded bundle, or None: the default bundle,
+        exported on first use, ``notify`` told so). ``preset`` replaces the bundle's settings
+        by a named preset; ``settings`` (JSON text or an object) go on top
+        (:func:`lcar_deploy.config.resolve_config`). Bad values raise before any image is read."""
+        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
+        run = {"method": method, "arm_backend": arm_backend}
+        if device == "cuda":
+            run["sgrm_device"] = "cuda"
+        try:
+            config = resolve_config(loaded.settings, preset_name=preset, settings=settings, **run)
+        except SettingError as exc:
+            if exc.name == "bundle settings":
+                raise BundleError(f"{loaded.path / MANIFEST}: bundle {exc.reason}") from None
+            raise
+        return cls(loaded, config, device=device, threads=threads)
 
     @property
     def providers(self) -> list[str]:
         return self.session.providers
+
+    def localize(self, image: ImageInput, class_id: int | None = None) -> Result:
+        """Localize one image: a file path or an RGB uint8 array. ``class_id``: the dataset
+        class whose map to use (default: the predicted class)."""
+        return self.localize_batch([image], None if class_id is None else [class_id])[0]
+
+    def localize_batch(
+        self, images: Sequence[ImageInput], class_ids: Sequence[int | None] | None = None
+    ) -> list[Result]:
+        """:meth:`localize` for several images in one batch (faster per image)."""
+        loaded = [_as_image(image) for image in images]
+        ids = list(class_ids) if class_ids is not None else [None] * len(loaded)
+        for class_id in ids:
+            if class_id is not None:
+                self.bundle.class_index(class_id)
+        results = self.run([im.rgb for im in loaded], ids)
+        work = self.config.work_size
+        return [
+            Result.from_localization(loc, work, im.original_size)
+            for loc, im in zip(results, loaded, strict=True)
+        ]
 
     def run(
         self, images: list[np.ndarray], class_ids: list[int | None] | None = None
@@ -244,7 +288,7 @@ class Localizer:
         maps: dict[str, np.ndarray] = {}
         if cam_maps is not None:
             maps["cam"] = cam_maps
-        arm_input = self._arm_input(out, cam_maps is not None)
+        arm_input = self.arm_input
         need_cut = deepest >= 1 and ("graphcut" in methods or arm_input == "graphcut")
         e_low = None
         if need_cut:
@@ -318,15 +362,18 @@ class Localizer:
             results[method] = per_image
         return results
 
-    def _arm_input(self, out: dict[str, np.ndarray], has_cam: bool) -> str:
+    def _arm_input(self, outputs: set[str], has_cam: bool) -> str:
         """The coarse map ARM refines (``auto`` resolved; see PipelineConfig.arm_input)."""
         choice = self.config.arm_input
         if choice == "auto":
-            return "foreground" if "foreground" in out else "cam" if has_cam else "graphcut"
-        if choice == "foreground" and "foreground" not in out:
-            raise ValueError(f"{self.bundle.path}: arm_input 'foreground' needs a foreground head")
+            return "foreground" if "foreground" in outputs else "cam" if has_cam else "graphcut"
+        where = self.bundle.path
+        if choice == "foreground" and "foreground" not in outputs:
+            raise SettingError(
+                "arm_input", f"'foreground' needs a foreground head; {where} has none"
+            )
         if choice == "cam" and not has_cam:
-            raise ValueError(f"{self.bundle.path}: arm_input 'cam' needs a bundle with heads")
+            raise SettingError("arm_input", f"'cam' needs a bundle with heads; {where} has none")
         return choice
 
     def _cam_stage(

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from lcar_deploy.stages import arm
-from lcar_deploy.stages.arm import ArmConfig
+from lcar_deploy.stages.arm import AFA_DILATIONS, ArmConfig
 
-AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
 PARITY_ATOL = 1e-5
 
 needs_cpp = pytest.mark.skipif(

@@ -21,9 +21,16 @@ from typer.testing import CliRunner
 from lcar_deploy import cli
 from lcar_deploy import localize as localize_module
 from lcar_deploy.bundle import Bundle
-from lcar_deploy.export.exporter import CLASSIFIER_BUNDLE_SETTINGS
-from lcar_deploy.pipeline import AFA_DILATIONS, Localizer, PipelineConfig
-from lcar_deploy.stages.arm import ArmConfig
+from lcar_deploy.config import (
+    PipelineConfig,
+    parse_settings,
+    preset,
+    resolve_config,
+    settings_of,
+)
+from lcar_deploy.names import PRESETS
+from lcar_deploy.pipeline import Localizer
+from lcar_deploy.stages.arm import AFA_DILATIONS, ArmConfig
 from lcar_deploy.stages.cam import CamConfig
 from lcar_deploy.stages.graph_cut import GraphCutConfig
 from lcar_deploy.stages.sgrm import PAPER_CUB, SgrmConfig
@@ -118,7 +125,7 @@ def test_bad_setting_is_refused_by_name(settings: dict[str, Any], name: str, det
 
 
 def test_settings_must_be_an_object() -> None:
-    with pytest.raises(ValueError, match="settings must be a JSON object"):
+    with pytest.raises(ValueError, match="setting settings: must be a JSON object"):
         PipelineConfig.from_settings([("flip", False)])  # type: ignore[arg-type]
 
 
@@ -178,18 +185,27 @@ def test_valid_settings_build_and_the_bad_neighbour_does_not(
         PipelineConfig.from_settings(bad)
 
 
-def test_bundle_settings_hold_and_a_merged_relation_is_checked() -> None:
-    assert PipelineConfig.from_settings({}) == PipelineConfig()
+def test_presets_round_trip_and_a_merged_relation_is_checked() -> None:
+    assert PipelineConfig.from_settings({}) == PipelineConfig() == preset("default")
     assert PipelineConfig().arm.dilations == AFA_DILATIONS
-    config = PipelineConfig.from_settings(CLASSIFIER_BUNDLE_SETTINGS, method="arm")
+    classifier = settings_of(preset("classifier"))
+    assert "method" not in classifier and "size" not in classifier["cam"]
+    config = PipelineConfig.from_settings(classifier, method="arm")
     assert config.sgrm == SgrmConfig(
         gamma_l1=0.25, gamma_l2=0.25, gamma_h1=0.5, gamma_h2=0.5, box_mode="all"
     )
+    for name in PRESETS:
+        assert PipelineConfig.from_settings(settings_of(preset(name))) == preset(name)
+    paper = preset("paper")
+    assert paper.sgrm == PAPER_CUB and paper.arm_input == "graphcut" and not paper.flip
     assert PAPER_CUB.gamma_l1 == 0.1 and PAPER_CUB.stop_error == 0.1
+    with pytest.raises(ValueError, match=r"setting preset: must be one of default"):
+        preset("fast")
     # --settings merges key by key into the bundle's table: 0.6 is above its gamma_h1 of 0.5.
-    merged = cli.merged_settings(CLASSIFIER_BUNDLE_SETTINGS, '{"sgrm": {"gamma_l1": 0.6}}')
     with pytest.raises(ValueError, match=r"setting sgrm\.gamma_l1: must be <= gamma_h1 \(0\.5\)"):
-        PipelineConfig.from_settings(merged)
+        resolve_config(classifier, settings='{"sgrm": {"gamma_l1": 0.6}}')
+    # a preset replaces the bundle's settings
+    assert resolve_config(classifier, preset_name="paper") == preset("paper")
 
 
 def test_values_are_stored_as_python_scalars_and_tuples() -> None:
@@ -209,8 +225,8 @@ def test_values_are_stored_as_python_scalars_and_tuples() -> None:
 )
 def test_settings_that_an_option_sets_are_refused(key: str, option: str) -> None:
     with pytest.raises(ValueError, match=rf"setting {key}: set it with {option}"):
-        cli.merged_settings({}, json.dumps({key: "cam" if key == "method" else "cpu"}))
-    assert cli.merged_settings({key: "cpu"}, None) == {key: "cpu"}
+        parse_settings(json.dumps({key: "cam" if key == "method" else "cpu"}))
+    assert parse_settings(None) == {}
 
 
 # --- the CLI: exit 1 before any image is read ---------------------------------------------------
@@ -248,7 +264,7 @@ CLI_CASES = [
     ('{"sgrm": 5}', "setting sgrm: must be a JSON object"),
     ('{"sgrm": {"width": 0}}', "setting sgrm.width:"),
     ('{"work_size": "abc"}', "setting work_size:"),
-    ('{"sgrm": {"bogus": 1}}', "unknown pipeline setting 'sgrm.bogus'"),
+    ('{"sgrm": {"bogus": 1}}', "setting sgrm.bogus: unknown setting"),
     ('{"box_threshold": "x"}', "setting box_threshold:"),
     ('{"flip": "yes"}', "setting flip: must be true or false"),
     ('{"method": "cam"}', "setting method: set it with --method"),
@@ -312,12 +328,13 @@ def test_bundle_settings_are_checked_and_name_the_bundle(
     bad_settings_bundle: Path, images: Path, tmp_path: Path, no_image_read: list[Path]
 ) -> None:
     bundle = Bundle.load(bad_settings_bundle)
-    with pytest.raises(ValueError, match=r"bad-settings: bundle settings: setting sgrm\.max_steps"):
+    with pytest.raises(ValueError, match=r"bad-settings/manifest\.json: bundle setting sgrm\.max_steps"):
         Localizer(bundle, device="cpu")
     out = tmp_path / "out"
     code, stderr = invoke("localize", images, "--bundle", bad_settings_bundle, "--out", out, *FAST)
     assert code == cli.EXIT_ERROR, stderr
-    assert f"error: {bad_settings_bundle}: bundle settings: setting sgrm.max_steps" in stderr
+    manifest = bad_settings_bundle / "manifest.json"
+    assert f"error: {manifest}: bundle setting sgrm.max_steps" in stderr
     assert not out.exists() and no_image_read == []
 
 
@@ -341,8 +358,6 @@ def test_valid_settings_localize_and_their_bad_neighbour_does_not(
 
 
 def test_a_stage_table_keeps_the_pipeline_defaults_it_does_not_name() -> None:
-    from lcar_deploy.pipeline import AFA_DILATIONS
-
     config = PipelineConfig.from_settings({"arm": {"iterations": 20}})
     assert config.arm.iterations == 20
     assert config.arm.dilations == AFA_DILATIONS == PipelineConfig().arm.dilations

@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.cli import app
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Dataset, Record, load_dataset
 from lcar_deploy.evaluate import iter_outcomes, run_evaluation
 from lcar_deploy.localize import LocalizeOptions, localize_folder
-from lcar_deploy.pipeline import Localizer, PipelineConfig
+from lcar_deploy.pipeline import Localizer
 
 pytestmark = [
     pytest.mark.slow,
@@ -73,10 +74,10 @@ def test_import_does_not_load_ray() -> None:
 
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lcar_deploy.distributed import RayEngineError, import_ray
+    from lcar_deploy.distributed import EngineError, import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(RayEngineError, match=r"install lcar-deploy\[distributed\]"):
+    with pytest.raises(EngineError, match=r"install lcar-deploy\[distributed\]"):
         import_ray()
 
 

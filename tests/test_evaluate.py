@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Record
 from lcar_deploy.evaluate import ImageOutcome, evaluate_batch, report_markdown, run_evaluation
 from lcar_deploy.metrics import BoxAccuracyAccumulator
-from lcar_deploy.pipeline import Localization, PipelineConfig
+from lcar_deploy.pipeline import Localization
 
 GT = np.array([[50, 50, 99, 99]])
 

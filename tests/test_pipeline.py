@@ -50,7 +50,7 @@ def test_config_from_bundle_settings() -> None:
     assert config.arm == ArmConfig(dilations=(1, 2), iterations=7)
     assert config.arm_input == "cam" and config.method == "arm"
     assert config.sgrm == SgrmConfig()
-    with pytest.raises(ValueError, match="unknown pipeline setting 'bogus'"):
+    with pytest.raises(ValueError, match="setting bogus: unknown setting"):
         PipelineConfig.from_settings({"bogus": 1})
     with pytest.raises(ValueError, match="method"):
         PipelineConfig(method="crf")

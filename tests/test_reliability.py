@@ -31,12 +31,13 @@ from typer.testing import CliRunner
 
 from lcar_deploy import cli
 from lcar_deploy.bundle import Bundle
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluate import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
 from lcar_deploy.localize import LocalizeOptions, localize_folder
 from lcar_deploy.models.heads import Heads, HeadsConfig, save_heads
-from lcar_deploy.pipeline import Localizer, PipelineConfig
+from lcar_deploy.pipeline import Localizer
 from lcar_deploy.stages.sgrm import SgrmConfig
 
 EXIT_USAGE = 2  # click's usage error

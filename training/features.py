@@ -42,9 +42,9 @@ from tqdm import tqdm
 from ..datasets import Dataset, DatasetError
 from ..image_io import ImageError, load_rgb, resize_rgb, to_chw_float
 from ..models.backbones import BackboneConfig
+from ..names import AUGMENTS
 
 CACHE_FORMAT_VERSION = 1
-AUGMENTS = ("none", "flip", "crop")
 CROP_RESIZE_RATIO = 256 / 224
 
 

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from ..datasets import Dataset
 from ..image_io import load_rgb, resize_rgb, to_chw_float
-from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone
+from ..models.backbones import BackboneConfig, build_backbone
 from ..models.heads import Heads
+from ..names import EFFICIENTNET_LITES
 from ..stages.cam import CamConfig, cam_map, upsample
 
 PSEUDO_SOURCES = ("imagenet", "heads")

@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
 from ..datasets import Dataset, load_dataset
-from ..models.backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone, default_config
+from ..models.backbones import BackboneConfig, build_backbone, default_config
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
+from ..names import EFFICIENTNET_LITES
 from .features import FeatureSet, ViewSpec, cached_features
 from .foreground import ForegroundConfig, collect_pseudo_labels, fit_foreground
 from .losses import SdLossConfig, sd_losses

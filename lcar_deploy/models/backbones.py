@@ -24,14 +24,12 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import WeightsError
+from ..names import BACKBONES, EFFICIENTNET_LITES
 from .safe_load import load_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be read or does not fit the backbone."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +51,6 @@ class BackboneConfig:
     affinity_layer: str = "blocks.4"
 
 
-EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16")
 # 384 for the CNNs: the 12x12 head grid and 24x24 affinity grid localize better than at 320 or
 # 224 (Lite0: CUB lcar 77.5 vs 75.1 at 320; ILSVRC-mini 62.7 vs 59.0; docs/accuracy.md).
 DEFAULT_INPUT_SIZE = {**dict.fromkeys(EFFICIENTNET_LITES, 384), "dino_vits16": 224}

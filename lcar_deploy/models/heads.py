@@ -16,13 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import HeadsError
 from .safe_load import load_file
 
 HEADS_FORMAT_VERSION = 1
-
-
-class HeadsError(ValueError):
-    """A heads file that cannot be read or does not fit the backbone."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import EFFICIENTNET_LITES, BackboneConfig, build_backbone
+from ..names import EFFICIENTNET_LITES
+from .backbones import BackboneConfig, build_backbone
 from .heads import Heads, HeadsConfig, HeadsError, classifier_heads
 
 FEATURE_OUTPUTS = ("global", "grid", "affinity")

@@ -26,16 +26,20 @@ import importlib
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config_check import check_fields, check_length, check_range
+from ..names import ArmBackend
 
-Backend = Literal["auto", "cuda", "cpp", "reference"]
 ArrayLike = np.ndarray | torch.Tensor
+
+
+AFA_DILATIONS = (1, 2, 4, 8, 12, 24)
+"""The neighbour set of AFA's PAR (the pipeline's default; the paper's 8-way set is ``(1,)``)."""
 
 
 @dataclass(frozen=True)
@@ -542,7 +546,7 @@ def refine(
     e_map: ArrayLike,
     images: ArrayLike,
     cfg: ArmConfig | None = None,
-    backend: Backend = "auto",
+    backend: ArmBackend = "auto",
     seed: ArrayLike | None = None,
     num_threads: int | None = None,
 ) -> ArrayLike:

@@ -1,0 +1,194 @@
+"""``PipelineConfig``: how the stages are chained, and the one settings format.
+
+Settings are a JSON object: its keys are :class:`PipelineConfig`'s fields, and the stage tables
+``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are objects of their configs' fields (a table
+changes only the keys it names). A bundle records its settings; ``localize`` / ``eval`` take a
+named preset (:data:`PRESETS`) or the bundle's, then ``--settings`` on top
+(:func:`resolve_config`). Every value is checked when the config is built, before any image is
+read: a bad one is a :class:`~lcar_deploy.errors.SettingError` naming it. What each setting
+means, its paper symbol and why its default is what it is: docs/method.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+from .config_check import check_fields, check_range, from_table, show
+from .errors import SettingError
+from .names import PRESETS, ArmBackend, ArmInput, Method
+from .stages.arm import AFA_DILATIONS, ArmConfig
+from .stages.cam import CamConfig
+from .stages.graph_cut import GraphCutConfig
+from .stages.sgrm import PAPER_CUB, SgrmConfig
+
+SGRM_DEVICE_TYPES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the stages are chained.
+
+    method: last stage to run (``cam | graphcut | arm | lcar``).
+    work_size: side of the maps, ARM and SGRM input (the evaluation size, 224), in
+        [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
+    arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
+        seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
+        foreground when the bundle has it, else cam, else graphcut (measured best in that
+        order with the embedded backbone, docs/accuracy.md).
+    box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
+        [0, 1).
+    arm_backend: ``auto | cuda | cpp | reference``.
+    sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
+    sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
+    flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
+        output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
+        Twice the backbone time; lcar GT-known 62.7 -> 66.7 on ILSVRC-mini, 77.5 -> 82.6 on
+        CUB (docs/accuracy.md).
+    """
+
+    method: Method = "lcar"
+    work_size: int = 224
+    arm_input: ArmInput = "auto"
+    box_threshold: float = 0.5
+    arm_backend: ArmBackend = "auto"
+    sgrm_device: str = "cpu"
+    sgrm_seed: int = 0
+    flip: bool = True
+    cam: CamConfig = field(default_factory=CamConfig)
+    graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
+    arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
+    sgrm: SgrmConfig = field(default_factory=SgrmConfig)
+
+    min_work_size: ClassVar[int] = 32
+    max_work_size: ClassVar[int] = 1024
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_range(self, "work_size", self.min_work_size, self.max_work_size)
+        check_range(self, "box_threshold", 0.0, 1.0, high_open=True)
+        check_range(self, "sgrm_seed", 0, 2**64 - 1)  # torch.Generator.manual_seed's range
+        try:
+            device_type = torch.device(self.sgrm_device).type
+        except RuntimeError:
+            device_type = None
+        if device_type not in SGRM_DEVICE_TYPES:
+            raise SettingError(
+                "sgrm_device", f"must be cpu, cuda or cuda:N, got {show(self.sgrm_device)}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
+        """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides.
+
+        The stage tables ``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are JSON objects of their
+        config's fields. Every value is checked here: ValueError naming the setting
+        (``setting sgrm.max_steps: ...``) for a bad value, an unknown key or a table that is
+        not an object.
+        """
+        if not isinstance(settings, dict):
+            raise SettingError("settings", f"must be a JSON object, got {show(settings)}")
+        merged = {**settings, **overrides}
+        cam = merged.get("cam")
+        if isinstance(cam, dict) and "size" in cam:
+            # _cam_stage replaces it with work_size: a value here would be ignored.
+            raise SettingError("cam.size", "the CAM map is work_size wide: set work_size instead")
+        return from_table(cls, merged)
+
+
+RUN_OPTIONS = {
+    "method": "--method (eval: --methods)",
+    "arm_backend": "--arm-backend",
+    "sgrm_device": "--device",
+}
+"""Settings that say how to run rather than what to compute: each command sets them from its
+own option, so they are neither recorded in bundles nor taken from ``--settings``."""
+
+
+def settings_of(config: PipelineConfig) -> dict[str, Any]:
+    """The JSON-ready settings that rebuild ``config`` (less :data:`RUN_OPTIONS` and
+    ``cam.size``, which follows ``work_size``)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in RUN_OPTIONS}
+    del settings["cam"]["size"]
+    return json.loads(json.dumps(settings))
+
+
+def _classifier() -> PipelineConfig:
+    base = PipelineConfig()
+    bands = {"gamma_l1": 0.25, "gamma_l2": 0.25, "gamma_h1": 0.5, "gamma_h2": 0.5}
+    return replace(base, sgrm=replace(base.sgrm, **bands, box_mode="all"))
+
+
+def _paper() -> PipelineConfig:
+    return PipelineConfig(
+        arm_input="graphcut",
+        flip=False,
+        arm=ArmConfig(dilations=(1,), w_rgb=1.0, w_pos=1.0),
+        sgrm=PAPER_CUB,
+    )
+
+
+_PRESET_FACTORIES = {"default": PipelineConfig, "classifier": _classifier, "paper": _paper}
+assert tuple(_PRESET_FACTORIES) == PRESETS
+
+
+def preset(name: str) -> PipelineConfig:
+    """A named preset: ``default`` (bundles with trained heads), ``classifier`` (bundles whose
+    heads are the backbone's ImageNet classifier: SGRM's bands sit at that CAM's level and the
+    box covers every object) or ``paper`` (the paper's values everywhere, graph cut into ARM,
+    no flip). docs/method.md gives each value."""
+    if name not in _PRESET_FACTORIES:
+        raise SettingError("preset", f"must be one of {', '.join(PRESETS)}, got {show(name)}")
+    return _PRESET_FACTORIES[name]()
+
+
+def parse_settings(text: str | None) -> dict[str, Any]:
+    """The ``--settings`` JSON object (``{}`` for None); run options in it are refused."""
+    if not text:
+        return {}
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingError("--settings", f"not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise SettingError("--settings", f"must be a JSON object, got {show(extra)}")
+    for key, option in RUN_OPTIONS.items():
+        if key in extra:
+            raise SettingError(key, f"set it with {option}, not in --settings")
+    return extra
+
+
+def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` overridden by ``extra``; stage tables are merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config(
+    bundle_settings: dict[str, Any],
+    *,
+    preset_name: str | None = None,
+    settings: str | dict[str, Any] | None = None,
+    **run: Any,
+) -> PipelineConfig:
+    """The config of a run: the preset's settings (or the bundle's), ``settings`` (the
+    ``--settings`` text or an object) on top, and the run options ``run`` (method,
+    arm_backend, sgrm_device). A bad bundle setting names the bundle's settings."""
+    if preset_name is not None:
+        base = settings_of(preset(preset_name))
+    else:
+        try:
+            PipelineConfig.from_settings(bundle_settings)
+        except ValueError as exc:
+            raise SettingError("bundle settings", str(exc)) from None
+        base = bundle_settings
+    extra = parse_settings(settings) if not isinstance(settings, dict) else settings
+    return PipelineConfig.from_settings(merge_settings(base, extra), **run)

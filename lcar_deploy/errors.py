@@ -1,0 +1,52 @@
+"""The tool's errors: one base class, so that each command catches them in one place.
+
+Every message names the thing at fault (a file, a setting, an option) and the reason.
+"""
+
+from __future__ import annotations
+
+
+class LcarError(Exception):
+    """Base of every error lcar-deploy reports to its user (exit code 1 on the command line)."""
+
+
+class SettingError(LcarError, ValueError):
+    """A setting with a bad value: ``name`` (dotted within tables) and ``reason``."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"setting {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def within(self, table: str) -> SettingError:
+        """The same error for the setting inside the table ``table``."""
+        return SettingError(f"{table}.{self.name}", self.reason)
+
+
+class BundleError(LcarError, ValueError):
+    """A bundle that is missing, incomplete, tampered with, hostile or from a newer format."""
+
+
+class DatasetError(LcarError, ValueError):
+    """A dataset folder or metadata file that cannot be read; the message gives file:line."""
+
+
+class ImageError(LcarError, ValueError):
+    """An image that cannot be used; the message names the file and the reason."""
+
+
+class WeightsError(LcarError, ValueError):
+    """A backbone weights file or package that is missing or does not fit the backbone."""
+
+
+class HeadsError(LcarError, ValueError):
+    """A heads file that is missing, malformed or made for another backbone."""
+
+
+class OutputError(LcarError, RuntimeError):
+    """The output folder cannot be used: held by another run, unwritable, full, or holding
+    another run's results. The message names the file and says what to do."""
+
+
+class EngineError(LcarError, RuntimeError):
+    """An engine that cannot run (e.g. Ray missing); the message says what to do."""

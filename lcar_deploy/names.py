@@ -1,0 +1,45 @@
+"""Every list of names the tool accepts, in one torch-free place.
+
+The library's Literal types and the command line's choices are built from these, so that
+``lcar-deploy --help`` needs no heavy import and no list is written twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Method = Literal["cam", "graphcut", "arm", "lcar"]
+METHODS: tuple[str, ...] = get_args(Method)
+"""Where the pipeline stops: a map method (cam, graphcut, arm) or the full method (lcar)."""
+
+STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
+"""The stages timed per image, in pipeline order."""
+
+ArmInput = Literal["auto", "graphcut", "cam", "foreground"]
+ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
+
+ArmBackend = Literal["auto", "cuda", "cpp", "reference"]
+ARM_BACKENDS: tuple[str, ...] = get_args(ArmBackend)
+
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
+"""onnxruntime device choices (SGRM follows ``cuda``)."""
+
+EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16")
+
+ExportFormat = Literal["onnx", "torchscript", "both"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+DatasetKind = Literal["cub", "ilsvrc", "wsol"]
+DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
+
+Augment = Literal["none", "flip", "crop"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+
+Preset = Literal["default", "classifier", "paper"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+"""Named pipeline settings (:mod:`lcar_deploy.config`)."""
