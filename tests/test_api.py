@@ -1,0 +1,96 @@
+"""The Python API: the README's example, results in the image's pixels, the CLI's boxes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from typer.testing import CliRunner
+
+import lcar_deploy
+from lcar_deploy import cli
+from lcar_deploy.errors import BundleError, ImageError, LcarError, SettingError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage.data.chelsea()).save(folder / "bird.jpg", quality=92)
+    Image.fromarray(skimage.data.astronaut()[::2, :300]).save(folder / "a.jpg", quality=92)
+    Image.fromarray(skimage.data.coffee()).save(folder / "b.jpg", quality=92)
+    return folder
+
+
+def test_readme_python_example_runs(
+    photos: Path, small_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcar_deploy.bundle
+
+    code = re.search(r"## Python\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    # The default bundle is exported (and tested) in test_export; here it is the small one.
+    monkeypatch.setattr(lcar_deploy.bundle, "default_bundle_dir", lambda: small_bundle)
+    monkeypatch.chdir(photos)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    r, results = namespace["r"], namespace["results"]
+    width, height = Image.open(photos / "bird.jpg").size
+    assert r.image_size == (width, height) and namespace["mask"].shape == (height, width)
+    assert r.box is not None and 0 <= r.box[0] <= r.box[2] < width and r.box[3] < height
+    assert r.boxes[0] == r.box and 0.0 <= r.score <= 1.0 and r.class_name
+    assert [x.image_size for x in results] == [
+        Image.open(photos / n).size for n in ("a.jpg", "b.jpg")
+    ]
+
+
+@pytest.mark.parametrize("method", ["arm", "lcar"])
+def test_localize_gives_the_cli_boxes(
+    photos: Path, small_bundle: Path, tmp_path: Path, method: str
+) -> None:
+    out = tmp_path / "out"
+    args = ["localize", photos, "--bundle", small_bundle, "--method", method, "--out", out]
+    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, "--device", "cpu", "--quiet"]])
+    assert result.exit_code == 0, result.stderr
+    records = {
+        r["path"]: r
+        for r in map(json.loads, (out / "predictions.jsonl").read_text().split("\n")[:-1])
+    }
+    loc = lcar_deploy.Localizer.from_bundle(small_bundle, method=method, device="cpu")
+    for name, record in records.items():
+        r = loc.localize(photos / name)
+        assert (r.box, r.boxes, r.class_id) == (record["box"], record["boxes"], record["class_id"])
+        assert list(r.image_size) == record["image_size"]
+
+
+def test_arrays_and_files_agree(photos: Path, small_bundle: Path) -> None:
+    loc = lcar_deploy.Localizer.from_bundle(small_bundle, method="arm", device="cpu")
+    png = photos / "coffee.png"
+    rgb = skimage.data.coffee()
+    Image.fromarray(rgb).save(png)
+    from_file, from_array = loc.localize(png), loc.localize(rgb)
+    assert from_file.box == from_array.box and np.array_equal(from_file.mask, from_array.mask)
+    grey = loc.localize(rgb[..., 0])
+    assert grey.mask.shape == rgb.shape[:2]
+    given = loc.localize(rgb, class_id=967)  # ImageNet "espresso"
+    assert given.class_id == 967
+
+
+def test_bad_inputs_are_clear_errors(small_bundle: Path) -> None:
+    loc = lcar_deploy.Localizer.from_bundle(small_bundle, method="arm", device="cpu")
+    with pytest.raises(ImageError, match=r"must be \(H, W, 3\) or \(H, W\) uint8 RGB, got float64"):
+        loc.localize(np.zeros((8, 8, 3)))
+    with pytest.raises(ImageError, match=r"no-such\.jpg: file not found"):
+        loc.localize("no-such.jpg")
+    with pytest.raises(BundleError, match="class id 5000 is not among"):
+        loc.localize(np.zeros((8, 8, 3), np.uint8), class_id=5000)
+    with pytest.raises(SettingError, match=r"setting sgrm\.max_steps"):
+        lcar_deploy.Localizer.from_bundle(small_bundle, settings={"sgrm": {"max_steps": 0}})
+    with pytest.raises(SettingError, match="setting preset"):
+        lcar_deploy.Localizer.from_bundle(small_bundle, preset="fastest")
+    assert issubclass(SettingError, LcarError) and issubclass(BundleError, LcarError)
