@@ -14,10 +14,10 @@ import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from ..config import merge_settings, preset, resolve_config, settings_of
-from ..models.backbones import BackboneConfig, default_config
+from ..models.backbones import BackboneConfig, backbone_spec, default_config
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
-from ..names import EFFICIENTNET_LITES, EXPORT_FORMATS
+from ..names import EXPORT_FORMATS
 
 
 def export_onnx(model: LcarModel, input_size: int, path: Path, opset: int = 18) -> None:
@@ -192,7 +192,7 @@ def export_bundle(
     else:
         config = default_config(backbone, input_size)
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
-    name = "classifier" if heads is None and backbone in EFFICIENTNET_LITES else "default"
+    name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"
     settings = settings_of(resolve_config(settings_of(preset(name)), settings=settings or {}))
     model = build_model(config, weights, heads, random_init=random_init)
     return write_bundle(

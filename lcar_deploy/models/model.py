@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..names import EFFICIENTNET_LITES
-from .backbones import BackboneConfig, build_backbone
+from .backbones import BackboneConfig, backbone_spec, build_backbone
 from .heads import Heads, HeadsConfig, HeadsError, classifier_heads
 
 FEATURE_OUTPUTS = ("global", "grid", "affinity")
@@ -95,7 +94,7 @@ def build_model(
     backbone = build_backbone(config, weights, random_init=random_init)
     if heads is not None:
         check_heads_fit(heads.config, config, backbone)
-    elif config.name in EFFICIENTNET_LITES and config.grid_layer == "head":
+    elif backbone_spec(config.name).has_classifier and config.grid_layer == "head":
         names = imagenet_class_names()
         heads_cfg = heads_config_for(
             backbone,
