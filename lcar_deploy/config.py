@@ -37,8 +37,8 @@ class PipelineConfig:
         [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
     arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
         seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
-        foreground when the bundle has it, else cam, else graphcut (measured best in that
-        order with the embedded backbone, docs/accuracy.md).
+        foreground when the bundle has it, else cam, else graphcut (why this order:
+        docs/method.md, section 4).
     box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
         [0, 1).
     arm_backend: ``auto | cuda | cpp | reference``.
@@ -46,8 +46,8 @@ class PipelineConfig:
     sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
     flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
         output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
-        Twice the backbone time; lcar GT-known 62.7 -> 66.7 on ILSVRC-mini, 77.5 -> 82.6 on
-        CUB (docs/accuracy.md).
+        Twice the backbone time (why it is on: docs/method.md, section 1; its gain:
+        docs/accuracy.md).
     """
 
     method: Method = "lcar"

@@ -1,6 +1,6 @@
 """Box-localization metrics with the semantics of wsolevaluation (Choe et al., CVPR 2020).
 
-Conventions (SPEC "Evaluation"):
+Conventions (docs/method.md, section 8):
 
 * Boxes are integer ``[x0, y0, x1, y1]`` arrays of shape ``(N, 4)``, ``x1 >= x0``, ``y1 >= y0``,
   with *inclusive* corners: a box covers ``(x1 - x0 + 1) * (y1 - y0 + 1)`` pixels, and the

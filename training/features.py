@@ -8,7 +8,8 @@ kilobytes per image, whatever the grid size.
 
 Views (the augmentation kept with cached features), for an image of the split:
 
-- view 0: the test-time input, the whole image resized to S x S (SPEC step 1, no crop);
+- view 0: the test-time input, the whole image resized to S x S (no crop, docs/method.md,
+  section 1);
 - ``flip``: + view 1, view 0 mirrored left-right;
 - ``crop``: + views 1 (flip) and ``2 .. 1 + crop_views``: the paper's recipe scaled to S, the
   image resized to ``round(S * 256 / 224)`` square, a random S x S crop, mirrored with
@@ -170,9 +171,10 @@ def compute_features(
     """Run the frozen backbone over every view: (N, V, Dg) global, (N, V, D) grid means and
     {image index: reason} of the images that could not be decoded (their rows are zeros).
 
-    The backbone runs in channels-last memory format (about 2x faster on CPU for the
-    depthwise convolutions of efficientnet_lite0, and no page-fault storm); small batches
-    (8) are faster than large ones on CPU for the same reason.
+    The backbone runs in channels-last memory format (faster on CPU for the depthwise
+    convolutions of efficientnet_lite0, and no page-fault storm); small batches (the default
+    8) are faster than large ones on CPU for the same reason (timings: docs/accuracy.md,
+    "Speed and memory").
     """
     loader = DataLoader(
         _ViewImages([r.path for r in dataset], input_size, views),

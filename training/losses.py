@@ -10,7 +10,7 @@ Choices (the paper is silent):
   ``T^2`` so that its gradients keep their scale when T changes; without it, at T = 3, the KL
   gradients are roughly ``1 / T^2`` of Hinton's.)
 - The teacher's distribution is a target: it is detached in the KL term, so the teacher is
-  trained by CE only (SPEC step 2), the student by eq. 6.
+  trained by CE only (eq. 4), the student by eq. 6.
 - The two heads share no parameters, so one optimiser steps ``L_teacher + L_student``.
 """
 

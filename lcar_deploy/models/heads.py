@@ -1,4 +1,4 @@
-"""SD-CAM heads (SPEC.md step 2, eqs. 2-6) and their ``heads.pt`` file format.
+"""SD-CAM heads (eqs. 2-6; docs/method.md, sections 2 and 7) and their ``heads.pt`` format.
 
 - CAM head (student): a linear map over the grid, ``cams = grid @ W^T + b`` per cell, logits by
   global average pooling of the cams (eq. 5).
@@ -93,7 +93,8 @@ class TeacherHead(nn.Module):
 
 
 class ForegroundHead(nn.Module):
-    """Class-agnostic object probability per affinity cell (beyond the paper, issue 8).
+    """Class-agnostic object probability per affinity cell (beyond the paper, docs/method.md,
+    section 7).
 
     A logistic regression over the L2-normalised affinity features, trained on the train split
     with pseudo labels from the CAM (confident object / background cells), so that what is
@@ -138,7 +139,8 @@ class Heads(nn.Module):
 
 
 def classifier_heads(classifier: nn.Linear, config: HeadsConfig) -> Heads:
-    """Plain-CAM heads from a backbone's own classifier (SPEC step 2, no trained heads).
+    """Plain-CAM heads from a backbone's own classifier (no trained heads; docs/method.md,
+    section 2).
 
     Both heads use the classifier: the CAM head applies it per cell of the pre-pooling grid,
     the teacher applies it to the pooled (global) feature, so ``logits == cam_logits``.

@@ -1,4 +1,4 @@
-"""ARM, the affinity refinement module of LCAR (paper eqs. 7-11; SPEC step 4).
+"""ARM, the affinity refinement module of LCAR (paper eqs. 7-11; docs/method.md, section 4).
 
 For a batch of B images, from the graph-cut eigenvector map ``E_l`` (B, h, w):
 

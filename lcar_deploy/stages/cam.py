@@ -1,4 +1,4 @@
-"""SD-CAM maps and seeds from a bundle's ``cams`` output (SPEC step 2, eq. 2).
+"""SD-CAM maps and seeds from a bundle's ``cams`` output (eq. 2; docs/method.md, section 2).
 
 The bundle gives ``cams`` (B, C, h, w): the CAM head applied to every grid cell, and ``logits``
 (B, C): the classifier (MLP head, or the backbone's own classifier without trained heads).
@@ -6,8 +6,8 @@ For one image:
 
 1. pick the map: the class of :func:`select_class` (the GT class for GT-known, else the
    classifier's prediction) or, with ``top_k > 1``, the softmax-weighted sum of the maps of the
-   ``top_k`` most probable classes (issue 8: useful when the classifier's classes are not the
-   dataset's, e.g. the embedded ImageNet classifier on CUB; the GT class is then not used);
+   ``top_k`` most probable classes (beyond the paper: useful when the classifier's classes are
+   not the dataset's, e.g. the embedded ImageNet classifier on CUB; the GT class is then not used);
 2. upsample the (h, w) map to ``size`` x ``size`` (cubic as wsolevaluation's ``cv2.resize``, or
    bilinear), then min-max normalise it to [0, 1] (wsolevaluation's order: resize, normalise);
 3. seed ``M_seed = M > beta`` (eq. 2).
@@ -33,10 +33,11 @@ class CamConfig:
 
     beta: seed threshold on the min-max normalised map, eq. 2 (paper 0.6).
     size: side of the output map in pixels (evaluation at 224).
-    interpolation: ``cubic`` (wsolevaluation, the SPEC's baseline numbers) or ``bilinear``
+    interpolation: ``cubic`` (as wsolevaluation's ``cv2.resize`` for CAMs) or ``bilinear``
         (half-pixel centres, as ``cv2.INTER_LINEAR`` and torch's ``align_corners=False``).
-    top_k: 1 = the map of one class; k > 1 = softmax-weighted top-k classes (issue 8), with
-        the softmax of the logits restricted to the k classes and renormalised to sum 1.
+    top_k: 1 = the map of one class; k > 1 = softmax-weighted top-k classes (beyond the
+        paper, docs/method.md, section 2), with the softmax of the logits restricted to the
+        k classes and renormalised to sum 1.
     """
 
     beta: float = 0.6

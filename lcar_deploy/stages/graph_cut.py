@@ -1,4 +1,4 @@
-"""TokenCut normalized cut on the affinity features (SPEC step 3): the eigenvector map ``E_l``.
+"""TokenCut normalized cut on the affinity features: the eigenvector map ``E_l``.
 
 For one image with affinity features f (h, w, D), N = h * w nodes:
 
@@ -9,7 +9,8 @@ For one image with affinity features f (h, w, D), N = h * w nodes:
    (``scipy.linalg.eigh(D - A, D, subset_by_index=[1, 1])``) or ``normalized``
    (``D^-1/2 u``, u the eigenvector of the symmetric normalised Laplacian
    ``I - D^-1/2 A D^-1/2``, the default: faster, see :class:`GraphCutConfig`); both are
-   D-normalised (``x^T D x = 1``) and agree up to sign.
+   D-normalised (``x^T D x = 1``) and agree up to sign. Settings and reasons: docs/method.md,
+   section 3.
 
 Sign: an eigenvector's sign is arbitrary. :func:`second_eigenvector` fixes it with TokenCut's
 rule: the node of largest ``|x|`` (the seed) lies in the part above the mean (``x > mean(x)``),
@@ -42,9 +43,9 @@ class GraphCutConfig:
     tau: edge threshold of the binary graph (0.2; TokenCut's WSOL evaluation used 0.05).
     eps: weight of the non-edges (1e-5).
     solver: ``normalized`` (``D^-1/2 u``, default) or ``eigh`` (the generalised problem as
-        TokenCut writes it): the same vector, but for a 20 x 20 grid ``normalized`` takes
-        ~8 ms whatever the load, ``eigh`` (LAPACK ``gvx``) 10 ms on one idle core and
-        120-700 ms with multi-threaded OpenBLAS on a busy 2-core machine.
+        TokenCut writes it, LAPACK ``gvx``): the same vector; ``normalized`` is faster and,
+        unlike multi-threaded ``eigh``, does not slow down on a loaded machine (timings:
+        docs/accuracy.md, "Speed and memory").
     """
 
     tau: float = 0.2
@@ -105,7 +106,7 @@ def cut_eigenvector(affinity: np.ndarray, solver: str = "normalized") -> np.ndar
         return vectors[:, 0]
     inv_sqrt = 1.0 / np.sqrt(degree)
     laplacian = np.eye(len(degree)) - inv_sqrt[:, None] * affinity * inv_sqrt[None, :]
-    # LAPACK's MRRR driver (evr) is 3-4x faster than the default for one eigenpair here.
+    # LAPACK's MRRR driver (evr): faster than the default driver for one eigenpair here.
     _, vectors = linalg.eigh(laplacian, subset_by_index=[1, 1], driver="evr")
     return inv_sqrt * vectors[:, 0]
 
@@ -123,8 +124,8 @@ def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = Non
     """
     config = config or GraphCutConfig()
     h, w = np.shape(features)[:2]
-    # One BLAS thread: on a few hundred nodes, threads only add contention (measured 4-9 ms
-    # with one thread vs 50-1300 ms with two on a busy 2-core machine).
+    # One BLAS thread: on a few hundred nodes, threads only add contention (timings:
+    # docs/accuracy.md, "Speed and memory").
     with threadpool_limits(1):
         graph = affinity_graph(features, config.tau, config.eps)
         return orient(cut_eigenvector(graph, config.solver)).reshape(h, w)

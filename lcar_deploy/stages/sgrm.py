@@ -1,4 +1,4 @@
-"""SGRM: the self-guided re-prediction module (paper eqs. 12-16, SPEC step 5).
+"""SGRM: the self-guided re-prediction module (paper eqs. 12-16; docs/method.md, section 5).
 
 For each image a fresh, small convolutional *Aggregation Net* is trained from scratch on that
 image alone. Its input is the image's RGB in [0, 1] and the refined map (the ARM output) in
@@ -16,25 +16,21 @@ the reliable pixels of ``y_cls`` disagree with the net's argmax, or after 200 st
 mask is that argmax, by default voted inside the superpixels (``y_pred``); the box is the
 bounding box of its largest 8-connected component (or of all foreground pixels).
 
-Defaults that depart from the paper (its values are :data:`PAPER_CUB`). On 351 CUB test images
-with ARM-refined maps (a learned foreground map refined by ARM), GT-known@50 / GT@70 of the box:
-paper settings 36.5 / 16.2 (the mask bloats to 59% of the image); these defaults 74.6 / 44.7
-(init seed 1: 74.9 / 44.2; raw argmax 73.8 / 43.3); the refined map itself at its best threshold
-(a sweep chosen on the test set) 78.1 / 41.9, at a fixed 0.69 77.5 / 39.0. So on such maps SGRM
-trades a few points of GT-known@50 for better-fitting boxes (more at GT@70 and GT@90); it does
-not beat the map's own best threshold on both. The changes:
+Defaults that depart from the paper (its values are :data:`PAPER_CUB`): with the paper's
+settings the mask bloats far beyond the object on ARM-refined maps of real CUB images. Why each
+default is what it is: docs/method.md, section 5; the measurements: docs/accuracy.md. The
+changes:
 
 - ``gamma_l1 = gamma_l2 = 0.6``, ``gamma_h1 = gamma_h2 = 0.75`` (paper 0.1 / 0.6 / 0.1 / 0.4):
   the net puts its boundary inside the ignored band between the thresholds, so the band must
-  be narrow and around the map's own best threshold (0.65-0.7 on ARM maps; their maximum is
-  always 1, so thresholds relative to it would change nothing). Wider bands (0.4 / 0.8) or a
-  lower one (0.55 / 0.8) gave bigger masks and lower GT-known@50; 0.65 / 0.75 often ran to
-  ``max_steps``.
+  be narrow and around the refined map's own best threshold (its maximum is always 1, so
+  thresholds relative to it would change nothing). Wider or lower bands give bigger masks; a
+  narrower one often runs to ``max_steps``.
 - ``w2 = 2`` (paper 0.1, so ``w1 / w2 = 20``): the object term then dominates, a fresh net first
   predicts the object nearly everywhere and needs many steps to clear the background; with
-  ``w1 = w2`` the masks are as good and training takes 5 times fewer steps (16 vs 87).
-- ``stop_error = 0.005`` (paper 0.1): the 10% rule stops the net while up to 20% (with
-  ``"balanced"``) of the reliable background is still marked object; 0.002 gave 75.8 / 42.5.
+  ``w1 = w2`` the masks are as good in several times fewer steps.
+- ``stop_error = 0.005`` (paper 0.1): the 10% rule stops the net while a large part of the
+  reliable background is still marked object.
 - ``mask_vote = True``: the returned mask is the superpixel vote ``y_pred`` of the argmax
   (eq. 13) rather than the raw argmax, which snaps it to image edges and drops specks.
 
@@ -42,9 +38,8 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
 
 - *Aggregation Net*: hidden convolutions of ``width`` channels with kernel sizes ``kernels``,
   each followed by a ReLU, then a 1x1 convolution to 2 logits; default a 3x3 then a 1x1
-  convolution of 8 channels (a per-pixel MLP over 3x3 x 4-channel patches: on blurred coarse
-  maps of real CUB images it gave masks as good as two 3x3 layers of 16 channels, at a third of
-  the cost). Replicate padding: zero padding makes the border pixels look different, and the
+  convolution of 8 channels (a per-pixel MLP over 3x3 x 4-channel patches; why this size:
+  docs/method.md). Replicate padding: zero padding makes the border pixels look different, and the
   net then marks them as object. No normalisation layers, so every image's net is independent
   and the batched path is exact. Inputs are mapped from [0, 1] to [-1, 1]. Initialisation is
   PyTorch's default for ``nn.Conv2d`` (weights and biases uniform in +-1/sqrt(fan_in)), drawn
@@ -53,8 +48,7 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
 - *Losses*: ``L_spix`` is the mean cross-entropy over all H x W pixels (eq. 14); ``L_cls+`` /
   ``L_cls-`` are the cross-entropy over the pixels with ``y_cls`` = 1 / 0, by default averaged
   over those pixels (``cls_norm="class"``; 0 when there are none), or summed and divided by
-  H x W as in eq. 14 (``"image"``). On real CUB images with a blurred stand-in map, "class"
-  gave clearly better masks; on a synthetic shape "image" bloated less.
+  H x W as in eq. 14 (``"image"``); why ``"class"``: docs/method.md.
 - *Vote*: a superpixel is foreground when strictly more than half of its pixels are predicted
   foreground (ties go to background); the same vote gives the output mask (``mask_vote``).
 - *Stop rule*: checked on the forward pass of every step, before the update; the returned mask is
@@ -68,8 +62,8 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
 Behaviour to know: training stops at the first step where the reliable region is fitted, so the
 mask keeps the net's state at that moment. It tends to spill a few pixels into the uncertain
 band around the object, can keep small stray blobs (up to ``stop_error`` of the reliable
-background may disagree; twice that with ``"balanced"``), and depends on the init seed (mask IoU with a GrabCut mask on 28 CUB images: 0.56
-to 0.83 over three seeds).
+background may disagree; twice that with ``"balanced"``), and depends on the init seed
+(``sgrm_seed``; docs/accuracy.md gives the spread).
 
 Two implementations: :func:`sgrm_reference` (one image, ``nn.Module`` + ``torch.optim.SGD``,
 written to be read against the paper) and :func:`sgrm_batched` (the fast path: several images'
