@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ import typer
 
 from . import names
 from .errors import LcarError
+from .training.config import train_defaults
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
@@ -478,6 +478,7 @@ def evaluate(
 
 
 Augment = choices("Augment", names.AUGMENTS)
+TRAIN = train_defaults()
 
 
 @app.command(
@@ -496,8 +497,8 @@ def train(
     root: Annotated[Path, typer.Option(help="Dataset root folder.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-train"),
     backbone: Annotated[
-        Backbone, typer.Option(help="Frozen backbone.")
-    ] = Backbone.efficientnet_lite0,
+        Backbone | None, typer.Option(help=f"Frozen backbone (default {TRAIN['backbone']}).")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights file.")] = None,
     input_size: Annotated[
         int | None, typer.Option(min=32, help="Backbone input side S (default: the backbone's).")
@@ -505,17 +506,33 @@ def train(
     grid_layer: Annotated[
         str | None, typer.Option(help="Backbone layer of the CAM grid (default: head / tokens).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 40,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 64,
-    alpha: Annotated[float, typer.Option(help="alpha of eq. 6 (CE vs distillation).")] = 0.3,
-    temperature: Annotated[float, typer.Option(help="T of eq. 6.")] = 3.0,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help=f"Training epochs (default {TRAIN['epochs']}).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=f"AdamW learning rate (default {TRAIN['lr']}).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help=f"Training batch size (default {TRAIN['batch_size']})."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help=f"alpha of eq. 6, CE vs distillation (default {TRAIN['alpha']})."),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help=f"T of eq. 6 (default {TRAIN['temperature']}).")
+    ] = None,
     teacher_hidden: Annotated[
         int | None, typer.Option(help="Teacher MLP width (0 = linear; default: 0 on ilsvrc).")
     ] = None,
     augment: Annotated[
-        Augment, typer.Option(help="Cached views: none | flip | crop (paper's 256->224 crops).")
-    ] = Augment.flip,
+        Augment | None,
+        typer.Option(
+            help="Cached views: none | flip | crop (the paper's 256->224 crops) "
+            f"(default {TRAIN['augment']})."
+        ),
+    ] = None,
     foreground: Annotated[
         bool | None,
         typer.Option(
@@ -523,87 +540,66 @@ def train(
             help="Fit the foreground head (default: on for cub, off for ilsvrc).",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, views and heads.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help=f"Seed of the split, views and heads (default {TRAIN['seed']})."),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Use N images per split, spread over the split.")
     ] = None,
-    device: Annotated[str, typer.Option(help="torch device (cpu, cuda, cuda:1).")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help=f"torch device: cpu, cuda, cuda:1 (default {TRAIN['device']})."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
     ] = None,
     max_bad_share: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             max=0.99,
             help="Images that cannot be decoded are skipped and listed in OUT/metrics.json "
-            "while they are at most this share of a split; more is an error.",
+            f"while they are at most this share of a split; more is an error (default "
+            f"{TRAIN['max_bad_share']}).",
         ),
-    ] = 0.01,
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
-    from .export.exporter import check_bundle_target
-    from .training.train import TrainConfig
-    from .training.train import train as run_training
+    from .training.train import train_and_export
 
+    options = {
+        "backbone": backbone,
+        "weights": weights,
+        "input_size": input_size,
+        "grid_layer": grid_layer,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "alpha": alpha,
+        "temperature": temperature,
+        "teacher_hidden": teacher_hidden,
+        "augment": augment,
+        "foreground": foreground,
+        "seed": seed,
+        "limit": limit,
+        "device": device,
+        "threads": threads,
+        "cache_dir": cache_dir,
+        "max_bad_share": max_bad_share,
+    }
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in options.items() if v is not None}
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
     try:
-        if bundle is not None:
-            check_bundle_target(bundle, "--bundle")
-    except LcarError as exc:
-        raise fail(str(exc)) from None
-    try:
-        config = TrainConfig(
-            dataset=dataset.value,
-            root=root,
-            out=out,
-            backbone=backbone.value,
-            weights=weights,
-            input_size=input_size,
-            grid_layer=grid_layer,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            alpha=alpha,
-            temperature=temperature,
-            teacher_hidden=teacher_hidden,
-            augment=augment.value,
-            foreground=foreground,
-            seed=seed,
-            limit=limit,
-            device=device,
-            threads=threads,
-            cache_dir=cache_dir,
-            progress=not quiet,
-            max_bad_share=max_bad_share,
+        result = train_and_export(
+            dataset.value, root, out, bundle=bundle, progress=not quiet, notify=notify, **given
         )
-        result = run_training(config)
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
-    for part, skipped in result.metrics["skipped_images"].items():
-        if skipped:
-            typer.echo(
-                f"skipped {len(skipped)} {part} images that cannot be decoded, e.g. "
-                f"{skipped[0]['error']}; all are listed in {result.metrics_path}",
-                err=True,
-            )
-    top1 = result.metrics["top1"]
-    typer.echo(f"heads: {result.heads_path}; top-1 {json.dumps(top1)}", err=True)
-    if bundle is not None:
-        from .export.exporter import export_bundle
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            export_bundle(
-                bundle,
-                backbone=backbone.value,
-                weights=str(weights) if weights else None,
-                heads_path=str(result.heads_path),
-            )
-        typer.echo(f"bundle: {bundle}", err=True)
     typer.echo(str(result.heads_path))
 
 

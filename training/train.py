@@ -20,12 +20,16 @@ reported too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,139 +37,14 @@ from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
 from ..datasets import Dataset, load_dataset
-from ..models.backbones import BackboneConfig, backbone_spec, build_backbone, default_config
+from ..models.backbones import build_backbone
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
+from .config import TrainConfig
 from .features import FeatureSet, ViewSpec, cached_features
-from .foreground import ForegroundConfig, collect_pseudo_labels, fit_foreground
+from .foreground import collect_pseudo_labels, fit_foreground
 from .losses import SdLossConfig, sd_losses
 
 LOSS_KEYS = ("teacher_ce", "student_ce", "kl", "student", "total")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on.
-
-    dataset: ``cub``, ``ilsvrc`` or ``wsol`` (:mod:`lcar_deploy.datasets`); root: its folder;
-        metadata: metadata folder override; limit: images per split (evenly spread), for quick
-        runs; test_split: split evaluated after training (``None``: none; skipped when absent).
-    out: output folder.
-    backbone, weights: backbone name and weights file (``None``: the embedded weights);
-        input_size: S (``None``: the backbone's default); grid_layer: the CAM head's grid
-        (``None``: default, ``head`` for the EfficientNet-Lites); affinity_layer: recorded in the
-        heads for the graph cut (``None``: default).
-    epochs, lr, batch_size, weight_decay: AdamW with a cosine schedule over ``epochs``.
-    alpha, temperature: alpha and T of eq. 6 (paper 0.3, 3).
-    teacher_hidden: width of the teacher's MLP block; ``None``: the paper's, 0 (linear) on
-        ILSVRC, 512 otherwise.
-    seed: seeds the split, the view sampling, the crops and the heads' initialisation.
-    val_fraction: share of every class of the train split held out for validation.
-    augment, crop_views: cached views (:mod:`.features`): ``none``, ``flip`` (default) or
-        ``crop`` (the paper's 256 -> 224 random crops, ``crop_views`` of them, + flip).
-    device: torch device of the backbone and the heads (``cpu``, ``cuda``, ``cuda:1``, ...).
-    cache_dir: feature cache (``None``: ``$LCAR_DEPLOY_CACHE`` or ``~/.cache/lcar-deploy``,
-        then ``features/``).
-    feature_batch_size, workers: backbone batch size and image-decoding worker processes.
-    threads: torch CPU threads during the run (``None``: torch's default; 1 is fastest on a
-        busy machine).
-    checkpoint_every: save heads every this many epochs (0: only the final ``heads.pt``).
-    progress: show tqdm progress bars.
-    foreground: also fit the foreground head (:mod:`.foreground`) on the train split;
-        ``None``: on for ``cub`` (single objects), off for ILSVRC (several objects per image,
-        where it does worse); why: docs/method.md, section 7; the numbers: docs/accuracy.md.
-    foreground_pseudo: its pseudo labels, ``imagenet`` (embedded classifier's top-5 CAM) or
-        ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
-    max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
-        while they are at most this share of a split; more is an error.
-    """
-
-    dataset: str
-    root: str | Path
-    out: str | Path
-    metadata: str | Path | None = None
-    limit: int | None = None
-    test_split: str | None = "test"
-    backbone: str = "efficientnet_lite0"
-    weights: str | Path | None = None
-    input_size: int | None = None
-    grid_layer: str | None = None
-    affinity_layer: str | None = None
-    epochs: int = 40
-    lr: float = 1e-3
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    alpha: float = 0.3
-    temperature: float = 3.0
-    teacher_hidden: int | None = None
-    seed: int = 0
-    val_fraction: float = 0.1
-    augment: str = "flip"
-    crop_views: int = 2
-    device: str = "cpu"
-    cache_dir: str | Path | None = None
-    feature_batch_size: int = 8
-    workers: int = 0
-    threads: int | None = None
-    checkpoint_every: int = 0
-    progress: bool = True
-    foreground: bool | None = None
-    foreground_pseudo: str | None = None
-    max_bad_share: float = 0.01
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (
-                0 <= self.val_fraction < 1,
-                f"val_fraction must be in [0, 1), got {self.val_fraction}",
-            ),
-            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (
-                0 <= self.max_bad_share < 1,
-                f"max_bad_share must be in [0, 1), got {self.max_bad_share}",
-            ),
-            (
-                self.teacher_hidden is None or self.teacher_hidden >= 0,
-                "teacher_hidden must be >= 0",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        SdLossConfig(self.alpha, self.temperature)
-        ViewSpec(self.augment, self.crop_views, self.seed)
-
-    @property
-    def resolved_foreground(self) -> ForegroundConfig | None:
-        use = self.foreground if self.foreground is not None else self.dataset == "cub"
-        if not use:
-            return None
-        pseudo = self.foreground_pseudo or (
-            "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
-        )
-        return ForegroundConfig(pseudo=pseudo)
-
-    @property
-    def resolved_teacher_hidden(self) -> int:
-        if self.teacher_hidden is not None:
-            return self.teacher_hidden
-        return 0 if self.dataset == "ilsvrc" else 512
-
-    def backbone_config(self) -> BackboneConfig:
-        base = default_config(self.backbone, self.input_size)
-        return dataclasses.replace(
-            base,
-            grid_layer=self.grid_layer or base.grid_layer,
-            affinity_layer=self.affinity_layer or base.affinity_layer,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-ready copy (paths as strings)."""
-        return {
-            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
-        }
 
 
 @dataclass(frozen=True)
@@ -517,3 +396,41 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     return TrainResult(out, heads_path, metrics_path, plot_path, metrics)
+
+
+def train_and_export(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    bundle: str | Path | None = None,
+    notify: Callable[[str], None] | None = None,
+    **options: Any,
+) -> TrainResult:
+    """``lcar-deploy train``: :func:`train` with ``TrainConfig(dataset, root, out, **options)``,
+    then, with ``bundle``, a bundle of the trained heads there (the folder is checked before
+    training starts). ``notify`` is told of skipped images, the top-1 and the bundle."""
+    from ..export.exporter import check_bundle_target, export_bundle
+
+    say = notify or (lambda _: None)
+    config = TrainConfig(dataset=dataset, root=root, out=out, **options)
+    if bundle is not None:
+        check_bundle_target(Path(bundle), "--bundle")
+    result = train(config)
+    for part, skipped in result.metrics["skipped_images"].items():
+        if skipped:
+            say(
+                f"skipped {len(skipped)} {part} images that cannot be decoded, e.g. "
+                f"{skipped[0]['error']}; all are listed in {result.metrics_path}"
+            )
+    say(f"heads: {result.heads_path}; top-1 {json.dumps(result.metrics['top1'])}")
+    if bundle is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_bundle(
+                Path(bundle),
+                backbone=config.backbone,
+                weights=str(config.weights) if config.weights else None,
+                heads_path=str(result.heads_path),
+            )
+        say(f"bundle: {bundle}")
+    return result
