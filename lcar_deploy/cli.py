@@ -412,6 +412,7 @@ def evaluate(
     """Evaluate localization on CUB / ILSVRC with wsolevaluation's metrics, every method."""
     import sys
 
+    from .config import check_evaluable
     from .datasets import load_dataset
     from .evaluate import iter_outcomes, run_evaluation, write_outputs
 
@@ -421,6 +422,7 @@ def evaluate(
     try:
         data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
         localizer = make_localizer(bundle, "lcar", device, threads, arm_backend, settings, preset)
+        check_evaluable(localizer.config)
     except LcarError as exc:
         raise fail(str(exc)) from None
     loaded = localizer.bundle

@@ -19,6 +19,7 @@ import torch
 
 from .config_check import check_fields, check_range, from_table, show
 from .errors import SettingError
+from .metrics import EVAL_SIZE
 from .names import PRESETS, ArmBackend, ArmInput, Method
 from .stages.arm import AFA_DILATIONS, ArmConfig
 from .stages.cam import CamConfig
@@ -51,7 +52,7 @@ class PipelineConfig:
     """
 
     method: Method = "lcar"
-    work_size: int = 224
+    work_size: int = EVAL_SIZE
     arm_input: ArmInput = "auto"
     box_threshold: float = 0.5
     arm_backend: ArmBackend = "auto"
@@ -106,6 +107,15 @@ RUN_OPTIONS = {
 }
 """Settings that say how to run rather than what to compute: each command sets them from its
 own option, so they are neither recorded in bundles nor taken from ``--settings``."""
+
+
+def check_evaluable(config: PipelineConfig) -> None:
+    """``eval`` scores maps at the evaluation size: SettingError for another ``work_size``."""
+    if config.work_size != EVAL_SIZE:
+        raise SettingError(
+            "work_size",
+            f"eval scores maps at {EVAL_SIZE} x {EVAL_SIZE} (wsolevaluation), got {config.work_size}",
+        )
 
 
 def settings_of(config: PipelineConfig) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .metrics import EVAL_SIZE
 
 DATASETS = ("cub", "ilsvrc", "wsol")
 CUB_FILES = (
@@ -66,7 +67,7 @@ class Record:
     masks: tuple[Path, ...] = ()
 
     def scaled_boxes(
-        self, resize_size: int = 224, image_size: tuple[int, int] | None = None
+        self, resize_size: int = EVAL_SIZE, image_size: tuple[int, int] | None = None
     ) -> np.ndarray:
         """(K, 4) int64 GT boxes at ``resize_size`` x ``resize_size`` (``int(x * S / W)``).
 

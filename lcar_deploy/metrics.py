@@ -36,6 +36,9 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
+EVAL_SIZE = 224
+"""wsolevaluation's evaluation size: every map and GT box is scored at EVAL_SIZE x EVAL_SIZE."""
+
 
 def _is_real_dtype(dtype: np.dtype) -> bool:
     """Integer (not bool) or floating dtype."""
@@ -101,7 +104,7 @@ def box_iou(boxes_a: ArrayLike, boxes_b: ArrayLike) -> np.ndarray:
 def scale_boxes(
     boxes: ArrayLike,
     image_size: tuple[int, int],
-    resize_size: tuple[int, int] = (224, 224),
+    resize_size: tuple[int, int] = (EVAL_SIZE, EVAL_SIZE),
 ) -> np.ndarray:
     """Bring boxes from the original image to the resized one: ``int(x * new_w / w)`` per value.
 

@@ -309,6 +309,14 @@ def test_eval_refuses_bad_settings_before_reading(small_bundle: Path, tmp_path: 
     assert code == cli.EXIT_ERROR, stderr
     assert "error: setting sgrm.max_steps: must be an integer >= 1, got -3" in stderr
     assert not out.exists()
+    # localize may work at another size; eval scores at wsolevaluation's 224 only
+    code, stderr = invoke(
+        "eval", "--dataset", "ilsvrc", "--root", root, "--bundle", small_bundle, "--out", out,
+        "--methods", "cam", "--settings", '{"work_size": 256}', *FAST,
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR, stderr
+    assert "error: setting work_size: eval scores maps at 224 x 224" in stderr
+    assert not out.exists()
 
 
 @pytest.fixture

@@ -192,6 +192,7 @@ PAPER_CUB = SgrmConfig(
     gamma_h2=0.4,
     w2=0.1,
     stop_error=0.1,
+    stop_rule="pooled",
     mask_vote=False,
 )
 """The paper's CUB settings where the defaults depart from them (see the module docstring)."""
