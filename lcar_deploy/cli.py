@@ -163,27 +163,45 @@ def notify(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def make_localizer(
+def make_spec(
     bundle: Path | None,
     method: str,
     device: Device,
-    threads: int | None,
     arm_backend: ArmBackend,
     settings: str | None,
     preset: Preset | None,
 ):
-    from .pipeline import Localizer
+    """The bundle and the checked settings of a run; no onnxruntime session is built yet."""
+    from .engines import LocalizerSpec
 
-    return Localizer.from_bundle(
+    return LocalizerSpec.from_bundle(
         bundle,
         method=method,
         preset=None if preset is None else preset.value,
         settings=settings,
         device=device.value,
-        threads=threads,
         arm_backend=arm_backend.value,
         notify=notify,
     )
+
+
+ENGINE_HELP = (
+    "local (this process), process (--workers processes on this machine) or ray (--workers "
+    "Ray actors, on CPU)."
+)
+WORKERS_HELP = "Worker processes or Ray actors; more than 1 with --engine local means process."
+THREADS_HELP = "CPU threads in all, split over the workers (default: all cores; ray: 1 per actor)."
+
+
+def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Device]:
+    """The engine that runs (:func:`lcar_deploy.engines.resolve_engine`) and its device: Ray
+    actors run on CPU, so ``--device cuda`` is refused there."""
+    from .engines import resolve_engine
+
+    run_on = resolve_engine(engine.value, workers)
+    if run_on == "ray" and device == Device.cuda:
+        raise fail("--engine ray runs on CPU actors; leave out --device cuda")
+    return run_on, Device.cpu if run_on == "ray" else device
 
 
 @app.command(
@@ -212,9 +230,7 @@ def localize(
     ] = Method.lcar,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads (default: all cores).")
-    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     save_masks: Annotated[bool, typer.Option(help="Write OUT/masks/*.png.")] = False,
     overlays: Annotated[bool, typer.Option(help="Write OUT/overlays/*.jpg (box + mask).")] = False,
     class_id: Annotated[
@@ -237,10 +253,8 @@ def localize(
             "the files lcar-deploy wrote), e.g. to rerun with another --method."
         ),
     ] = False,
-    engine: Annotated[
-        Engine, typer.Option(help="local, or ray (Ray Data over actors, CPU, 1 thread each).")
-    ] = Engine.local,
-    workers: Annotated[int, typer.Option(min=1, help="Ray actors (engine ray).")] = 1,
+    engine: Annotated[Engine, typer.Option(help=ENGINE_HELP)] = Engine.local,
+    workers: Annotated[int, typer.Option(min=1, help=WORKERS_HELP)] = 1,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address HOST:PORT (engine ray).")
     ] = None,
@@ -253,7 +267,6 @@ def localize(
     from .image_io import IMAGE_EXTENSIONS, image_extensions
     from .localize import (
         LocalizeOptions,
-        OutputError,
         RunInterrupted,
         find_images,
         localize_folder,
@@ -270,16 +283,13 @@ def localize(
             f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)} and {others} "
             "more extensions that Pillow reads)"
         )
-    if engine == Engine.ray and device == Device.cuda:
-        raise fail("--engine ray runs on CPU actors; leave out --device cuda")
-    if engine == Engine.ray:
-        device = Device.cpu
+    run_on, device = run_engine(engine, workers, device)
     try:
-        localizer = make_localizer(
-            bundle, method.value, device, threads, arm_backend, settings, preset
-        )
+        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset)
         if class_id is not None:
-            localizer.bundle.class_index(class_id)
+            spec.bundle.class_index(class_id)
+        # The local session is built now: its errors come before the output folder is touched.
+        localizer = spec.build(threads) if run_on == "local" else spec
     except LcarError as exc:
         raise fail(str(exc)) from None
     options = LocalizeOptions(
@@ -301,24 +311,18 @@ def localize(
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
     try:
-        if engine == Engine.ray:
-            from .distributed import ray_localize_folder
-
-            try:
-                summary = ray_localize_folder(
-                    localizer,
-                    img_dir,
-                    out,
-                    options,
-                    progress=not quiet,
-                    workers=workers,
-                    address=address,
-                )
-            except (LcarError, ConnectionError) as exc:
-                raise fail(str(exc)) from None
-        else:
-            summary = localize_folder(localizer, img_dir, out, options, progress=not quiet)
-    except OutputError as exc:
+        summary = localize_folder(
+            localizer,
+            img_dir,
+            out,
+            options,
+            progress=not quiet,
+            engine=run_on,
+            workers=workers,
+            threads=threads,
+            address=address,
+        )
+    except (LcarError, ConnectionError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt as exc:
         if isinstance(exc, RunInterrupted):
@@ -396,14 +400,12 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-eval"),
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads in all.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help=WORKERS_HELP)] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
-    engine: Annotated[
-        Engine, typer.Option(help="local, or ray (Ray Data over actors).")
-    ] = Engine.local,
+    engine: Annotated[Engine, typer.Option(help=ENGINE_HELP)] = Engine.local,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address HOST:PORT (engine ray).")
     ] = None,
@@ -419,36 +421,32 @@ def evaluate(
     chosen = parse_methods(methods)
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
+    run_on, device = run_engine(engine, workers, device)
     try:
         data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
-        localizer = make_localizer(bundle, "lcar", device, threads, arm_backend, settings, preset)
-        check_evaluable(localizer.config)
+        spec = make_spec(bundle, "lcar", device, arm_backend, settings, preset)
+        check_evaluable(spec.config)
+        outcomes = iter_outcomes(
+            spec.bundle,
+            spec.config,
+            data,
+            chosen,
+            batch_size=batch_size,
+            engine=run_on,
+            workers=workers,
+            device=device.value,
+            threads=threads,
+            address=address,
+        )
     except LcarError as exc:
         raise fail(str(exc)) from None
-    loaded = localizer.bundle
+    loaded = spec.bundle
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(
             f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
         ) from None
-    if engine == Engine.ray:
-        from .distributed import ray_outcomes
-
-        outcomes = ray_outcomes(
-            loaded, localizer.config, data, chosen, batch_size, workers, address
-        )
-    else:
-        outcomes = iter_outcomes(
-            loaded,
-            localizer.config,
-            data,
-            chosen,
-            batch_size=batch_size,
-            workers=workers,
-            device=device.value,
-            threads=threads,
-        )
     try:
         result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
     except (LcarError, ConnectionError) as exc:
@@ -464,8 +462,8 @@ def evaluate(
         "bundle": str(loaded.path),
         "backbone": loaded.backbone,
         "input_size": loaded.input_size,
-        "providers": localizer.providers,
-        "settings": dataclasses.asdict(localizer.config),
+        "providers": outcomes.providers,
+        "settings": dataclasses.asdict(spec.config),
     }
     title = f"lcar-deploy eval: {data.kind} {data.split} ({loaded.backbone}, S={loaded.input_size})"
     write_outputs(result, data, out, title, info)

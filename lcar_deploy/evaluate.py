@@ -17,7 +17,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +25,10 @@ import numpy as np
 from .bundle import Bundle
 from .config import PipelineConfig
 from .datasets import Dataset, Record
+from .engines import LocalizerSpec, Mapped, map_batches
 from .image_io import ImageError, load_image
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
-from .names import METHODS, STAGES
+from .names import METHODS, STAGES, Engine
 from .pipeline import Localizer
 
 DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
@@ -115,18 +115,17 @@ def _localize_good(
             outcome.cls_correct = first.predicted_class_id == record.class_id
 
 
-_WORKER: dict[str, object] = {}
+@dataclass(frozen=True)
+class EvalTask:
+    """``eval``'s work on one batch, for :func:`lcar_deploy.engines.map_batches`: records ->
+    their outcomes (:func:`evaluate_batch`)."""
 
+    spec: LocalizerSpec
+    methods: tuple[str, ...]
+    gt_class: bool
 
-def _init_worker(bundle_path: str, config: PipelineConfig, threads: int, gt_class: bool) -> None:
-    _WORKER["localizer"] = Localizer(
-        Bundle.load(bundle_path), config, device="cpu", threads=threads
-    )
-    _WORKER["gt_class"] = gt_class
-
-
-def _worker_batch(records: list[Record], methods: tuple[str, ...]) -> list[ImageOutcome]:
-    return evaluate_batch(_WORKER["localizer"], records, methods, _WORKER["gt_class"])
+    def __call__(self, localizer: Localizer, records: Sequence[Record]) -> list[ImageOutcome]:
+        return evaluate_batch(localizer, records, self.methods, self.gt_class)
 
 
 def iter_outcomes(
@@ -136,29 +135,24 @@ def iter_outcomes(
     methods: tuple[str, ...],
     *,
     batch_size: int = 8,
+    engine: Engine = "local",
     workers: int = 1,
     device: str = "auto",
     threads: int | None = None,
-) -> Iterator[ImageOutcome]:
-    """Outcomes in dataset order, from this process or from ``workers`` processes."""
-    gt_class = uses_gt_class(bundle, dataset)
-    batches = [dataset.records[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
-    if workers <= 1:
-        localizer = Localizer(bundle, config, device=device, threads=threads)
-        for batch in batches:
-            yield from evaluate_batch(localizer, batch, methods, gt_class)
-        return
-    per_worker = max(1, (threads or os.cpu_count() or 1) // workers)
-    import multiprocessing
-
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(str(bundle.path), config, per_worker, gt_class),
-    ) as pool:
-        for outcomes in pool.map(_worker_batch, batches, [methods] * len(batches)):
-            yield from outcomes
+    address: str | None = None,
+) -> Mapped[ImageOutcome]:
+    """Outcomes in dataset order, ``batch_size`` records a batch, computed by ``engine``
+    (:func:`lcar_deploy.engines.map_batches`: ``workers``, ``threads`` in all, ``address``);
+    ``.providers`` says what the workers ran on."""
+    task = EvalTask(
+        LocalizerSpec(bundle, config, device), tuple(methods), uses_gt_class(bundle, dataset)
+    )
+    records = dataset.records
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    mapped = map_batches(
+        task, batches, engine=engine, workers=workers, threads=threads, address=address
+    )
+    return mapped.items()
 
 
 @dataclass

@@ -41,15 +41,18 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .config import PipelineConfig
+from .engines import LocalizerSpec, Mapped, map_batches
 from .errors import OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
+from .names import Engine
 from .pipeline import Localization, Localizer, box_to_original
 
 PREDICTIONS = "predictions.jsonl"
@@ -576,8 +579,6 @@ def _save_files(
 
 ImageResult = tuple[str, LoadedImage | None, Localization | None, str | None]
 """(relative path, decoded image, result, error): one per image; ``error`` set on failure."""
-ResultSource = Callable[[list[tuple[Path, str]]], Generator[ImageResult, None, None]]
-"""Maps the (path, relative path) pairs to do to their results (e.g. the Ray engine's)."""
 
 
 def _stopped(exc: OSError, fallback: Path, predictions: Path, progress: str = "") -> str:
@@ -595,25 +596,30 @@ def _stopped(exc: OSError, fallback: Path, predictions: Path, progress: str = ""
 
 
 def localize_folder(
-    localizer: Localizer,
+    localizer: Localizer | LocalizerSpec,
     root: Path,
     out: Path,
     options: LocalizeOptions,
     progress: bool = True,
     *,
-    results: ResultSource | None = None,
+    engine: Engine = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    address: str | None = None,
 ) -> RunSummary:
     """Localize every image under ``root`` into ``out``; returns the run's summary.
 
-    ``results``: where the per-image results come from (default: ``localizer`` in this
-    process, batch by batch, :func:`localize_batch`); this function writes every output.
+    ``localizer``: a built Localizer (the ``local`` engine runs it) or a spec (each engine
+    builds its own). ``engine``, ``workers``, ``threads`` (in all), ``address``: where the
+    images are localized (:func:`localize_results`); this function writes every output.
     Raises :class:`OutputError` when ``out`` cannot be used or written (nothing half-written
     is left), :class:`RunInterrupted` on Ctrl-C.
     """
+    spec = localizer if isinstance(localizer, LocalizerSpec) else LocalizerSpec.of(localizer)
     with output_lock(out):
         if options.force:
             clear_output(out)
-        check_run(out, run_identity(localizer, options.class_id))
+        check_run(out, run_identity(spec, options.class_id))
         try:
             prepare_output(out, options)
         except OSError as exc:
@@ -625,7 +631,7 @@ def localize_folder(
             done = read_done(predictions, options.retry_errors)
         except OSError as exc:
             raise OutputError(_stopped(exc, predictions, predictions)) from None
-        summary = RunSummary(providers=localizer.providers)
+        summary = RunSummary()
         todo: list[tuple[Path, str]] = []
         try:
             for path, is_image in iter_files(root, exclude=out):
@@ -641,7 +647,16 @@ def localize_folder(
                     todo.append((path, rel))
                     if options.limit is not None and len(todo) >= options.limit:
                         break
-            _run(localizer, out, options, todo, summary, progress, results)
+            results = localize_results(
+                localizer,
+                todo,
+                options,
+                engine=engine,
+                workers=workers,
+                threads=threads,
+                address=address,
+            )
+            _run(spec.config, out, options, todo, summary, progress, results)
         except RunInterrupted:
             raise
         except KeyboardInterrupt as exc:
@@ -650,15 +665,15 @@ def localize_folder(
 
 
 def _run(
-    localizer: Localizer,
+    config: PipelineConfig,
     out: Path,
     options: LocalizeOptions,
     todo: list[tuple[Path, str]],
     summary: RunSummary,
     progress: bool,
-    results: ResultSource | None,
+    results: Mapped[ImageResult],
 ) -> None:
-    """Localize ``todo`` and write every output, counting into ``summary``."""
+    """Write the outputs of ``results`` (those of ``todo``), counting into ``summary``."""
     from tqdm import tqdm
 
     predictions = out / PREDICTIONS
@@ -670,9 +685,8 @@ def _run(
     bar = tqdm(
         total=len(todo), unit="img", disable=not progress, desc="localize", dynamic_ncols=True
     )
-    work = localizer.config.work_size
-    method = localizer.config.method
-    source = results(todo) if results is not None else local_results(localizer, todo, options)
+    work = config.work_size
+    method = config.method
     finished = False
 
     def stopped(exc: OSError, fallback: Path) -> OutputError:
@@ -681,7 +695,7 @@ def _run(
         return OutputError(_stopped(exc, fallback, predictions, progress))
 
     try:
-        for rel, image, result, error in source:
+        for rel, image, result, error in results:
             written: list[Path] = []
             try:
                 if error is None:
@@ -715,9 +729,10 @@ def _run(
     except KeyboardInterrupt as exc:
         raise RunInterrupted(writer.lines, len(todo), predictions) from exc
     finally:
-        source.close()
+        results.close()
         bar.close()
         summary.seconds = time.perf_counter() - start
+        summary.providers = list(results.providers)
         try:
             writer.close()
         except OSError as exc:
@@ -739,12 +754,64 @@ def _remove(paths: list[Path]) -> None:
     paths.clear()
 
 
-def local_results(
-    localizer: Localizer, todo: list[tuple[Path, str]], options: LocalizeOptions
-) -> Generator[ImageResult, None, None]:
-    """Results of ``todo`` in this process, ``options.batch_size`` images at a time."""
-    for i in range(0, len(todo), options.batch_size):
-        yield from localize_batch(localizer, todo[i : i + options.batch_size], options.class_id)
+@dataclass(frozen=True)
+class LocalizeTask:
+    """``localize``'s work on one batch, for :func:`lcar_deploy.engines.map_batches`: (path,
+    relative path) pairs -> their :data:`ImageResult`, with only what the outputs need (the
+    decoded pixels for overlays, the mask for masks and overlays; never the score map), so
+    that little travels back from a worker."""
+
+    spec: LocalizerSpec
+    class_id: int | None
+    masks: bool
+    pixels: bool
+
+    def __call__(
+        self, localizer: Localizer, batch: Sequence[tuple[Path, str]]
+    ) -> list[ImageResult]:
+        return [self._needed(*item) for item in localize_batch(localizer, batch, self.class_id)]
+
+    def _needed(
+        self, rel: str, image: LoadedImage | None, result: Localization | None, error: str | None
+    ) -> ImageResult:
+        if image is not None and not self.pixels:
+            image = LoadedImage(np.zeros((0, 0, 3), np.uint8), image.original_size)
+        if result is not None:
+            mask = result.mask if self.masks else np.zeros((0, 0), bool)
+            result = dataclasses.replace(result, map=np.zeros((0, 0), np.float32), mask=mask)
+        return rel, image, result, error
+
+
+def localize_results(
+    localizer: Localizer | LocalizerSpec,
+    todo: list[tuple[Path, str]],
+    options: LocalizeOptions,
+    *,
+    engine: Engine = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    address: str | None = None,
+) -> Mapped[ImageResult]:
+    """The results of ``todo`` in order, ``options.batch_size`` images a batch, computed by
+    ``engine`` (:func:`lcar_deploy.engines.map_batches`); ``localizer``: as
+    :func:`localize_folder` takes it."""
+    built = localizer if isinstance(localizer, Localizer) else None
+    spec = LocalizerSpec.of(built) if built is not None else localizer
+    task = LocalizeTask(
+        spec, options.class_id, options.save_masks or options.overlays, options.overlays
+    )
+    size = options.batch_size
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    mapped = map_batches(
+        task,
+        batches,
+        engine=engine,
+        workers=workers,
+        threads=threads,
+        address=address,
+        localizer=built,
+    )
+    return mapped.items()
 
 
 def localize_batch(

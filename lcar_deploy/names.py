@@ -37,8 +37,10 @@ DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
 Augment = Literal["none", "flip", "crop"]
 AUGMENTS: tuple[str, ...] = get_args(Augment)
 
-Engine = Literal["local", "ray"]
+Engine = Literal["local", "process", "ray"]
 ENGINES: tuple[str, ...] = get_args(Engine)
+"""Where the images are localized: this process, worker processes, Ray actors
+(:mod:`lcar_deploy.engines`)."""
 
 Preset = Literal["default", "classifier", "paper"]
 PRESETS: tuple[str, ...] = get_args(Preset)
