@@ -4,9 +4,12 @@
 
 #include <math.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__CUDACC__)
@@ -30,49 +33,68 @@ struct NeighbourTable {
   double pos[kMaxNeighbours] = {};  // w_p * softmax_N(kappa_pos)[k]
 };
 
-// Settings of one ARM run (see lcar_deploy.arm.ArmConfig for their meaning).
+// Settings of one ARM run. The defaults and their meaning live in one place only, the Python
+// lcar_deploy.stages.arm.ArmConfig (its native_params() builds this struct); here every field is
+// set by the caller: there is no default constructor. Bound to Python once, with a validating
+// keyword-only constructor and read-only fields (arm_bindings.cpp).
 struct ArmParams {
-  std::vector<int> dilations{1};
-  double eta = 0.1;
-  int iterations = 50;
-  double w_p = 0.01;
-  double w_rgb = 0.3;
-  double w_pos = 0.3;
-  double sigma_eps = 1e-8;
+  std::vector<int> dilations;  // neighbour set N: 8 neighbours per dilation, |N| = 8 * size
+  double eta;                  // eq. 9 update rate
+  int iterations;              // eq. 9 updates
+  double w_p;                  // eq. 8 position term factor
+  double w_rgb;                // eq. 7 colour kernel scale
+  double w_pos;                // eq. 7 position kernel scale
+  double sigma_eps;            // added to the standard deviations of eq. 7
+
+  ArmParams(std::vector<int> dilations_, double eta_, int iterations_, double w_p_,
+            double w_rgb_, double w_pos_, double sigma_eps_)
+      : dilations(std::move(dilations_)),
+        eta(eta_),
+        iterations(iterations_),
+        w_p(w_p_),
+        w_rgb(w_rgb_),
+        w_pos(w_pos_),
+        sigma_eps(sigma_eps_) {}
 };
 
-inline void validate_params(const ArmParams& p);
-
-// Parameters from the Python keyword arguments, validated.
-inline ArmParams make_params(const std::vector<int>& dilations, double eta, int iterations,
-                             double w_p, double w_rgb, double w_pos, double sigma_eps) {
-  ArmParams p;
-  p.dilations = dilations;
-  p.eta = eta;
-  p.iterations = iterations;
-  p.w_p = w_p;
-  p.w_rgb = w_rgb;
-  p.w_pos = w_pos;
-  p.sigma_eps = sigma_eps;
-  validate_params(p);
-  return p;
+namespace detail {
+template <typename T>
+std::string got(const T& v) {
+  std::ostringstream os;
+  os << ", got " << v;
+  return os.str();
 }
+}  // namespace detail
 
-inline void validate_params(const ArmParams& p) {
+// The one check of the settings (std::invalid_argument, ValueError in Python): run by the bound
+// constructor and by make_neighbour_table, which every kernel entry point builds first.
+inline void check_params(const ArmParams& p) {
+  using detail::got;
   if (p.dilations.empty()) throw std::invalid_argument("dilations must not be empty");
-  if (static_cast<int>(p.dilations.size()) > kMaxDilations) {
-    throw std::invalid_argument("at most " + std::to_string(kMaxDilations) + " dilations");
+  if (p.dilations.size() > static_cast<size_t>(kMaxDilations)) {
+    throw std::invalid_argument("at most " + std::to_string(kMaxDilations) + " dilations" +
+                                got(p.dilations.size()));
   }
   for (int d : p.dilations) {
-    if (d < 1) throw std::invalid_argument("dilations must be >= 1, got " + std::to_string(d));
+    if (d < 1) throw std::invalid_argument("dilations must be >= 1" + got(d));
   }
-  if (!(p.eta >= 0.0 && p.eta <= 1.0)) throw std::invalid_argument("eta must be in [0, 1]");
-  if (p.iterations < 0) throw std::invalid_argument("iterations must be >= 0");
-  if (!(p.w_p >= 0.0 && isfinite(p.w_p))) throw std::invalid_argument("w_p must be >= 0");
-  if (!(p.w_rgb > 0.0 && isfinite(p.w_rgb))) throw std::invalid_argument("w_rgb must be > 0");
-  if (!(p.w_pos > 0.0 && isfinite(p.w_pos))) throw std::invalid_argument("w_pos must be > 0");
+  if (!(p.eta >= 0.0 && p.eta <= 1.0)) {
+    throw std::invalid_argument("eta must be in [0, 1]" + got(p.eta));
+  }
+  if (p.iterations < 0) {
+    throw std::invalid_argument("iterations must be >= 0" + got(p.iterations));
+  }
+  if (!(p.w_p >= 0.0 && isfinite(p.w_p))) {
+    throw std::invalid_argument("w_p must be >= 0" + got(p.w_p));
+  }
+  if (!(p.w_rgb > 0.0 && isfinite(p.w_rgb))) {
+    throw std::invalid_argument("w_rgb must be > 0" + got(p.w_rgb));
+  }
+  if (!(p.w_pos > 0.0 && isfinite(p.w_pos))) {
+    throw std::invalid_argument("w_pos must be > 0" + got(p.w_pos));
+  }
   if (!(p.sigma_eps >= 0.0 && isfinite(p.sigma_eps))) {
-    throw std::invalid_argument("sigma_eps must be >= 0");
+    throw std::invalid_argument("sigma_eps must be >= 0" + got(p.sigma_eps));
   }
 }
 
@@ -81,7 +103,7 @@ inline void validate_params(const ArmParams& p) {
 // Position term: kappa_pos = -(dist / (w_pos * (sigma_pos + eps)))^2 with dist = |offset|
 // (d or sqrt(2) d) and sigma_pos the unbiased standard deviation of the |N| distances.
 inline NeighbourTable make_neighbour_table(const ArmParams& p) {
-  validate_params(p);
+  check_params(p);
   static constexpr int kUnitDy[kNeighboursPerDilation] = {-1, -1, -1, 0, 0, 1, 1, 1};
   static constexpr int kUnitDx[kNeighboursPerDilation] = {-1, 0, 1, -1, 1, -1, 0, 1};
   NeighbourTable t;

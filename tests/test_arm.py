@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def test_cpp_neighbour_table_matches() -> None:
 
     for dilations in [(1,), AFA_DILATIONS]:
         cfg = ArmConfig(dilations=dilations)
-        offsets, pos = _arm_cpu.neighbour_table(list(dilations))
+        offsets, pos = _arm_cpu.neighbour_table(cfg.native_params(_arm_cpu))
         assert [tuple(o) for o in offsets.tolist()] == arm.neighbour_offsets(dilations)
         np.testing.assert_allclose(pos, arm.position_term(cfg).numpy(), rtol=1e-12, atol=1e-300)
 
@@ -246,7 +247,8 @@ def test_cpp_propagation_matches_reference() -> None:
     cfg = ArmConfig(dilations=AFA_DILATIONS, iterations=9, eta=0.2)
     aff = arm.affinities_reference(torch.from_numpy(images), cfg)
     ref = arm.propagate_reference(torch.from_numpy(e_h), aff, cfg).numpy()
-    out = _arm_cpu.propagate(e_h, aff.float().numpy(), list(cfg.dilations), eta=0.2, iterations=9)
+    params = cfg.native_params(_arm_cpu)
+    out = _arm_cpu.propagate(e_h, aff.float().numpy(), params, num_threads=0)
     assert np.abs(out - ref).max() <= 1e-6
 
 
@@ -568,29 +570,164 @@ def test_refine_rejects_non_numeric_and_bad_arguments() -> None:
 def test_cpp_bindings_validate_their_input() -> None:
     from lcar_deploy import _arm_cpu
 
+    p = ArmConfig().native_params(_arm_cpu)
     images = np.zeros((1, 3, 4, 4), dtype=np.float32)
     e_h = np.zeros((1, 4, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
-        _arm_cpu.refine(e_h, np.zeros((1, 2, 4, 4), np.float32), [1])
+        _arm_cpu.refine(e_h, np.zeros((1, 2, 4, 4), np.float32), p, 0)
     with pytest.raises(ValueError, match="e_h must be"):
-        _arm_cpu.refine(np.zeros((1, 4, 5), np.float32), images, [1])
+        _arm_cpu.refine(np.zeros((1, 4, 5), np.float32), images, p, 0)
     with pytest.raises(ValueError, match="images must be"):
-        _arm_cpu.affinities(np.zeros((3, 4, 4), np.float32), [1])
+        _arm_cpu.affinities(np.zeros((3, 4, 4), np.float32), p, 0)
     with pytest.raises(ValueError, match="empty"):
-        _arm_cpu.affinities(np.zeros((1, 3, 0, 4), np.float32), [1])
+        _arm_cpu.affinities(np.zeros((1, 3, 0, 4), np.float32), p, 0)
     with pytest.raises(ValueError, match="NaN"):
-        _arm_cpu.refine(np.full((1, 4, 4), np.nan, np.float32), images, [1])
+        _arm_cpu.refine(np.full((1, 4, 4), np.nan, np.float32), images, p, 0)
+    p12 = ArmConfig(dilations=(1, 2)).native_params(_arm_cpu)
     with pytest.raises(ValueError, match="aff must be"):
-        _arm_cpu.propagate(e_h, np.zeros((1, 8, 4, 4), np.float32), [1, 2])
-    with pytest.raises(ValueError, match="dilations"):
-        _arm_cpu.refine(e_h, images, [0])
-    with pytest.raises(ValueError, match="iterations"):
-        _arm_cpu.refine(e_h, images, [1], iterations=-3)
+        _arm_cpu.propagate(e_h, np.zeros((1, 8, 4, 4), np.float32), p12, 0)
     # float64 and non-contiguous arrays are converted.
     rng = np.random.default_rng(10)
     img64 = rng.random((1, 4, 4, 3)).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(
-        _arm_cpu.affinities(img64, [1]),
-        _arm_cpu.affinities(np.ascontiguousarray(img64, dtype=np.float32), [1]),
+        _arm_cpu.affinities(img64, p, 0),
+        _arm_cpu.affinities(np.ascontiguousarray(img64, dtype=np.float32), p, 0),
         atol=1e-7,
     )
+
+
+# ---------------------------------------------------------------- the native settings struct
+
+NATIVE_MODULES = [
+    pytest.param(module, id=name)
+    for name in ("_arm_cpu", "_arm_cuda")
+    if (module := arm._extension(name)[0]) is not None
+]
+NATIVE_FIELDS = ("dilations", "eta", "iterations", "w_p", "w_rgb", "w_pos", "sigma_eps")
+
+
+def _fields_of(cfg: ArmConfig) -> dict:
+    return {name: getattr(cfg, name) for name in NATIVE_FIELDS}
+
+
+@pytest.mark.parametrize("module", NATIVE_MODULES)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ArmConfig(),
+        ArmConfig(
+            eta=0.25,
+            iterations=7,
+            w_p=0.02,
+            dilations=AFA_DILATIONS,
+            w_rgb=1.0,
+            w_pos=0.5,
+            sigma_eps=1e-6,
+        ),
+    ],
+    ids=["defaults", "custom"],
+)
+def test_native_params_are_the_configs(module, cfg: ArmConfig) -> None:
+    p = cfg.native_params(module)
+    assert isinstance(p, module.ArmParams)
+    # The struct has exactly ArmConfig's fields, align_corners (torch upsampling) aside.
+    properties = {
+        n for n in dir(module.ArmParams) if isinstance(getattr(module.ArmParams, n), property)
+    }
+    assert properties - {"num_neighbours"} == set(NATIVE_FIELDS)
+    assert {f.name for f in dataclasses.fields(ArmConfig)} - {"align_corners"} == set(NATIVE_FIELDS)
+    got = {name: getattr(p, name) for name in NATIVE_FIELDS}
+    got["dilations"] = tuple(got["dilations"])
+    assert got == _fields_of(cfg)  # exactly: doubles cross the boundary unchanged
+    assert p.num_neighbours == cfg.num_neighbours
+    with pytest.raises(AttributeError):
+        p.eta = 0.5  # read-only
+    assert repr(p).startswith("ArmParams(dilations=")
+
+
+@pytest.mark.parametrize("module", NATIVE_MODULES)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"eta": 2.0}, r"eta must be in \[0, 1\], got 2"),
+        ({"eta": float("nan")}, "eta must be in"),
+        ({"iterations": -1}, "iterations must be >= 0, got -1"),
+        ({"dilations": list(range(1, 18))}, "at most 16 dilations, got 17"),
+        ({"dilations": []}, "dilations must not be empty"),
+        ({"dilations": [1, 0]}, "dilations must be >= 1, got 0"),
+        ({"w_p": -1.0}, "w_p must be >= 0"),
+        ({"w_rgb": 0.0}, "w_rgb must be > 0"),
+        ({"w_pos": float("inf")}, "w_pos must be > 0"),
+        ({"sigma_eps": -1e-8}, "sigma_eps must be >= 0"),
+    ],
+)
+def test_native_params_refuse_bad_values(module, bad: dict, message: str) -> None:
+    """The C++ constructor checks every field itself (ArmConfig is bypassed here)."""
+    with pytest.raises(ValueError, match=message):
+        module.ArmParams(**{**_fields_of(ArmConfig()), **bad})
+
+
+@pytest.mark.parametrize("module", NATIVE_MODULES)
+def test_native_params_take_every_field_by_keyword(module) -> None:
+    fields = _fields_of(ArmConfig())
+    for name in NATIVE_FIELDS:
+        with pytest.raises(TypeError):
+            module.ArmParams(**{k: v for k, v in fields.items() if k != name})
+    with pytest.raises(TypeError):
+        module.ArmParams(*fields.values())
+    with pytest.raises(TypeError):
+        module.ArmParams(**{**fields, "iterations": 2.5})
+    # An integer for a float field is fine (ArmConfig may store one).
+    assert module.ArmParams(**{**fields, "eta": 1}).eta == 1.0
+
+
+@pytest.mark.parametrize("module", NATIVE_MODULES)
+def test_native_functions_need_the_struct(module) -> None:
+    """No defaults are left in the bindings, and the loose settings are no longer accepted."""
+    for name in ("ArmParams", "neighbour_table", "affinities", "propagate", "refine"):
+        fn = getattr(module, name, None)
+        if fn is None:
+            continue
+        doc = (fn.__init__ if name == "ArmParams" else fn).__doc__
+        signatures = [line for line in doc.splitlines() if "(" in line and "->" in line]
+        assert signatures, doc
+        assert all(" = " not in line for line in signatures), signatures
+    p = ArmConfig().native_params(module)
+    if module.__name__.endswith("_arm_cpu"):
+        images = np.zeros((1, 3, 4, 4), dtype=np.float32)
+        e_h = np.zeros((1, 4, 4), dtype=np.float32)
+        with pytest.raises(TypeError):
+            module.refine(e_h, images, [1], 0)  # the old loose list
+        with pytest.raises(TypeError):
+            module.refine(e_h, images, num_threads=0)
+        with pytest.raises(TypeError):
+            module.refine(e_h, images, p)  # num_threads has no default either
+        with pytest.raises(TypeError):
+            module.affinities(images, [1], 0)
+        with pytest.raises(TypeError):
+            module.propagate(e_h, np.zeros((1, 8, 4, 4), np.float32), [1], 0)
+        with pytest.raises(TypeError):
+            module.neighbour_table([1])
+        assert module.refine(e_h, images, p, 0).shape == (1, 4, 4)
+    else:
+        # B = 0 returns before touching the GPU, so the bindings are checked without one.
+        sizes = (0, 4, 4)
+        assert module.refine(0, 0, 0, 0, 0, *sizes, p, 0, 0) is None
+        assert module.affinities(0, 0, *sizes, p, 0, 0) is None
+        with pytest.raises(TypeError):
+            module.refine(0, 0, 0, 0, 0, *sizes, [1], 0, 0)
+        with pytest.raises(TypeError):
+            module.refine(0, 0, 0, 0, 0, *sizes, p)
+        with pytest.raises(TypeError):
+            module.affinities(0, 0, *sizes, [1], 0, 0)
+
+
+@pytest.mark.skipif(len(NATIVE_MODULES) < 2, reason="needs both native modules built")
+def test_both_modules_bind_their_struct() -> None:
+    """Both modules import together: each binds ArmParams module-locally (a type registered
+    globally could be registered only once per process)."""
+    from lcar_deploy import _arm_cpu, _arm_cuda
+
+    assert _arm_cpu.ArmParams is not _arm_cuda.ArmParams
+    cfg = ArmConfig(dilations=(1, 2))
+    assert repr(cfg.native_params(_arm_cpu)) == repr(cfg.native_params(_arm_cuda))

@@ -100,6 +100,24 @@ class ArmConfig:
         """|N| = 8 len(dilations)."""
         return 8 * len(self.dilations)
 
+    def native_params(self, module: ModuleType) -> object:
+        """These settings as ``module.ArmParams``, the struct every native ARM function takes.
+
+        ``module`` is ``lcar_deploy._arm_cpu`` or ``lcar_deploy._arm_cuda`` (each has its own
+        ArmParams type). Every field is passed (the struct has no defaults; they are this
+        class's); its constructor checks them again at the C++ boundary. ``align_corners`` is
+        not native: the upsampling runs in torch.
+        """
+        return module.ArmParams(
+            dilations=self.dilations,
+            eta=self.eta,
+            iterations=self.iterations,
+            w_p=self.w_p,
+            w_rgb=self.w_rgb,
+            w_pos=self.w_pos,
+            sigma_eps=self.sigma_eps,
+        )
+
 
 def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
     """The neighbour set N as (dy, dx) offsets, |N| = 8 len(dilations), in PAR's order.
@@ -366,8 +384,7 @@ def cuda_usable() -> bool:
             1,
             1,
             1,
-            [1],
-            iterations=1,
+            ArmConfig(iterations=1).native_params(module),
             device=device.index,
             stream=torch.cuda.current_stream(device).cuda_stream,
         )
@@ -418,14 +435,9 @@ def affinities_cpp(
     images: np.ndarray, cfg: ArmConfig, num_threads: int | None = None
 ) -> np.ndarray:
     """Eqs. 7-8 with the C++ backend: images (B, 3, H, W) -> (B, |N|, H, W) float32."""
-    return _cpu_module().affinities(
-        _as_numpy(images, "images"),
-        list(cfg.dilations),
-        w_p=cfg.w_p,
-        w_rgb=cfg.w_rgb,
-        w_pos=cfg.w_pos,
-        sigma_eps=cfg.sigma_eps,
-        num_threads=num_threads or 0,
+    module = _cpu_module()
+    return module.affinities(
+        _as_numpy(images, "images"), cfg.native_params(module), num_threads=num_threads or 0
     )
 
 
@@ -443,16 +455,11 @@ def refine_cpp(
     Returns:
         (B, H, W) float32 in [0, 1], not yet oriented.
     """
-    return _cpu_module().refine(
+    module = _cpu_module()
+    return module.refine(
         _as_numpy(e_h, "e_h"),
         _as_numpy(images, "images"),
-        list(cfg.dilations),
-        eta=cfg.eta,
-        iterations=cfg.iterations,
-        w_p=cfg.w_p,
-        w_rgb=cfg.w_rgb,
-        w_pos=cfg.w_pos,
-        sigma_eps=cfg.sigma_eps,
+        cfg.native_params(module),
         num_threads=num_threads or 0,
     )
 
@@ -474,20 +481,8 @@ def affinities_cuda(images: torch.Tensor, cfg: ArmConfig) -> torch.Tensor:
     img, device, stream = _cuda_inputs(images)
     b, _, h, w = img.shape
     aff = torch.empty((b, cfg.num_neighbours, h, w), dtype=torch.float32, device=img.device)
-    module.affinities(
-        img.data_ptr(),
-        aff.data_ptr(),
-        b,
-        h,
-        w,
-        list(cfg.dilations),
-        w_p=cfg.w_p,
-        w_rgb=cfg.w_rgb,
-        w_pos=cfg.w_pos,
-        sigma_eps=cfg.sigma_eps,
-        device=device,
-        stream=stream,
-    )
+    params = cfg.native_params(module)
+    module.affinities(img.data_ptr(), aff.data_ptr(), b, h, w, params, device, stream)
     return aff
 
 
@@ -518,27 +513,11 @@ def refine_cuda(
         (min(chunk, b), cfg.num_neighbours, h, w), dtype=torch.float32, device=e.device
     )
     work = torch.empty((min(chunk, b), h, w), dtype=torch.float32, device=e.device)
+    params = cfg.native_params(module)
     for start in range(0, b, chunk):
         n = min(chunk, b - start)
-        module.refine(
-            e[start].data_ptr(),
-            img[start].data_ptr(),
-            aff.data_ptr(),
-            work.data_ptr(),
-            out[start].data_ptr(),
-            n,
-            h,
-            w,
-            list(cfg.dilations),
-            eta=cfg.eta,
-            iterations=cfg.iterations,
-            w_p=cfg.w_p,
-            w_rgb=cfg.w_rgb,
-            w_pos=cfg.w_pos,
-            sigma_eps=cfg.sigma_eps,
-            device=device,
-            stream=stream,
-        )
+        ptrs = (e[start], img[start], aff, work, out[start])
+        module.refine(*(t.data_ptr() for t in ptrs), n, h, w, params, device, stream)
     return out
 
 
