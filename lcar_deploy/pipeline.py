@@ -16,18 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from .boxes import (
+    box_to_original,
+    component_boxes,
+    mask_to_box,
+    mask_to_original,
+    threshold_boxes,
+)
 from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle
 from .config import PipelineConfig, resolve_config
 from .errors import BundleError, ImageError, SettingError
 from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
-from .metrics import scoremap_to_boxes
 from .names import METHODS, STAGES
 from .stages.arm import orient, refine
 from .stages.cam import cam_map, softmax
 from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
-from .stages.sgrm import mask_to_box, sgrm_batched
+from .stages.sgrm import sgrm_batched
 
 # Axis of each bundle output that runs along the image width (None: not spatial).
 WIDTH_AXIS = {
@@ -66,42 +71,6 @@ class Localization:
     timings_ms: dict[str, float]
     predicted_class_id: int | None = None
     sgrm_steps: int | None = None
-
-
-def component_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Inclusive boxes of every 8-connected component of a bool mask, largest first."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return []
-    sizes = np.bincount(labels.ravel())[1:]
-    slices = ndimage.find_objects(labels)
-    order = np.argsort(-sizes, kind="stable")
-    return [
-        (slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1)
-        for i in order
-    ]
-
-
-def box_to_original(
-    box: tuple[int, int, int, int], work_size: int, original_size: tuple[int, int]
-) -> list[int]:
-    """Inclusive work-pixel box -> inclusive box in the original (W, H) image's pixels."""
-    sx, sy = original_size[0] / work_size, original_size[1] / work_size
-    x0, y0, x1, y1 = box
-    return [
-        int(np.floor(x0 * sx)),
-        int(np.floor(y0 * sy)),
-        min(int(np.ceil((x1 + 1) * sx)) - 1, original_size[0] - 1),
-        min(int(np.ceil((y1 + 1) * sy)) - 1, original_size[1] - 1),
-    ]
-
-
-def mask_to_original(mask: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-    """Work-size bool mask -> (H, W) bool mask of the original (W, H) image (nearest)."""
-    from PIL import Image
-
-    image = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-    return np.asarray(image.resize(original_size, Image.NEAREST)) > 0
 
 
 @dataclass
@@ -426,15 +395,3 @@ def merge_flipped(
 def eigen_scoremaps(e_low: np.ndarray, size: int) -> np.ndarray:
     """(B, h, w) eigenvector maps -> (B, size, size) bilinear, min-max to [0, 1] per image."""
     return np.stack([eigenvector_scoremap(e, size) for e in e_low]).astype(np.float32)
-
-
-def threshold_boxes(
-    score_map: np.ndarray, threshold: float
-) -> tuple[tuple[int, int, int, int] | None, list[tuple[int, int, int, int]], np.ndarray]:
-    """A map method's user-facing result at ``threshold``: (V1 box, V2 boxes, mask)."""
-    v1, v2 = scoremap_to_boxes(score_map, [threshold])
-    peak = float(score_map.max())
-    mask = score_map > threshold * peak if peak > 0 else np.zeros(score_map.shape, dtype=bool)
-    if not mask.any():
-        return None, [], mask
-    return tuple(v1[0][0].tolist()), [tuple(b) for b in v2[0].tolist()], mask

@@ -18,29 +18,12 @@ from lcar_deploy.pipeline import (
     METHODS,
     Localizer,
     PipelineConfig,
-    box_to_original,
-    component_boxes,
     merge_flipped,
 )
 from lcar_deploy.stages.arm import ArmConfig
 from lcar_deploy.stages.sgrm import SgrmConfig
 
 FAST = {"arm": {"iterations": 10}, "sgrm": {"max_steps": 30}}
-
-
-def test_component_boxes_largest_first() -> None:
-    mask = np.zeros((10, 12), dtype=bool)
-    mask[1:3, 1:3] = True
-    mask[5:9, 4:11] = True
-    mask[0, 11] = True
-    assert component_boxes(mask) == [(4, 5, 10, 8), (1, 1, 2, 2), (11, 0, 11, 0)]
-    assert component_boxes(np.zeros((4, 4), dtype=bool)) == []
-
-
-def test_box_to_original_covers_the_same_pixels() -> None:
-    assert box_to_original((0, 0, 223, 223), 224, (448, 112)) == [0, 0, 447, 111]
-    assert box_to_original((56, 112, 111, 167), 224, (448, 448)) == [112, 224, 223, 335]
-    assert box_to_original((10, 10, 10, 10), 224, (100, 100)) == [4, 4, 4, 4]
 
 
 def test_config_from_bundle_settings() -> None:

@@ -1,5 +1,5 @@
-"""Tests of SGRM (lcar_deploy/stages/sgrm.py): labels (eqs. 12-13), loss gradient, boxes, and both
-training loops on a synthetic image and on real CUB images."""
+"""Tests of SGRM (lcar_deploy/stages/sgrm.py): labels (eqs. 12-13), loss gradient, and both training
+loops on a synthetic image and on real CUB images (its boxes: tests/test_boxes.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcar_deploy.boxes import mask_to_box
 from lcar_deploy.stages.sgrm import (
     IGNORE,
     PAPER_CUB,
@@ -22,7 +23,6 @@ from lcar_deploy.stages.sgrm import (
     input_patches,
     joint_loss,
     joint_loss_grad,
-    mask_to_box,
     net_input,
     reliable_error,
     revise,
@@ -143,31 +143,6 @@ def test_batched_forward_matches_module(kernels: tuple[int, ...]) -> None:
     for i, init in enumerate(inits):
         logits = AggregationNet(init)(x[i : i + 1])[0].reshape(2, -1)
         torch.testing.assert_close(diff[i], logits[1] - logits[0], rtol=1e-4, atol=1e-5)
-
-
-# ------------------------------------------------------------------------------ boxes
-
-
-def test_mask_to_box_largest_vs_all() -> None:
-    mask = np.zeros((60, 80), dtype=bool)
-    mask[5:15, 10:30] = True  # 200 px
-    mask[40:42, 50:53] = True  # 6 px
-    assert mask_to_box(mask, "largest") == (10, 5, 29, 14)
-    assert mask_to_box(mask, "all") == (10, 5, 52, 41)
-    # Diagonal neighbours belong to the same (8-connected) component.
-    mask[15, 30] = True
-    mask[16, 31] = True
-    assert mask_to_box(mask, "largest") == (10, 5, 31, 16)
-
-
-def test_mask_to_box_empty_and_single_pixel() -> None:
-    mask = np.zeros((10, 10), dtype=bool)
-    assert mask_to_box(mask, "largest") is None
-    assert mask_to_box(mask, "all") is None
-    mask[3, 7] = True
-    assert mask_to_box(mask, "largest") == (7, 3, 7, 3)
-    with pytest.raises(ValueError):
-        mask_to_box(mask, "biggest")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ training loops

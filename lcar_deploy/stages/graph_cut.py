@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import linalg
 from threadpoolctl import threadpool_limits
 
+from ..boxes import connected_components, mask_to_box
 from ..config_check import check_fields, check_range
 from .cam import minmax_normalize, upsample
 
@@ -156,16 +157,16 @@ def tokencut_box(eigenvector: np.ndarray, size: tuple[int, int] = (224, 224)) ->
     if not bipartition[seed]:
         vector = -vector
         bipartition = vector > vector.mean()
-    labels, _ = ndimage.label(bipartition)
+    labels = connected_components(bipartition, connectivity=4).labels
     component = labels == labels[seed]
-    rows, cols = np.nonzero(component)
+    xmin, ymin, xmax, ymax = mask_to_box(component, "all")
     sx, sy = width / w, height / h
     box = np.array(
         [
-            int(cols.min() * sx),
-            int(rows.min() * sy),
-            min(int((cols.max() + 1) * sx), width) - 1,
-            min(int((rows.max() + 1) * sy), height) - 1,
+            int(xmin * sx),
+            int(ymin * sy),
+            min(int((xmax + 1) * sx), width) - 1,
+            min(int((ymax + 1) * sy), height) - 1,
         ],
         dtype=np.int64,
     )

@@ -77,22 +77,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.segmentation import felzenszwalb
 from torch import nn
 
+from ..boxes import Box, BoxMode, mask_to_box
 from ..config_check import SettingError, check_fields, check_length, check_order, check_range, show
 
 IGNORE = 255
 """Label value of pixels that no loss term looks at (eq. 12)."""
 
-BoxMode = Literal["largest", "all"]
 StopRule = Literal["pooled", "balanced"]
 ClsNorm = Literal["class", "image"]
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -409,36 +407,6 @@ class AggregationNet(nn.Module):
         for conv in self.convs[:-1]:
             x = F.relu(conv(x))
         return self.convs[-1](x)
-
-
-# --------------------------------------------------------------------------------------------
-# Boxes
-# --------------------------------------------------------------------------------------------
-
-
-def mask_to_box(mask: np.ndarray, mode: BoxMode = "largest") -> Box | None:
-    """Bounding box of a binary mask.
-
-    Args:
-        mask: (H, W) bool or {0, 1}.
-        mode: ``"largest"``: box of the largest 8-connected component (by pixel count; the
-            first in raster order on ties); ``"all"``: box of all foreground pixels.
-
-    Returns:
-        ``(x0, y0, x1, y1)`` inclusive pixel coordinates, or None when the mask is empty.
-    """
-    mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
-    if not mask_u8.any():
-        return None
-    if mode == "all":
-        ys, xs = np.nonzero(mask_u8)
-        return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-    if mode != "largest":
-        raise ValueError(f"unknown box mode {mode!r}")
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask_u8, connectivity=8)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[best, :4])
-    return x, y, x + w - 1, y + h - 1
 
 
 # --------------------------------------------------------------------------------------------
