@@ -12,7 +12,6 @@ N x 224 x 224 float16), ``threshold_curves.png``, ``examples.png``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from .config import PipelineConfig
 from .datasets import Dataset, Record
 from .engines import LocalizerSpec, Mapped, map_batches
 from .image_io import ImageError, load_image
+from .io import write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
 from .names import METHODS, STAGES, Engine
 from .pipeline import Localizer
@@ -243,9 +243,14 @@ def run_evaluation(
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """``np.savez`` through :func:`write_atomic`, into an open file (given a name, numpy would
+    add ``.npz`` to the temporary one)."""
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    write_atomic(path, save)
 
 
 def _fmt(value: float | None) -> str:
@@ -359,9 +364,7 @@ def write_outputs(result: EvalResult, dataset: Dataset, out: Path, title: str, i
     metrics = dict(result.metrics)
     examples = metrics.pop("_examples")
     metrics.update(info)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     (out / "report.md").write_text(report_markdown(metrics, title))
     plot_curves(metrics, out / "threshold_curves.png")
     methods = [m for m, v in metrics["methods"].items() if v.get("num_images")]

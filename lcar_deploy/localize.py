@@ -39,21 +39,22 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .boxes import box_to_original
 from .config import PipelineConfig
 from .engines import LocalizerSpec, Mapped, map_batches
 from .errors import OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
+from .io import JsonlWriter, write_atomic
 from .names import Engine
-from .pipeline import Localization, Localizer, box_to_original
+from .pipeline import Localization, Localizer
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -72,7 +73,6 @@ OUTPUT_ERRNOS = frozenset(
 EXECUTION_SETTINGS = ("arm_backend", "sgrm_device")
 # write_atomic's temporary names, and those of earlier versions (".NAME.tmp").
 _TEMP_NAME = re.compile(r"^\..+?(\.\d+\.[0-9a-f]{8})?\.tmp$")
-_NAME_MAX = 255
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -176,70 +176,6 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
         else:
             write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
     return done
-
-
-class JsonlWriter:
-    """Appends one JSON line per record; a line is written whole or not at all (see
-    :meth:`write`); ``lines`` counts those written. One writer per file: the output lock sees
-    to that."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, record: dict) -> None:
-        """Append ``record``'s line (normally in one ``write`` call). When the line cannot be
-        written whole (a full disk writes part of it, then fails; an interrupt comes between
-        two calls), the part written is truncated back off and the error raised."""
-        data = memoryview((json.dumps(record, ensure_ascii=True) + "\n").encode("ascii"))
-        start = os.lseek(self._fd, 0, os.SEEK_END)
-        try:
-            while data:
-                written = os.write(self._fd, data)
-                if written <= 0:
-                    raise OSError(errno.EIO, "write() wrote nothing", str(self.path))
-                data = data[written:]
-        except BaseException:
-            if data:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start)
-            else:  # interrupted once the line was whole: it stays, and counts
-                self.lines += 1
-            raise
-        self.lines += 1
-
-    def close(self) -> None:
-        try:
-            os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-
-
-def _temp_path(path: Path) -> Path:
-    """``.NAME.PID.RANDOM.tmp`` beside ``path``: unique to this process and call, shortened to
-    fit the file-name limit."""
-    suffix = f".{os.getpid()}.{secrets.token_hex(4)}.tmp".encode()
-    name = os.fsencode(path.name)[: _NAME_MAX - 1 - len(suffix)]
-    return path.with_name(os.fsdecode(b"." + name + suffix))
-
-
-def write_atomic(path: Path, save: Callable[[Path], object]) -> None:
-    """Call ``save(tmp_path)`` then rename onto ``path``; the temporary file is removed when
-    either fails. An OSError is raised naming ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_path(path)
-        try:
-            save(tmp)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-    except OSError as exc:
-        if exc.errno is None or exc.filename == str(path):
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def save_mask(mask: np.ndarray, size: tuple[int, int], path: Path) -> None:

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from ..datasets import Dataset, DatasetError
 from ..image_io import ImageError, load_rgb, resize_rgb, to_chw_float
+from ..io import write_atomic
 from ..models.backbones import BackboneConfig
 from ..names import AUGMENTS
 
@@ -246,10 +247,9 @@ def cached_features(
         device=device,
         progress=progress,
     )
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"key": key, "image_ids": ids, "global": global_feat, "grid_mean": grid_mean}
-    torch.save({**payload, "errors": {str(i): r for i, r in errors.items()}}, tmp)
-    tmp.replace(path)
+    payload["errors"] = {str(i): r for i, r in errors.items()}
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
     return _decodable(dataset, global_feat, grid_mean, errors, path, max_bad_share)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import HeadsError
+from ..io import write_atomic
 from .safe_load import load_file
 
 HEADS_FORMAT_VERSION = 1
@@ -174,9 +175,7 @@ def save_heads(heads: Heads, path: str | Path, extra: dict | None = None) -> Non
         "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_heads(path: str | Path) -> tuple[Heads, dict]:
