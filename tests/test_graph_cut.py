@@ -10,7 +10,7 @@ from lcar_deploy.stages.graph_cut import (
     affinity_graph,
     cut_eigenvector,
     eigenvector_scoremap,
-    orient,
+    orient_eigenvector,
     second_eigenvector,
     tokencut_box,
 )
@@ -46,8 +46,8 @@ def test_both_signs_give_the_same_oriented_vector() -> None:
     mask = square_mask()
     graph = affinity_graph(two_region_features(mask), 0.2, 1e-5)
     raw = cut_eigenvector(graph, "eigh")
-    np.testing.assert_array_equal(orient(raw), orient(-raw))
-    oriented = orient(raw)
+    np.testing.assert_array_equal(orient_eigenvector(raw), orient_eigenvector(-raw))
+    oriented = orient_eigenvector(raw)
     seed = np.argmax(np.abs(oriented))
     assert oriented[seed] > oriented.mean()
     for sign in (1.0, -1.0):

@@ -112,8 +112,12 @@ def cut_eigenvector(affinity: np.ndarray, solver: str = "normalized") -> np.ndar
     return inv_sqrt * vectors[:, 0]
 
 
-def orient(vector: np.ndarray) -> np.ndarray:
-    """TokenCut's sign rule: flip so that the entry of largest ``|x|`` is above the mean."""
+def orient_eigenvector(vector: np.ndarray) -> np.ndarray:
+    """TokenCut's sign rule: flip so that the entry of largest ``|x|`` is above the mean.
+
+    Not ARM's :func:`lcar_deploy.stages.arm.orient`, which decides the sign of a refined
+    map with the SD-CAM seed (eqs. 10-11).
+    """
     seed = int(np.argmax(np.abs(vector)))
     return vector if vector.flat[seed] > vector.mean() else -vector
 
@@ -121,7 +125,7 @@ def orient(vector: np.ndarray) -> np.ndarray:
 def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = None) -> np.ndarray:
     """``E_l``: the normalized-cut eigenvector map of (h, w, D) features -> (h, w) float64.
 
-    D-normalised, sign fixed by :func:`orient`.
+    D-normalised, sign fixed by :func:`orient_eigenvector`.
     """
     config = config or GraphCutConfig()
     h, w = np.shape(features)[:2]
@@ -129,7 +133,7 @@ def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = Non
     # docs/accuracy.md, "Speed and memory").
     with threadpool_limits(1):
         graph = affinity_graph(features, config.tau, config.eps)
-        return orient(cut_eigenvector(graph, config.solver)).reshape(h, w)
+        return orient_eigenvector(cut_eigenvector(graph, config.solver)).reshape(h, w)
 
 
 def eigenvector_scoremap(
