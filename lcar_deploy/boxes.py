@@ -100,10 +100,9 @@ def mask_to_box(mask: np.ndarray, mode: BoxMode = "largest") -> Box | None:
 
     Args:
         mask: (H, W) bool or {0, 1}.
-        mode: ``"largest"``: box of the largest 8-connected component (by pixel count; among
-            components of the same size, the first in :func:`connected_components`'s labelling
-            order, the choice SGRM's box has always made); ``"all"``: box of all foreground
-            pixels.
+        mode: ``"largest"``: box of the largest 8-connected component, ``component_boxes(mask)[0]``
+            (by pixel count; among components of the same size, the first in raster order);
+            ``"all"``: box of all foreground pixels.
 
     Returns:
         ``(x0, y0, x1, y1)`` inclusive pixel coordinates, or None when the mask is empty.
@@ -117,7 +116,7 @@ def mask_to_box(mask: np.ndarray, mode: BoxMode = "largest") -> Box | None:
         x0, y0 = components.boxes[:, :2].min(axis=0)
         x1, y1 = components.boxes[:, 2:].max(axis=0)
         return int(x0), int(y0), int(x1), int(y1)
-    x0, y0, x1, y1 = components.boxes[int(np.argmax(components.sizes))]
+    x0, y0, x1, y1 = components.boxes[int(components.largest_first()[0])]
     return int(x0), int(y0), int(x1), int(y1)
 
 

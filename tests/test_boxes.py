@@ -116,12 +116,16 @@ def test_mask_to_box_empty_and_single_pixel() -> None:
         mask_to_box(mask, "biggest")  # type: ignore[arg-type]
 
 
-def test_mask_to_box_ties_go_to_the_first_label() -> None:
-    """SGRM's box on a tie: the first component in OpenCV's labelling order (B here), which is
-    not always the first box of :func:`component_boxes` (A)."""
+def test_mask_to_box_ties_go_to_the_first_in_raster_order() -> None:
+    """SGRM's box on a tie is ``component_boxes``' first box (A), whatever OpenCV's labelling
+    order (B first), so an lcar result's ``box`` is always its ``boxes[0]``."""
     mask = two_tied_pairs()
-    assert mask_to_box(mask, "largest") == (0, 1, 1, 1)
+    assert mask_to_box(mask, "largest") == (5, 0, 6, 0) == component_boxes(mask)[0]
     assert mask_to_box(mask, "all") == (0, 0, 6, 1)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mask = rng.random((12, 12)) < 0.3
+        assert mask_to_box(mask, "largest") == component_boxes(mask)[0]
 
 
 # ------------------------------------------------------------------------------ threshold_boxes
