@@ -17,13 +17,16 @@ import dataclasses
 import io
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import names
 from .errors import LcarError
 from .training.config import train_defaults
+
+if TYPE_CHECKING:
+    from .engines import LocalizerSpec
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
@@ -170,7 +173,7 @@ def make_spec(
     arm_backend: ArmBackend,
     settings: str | None,
     preset: Preset | None,
-):
+) -> LocalizerSpec:
     """The bundle and the checked settings of a run; no onnxruntime session is built yet."""
     from .engines import LocalizerSpec
 

@@ -35,12 +35,12 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .bundle import MANIFEST, Bundle, load_bundle, select_providers
 from .config import PipelineConfig, resolve_config
 from .errors import BundleError, EngineError, SettingError
-from .names import ENGINES
+from .names import ENGINES, Engine
 from .pipeline import Localizer
 
 B = TypeVar("B")
@@ -165,19 +165,20 @@ class Mapped(Generic[R]):
         return Mapped(flat(), self.providers)
 
 
-def resolve_engine(engine: str, workers: int) -> str:
+def resolve_engine(engine: str, workers: int) -> Engine:
     """The engine that runs: ``local`` with more than one worker means worker processes (what
     ``eval --workers N`` has always meant)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    return "process" if engine == "local" and workers > 1 else engine
+    return "process" if engine == "local" and workers > 1 else cast(Engine, engine)
 
 
-def worker_threads(engine: str, workers: int, threads: int | None) -> int | None:
-    """Each worker's CPU threads, ``threads`` in all (None: every core of this machine for
-    ``local`` and ``process``, one per actor for ``ray``, as many as the cluster gives)."""
+def worker_threads(engine: Engine, workers: int, threads: int | None) -> int | None:
+    """Each worker's CPU threads when ``threads`` is the number in all. None: onnxruntime's
+    default for ``local``, this machine's cores split over the processes for ``process``, one
+    per actor for ``ray``."""
     if engine == "local":
         return threads
     if engine == "ray" and threads is None:
@@ -189,7 +190,7 @@ def map_batches(
     task: Task[B, R],
     batches: Sequence[B],
     *,
-    engine: str = "local",
+    engine: Engine = "local",
     workers: int = 1,
     threads: int | None = None,
     address: str | None = None,
@@ -203,14 +204,14 @@ def map_batches(
     checked now (:class:`EngineError` naming the extra); workers start on the first result
     asked for. Ray actors run on CPU, whatever ``task.spec.device`` says.
     """
-    engine = resolve_engine(engine, workers)
-    per_worker = worker_threads(engine, workers, threads)
-    if engine == "local":
+    run_on = resolve_engine(engine, workers)
+    per_worker = worker_threads(run_on, workers, threads)
+    if run_on == "local":
         local = localizer or task.spec.build(per_worker)
         return Mapped(_in_this_process(task, batches, local), list(local.providers))
     workers = max(1, min(workers, len(batches)))
     providers: list[str] = []
-    if engine == "process":
+    if run_on == "process":
         results = _on_processes(task, batches, workers, per_worker, providers)
     else:
         import_ray(local=not address)
