@@ -26,7 +26,7 @@ from .errors import LcarError
 from .training.config import train_defaults
 
 if TYPE_CHECKING:
-    from .engines import LocalizerSpec
+    from .pipeline import LocalizerSpec
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
@@ -175,7 +175,7 @@ def make_spec(
     preset: Preset | None,
 ) -> LocalizerSpec:
     """The bundle and the checked settings of a run; no onnxruntime session is built yet."""
-    from .engines import LocalizerSpec
+    from .pipeline import LocalizerSpec
 
     return LocalizerSpec.from_bundle(
         bundle,

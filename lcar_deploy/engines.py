@@ -31,17 +31,15 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from .bundle import MANIFEST, Bundle, load_bundle, select_providers
-from .config import PipelineConfig, resolve_config
-from .errors import BundleError, EngineError, SettingError
+from .errors import EngineError
 from .names import ENGINES, Engine
-from .pipeline import Localizer
+from .pipeline import Localizer, LocalizerSpec
 
 B = TypeVar("B")
 R = TypeVar("R")
@@ -52,73 +50,6 @@ RAY_MISSING = "the ray engine needs Ray, which is not installed: install lcar-de
 IN_FLIGHT_PER_WORKER = 2
 """Batches submitted or waiting for their turn, per worker: enough to keep every worker busy
 while the next result in order is still being computed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalizerSpec:
-    """What a :class:`Localizer` is built from, checked, without its onnxruntime session.
-
-    bundle: the loaded bundle (a worker loads it again from ``bundle.path``, which checks the
-    files it sees); config: the resolved settings; device: onnxruntime device
-    (``auto | cpu | cuda``). Creating one makes the checks Localizer makes before it builds its
-    session, so a bad setting is refused before any worker starts or any image is read.
-    """
-
-    bundle: Bundle
-    config: PipelineConfig
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        bundle, config = self.bundle, self.config
-        if config.method == "cam" and not bundle.has_heads:
-            raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
-        if config.arm_input == "foreground" and "foreground" not in bundle.outputs:
-            raise SettingError(
-                "arm_input", f"'foreground' needs a foreground head; {bundle.path} has none"
-            )
-        if config.arm_input == "cam" and not bundle.has_heads:
-            raise SettingError(
-                "arm_input", f"'cam' needs a bundle with heads; {bundle.path} has none"
-            )
-        select_providers(self.device)
-
-    @classmethod
-    def from_bundle(
-        cls,
-        bundle: str | os.PathLike[str] | Bundle | None = None,
-        *,
-        method: str = "lcar",
-        preset: str | None = None,
-        settings: str | dict[str, Any] | None = None,
-        device: str = "auto",
-        arm_backend: str = "auto",
-        notify: Callable[[str], None] | None = None,
-    ) -> LocalizerSpec:
-        """The spec of :meth:`Localizer.from_bundle`'s localizer (same arguments but
-        ``threads``): the bundle loaded and the settings resolved, nothing built yet."""
-        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
-        run = {"method": method, "arm_backend": arm_backend}
-        if device == "cuda":
-            run["sgrm_device"] = "cuda"
-        try:
-            config = resolve_config(loaded.settings, preset_name=preset, settings=settings, **run)
-        except SettingError as exc:
-            if exc.name == "bundle settings":
-                raise BundleError(f"{loaded.path / MANIFEST}: bundle {exc.reason}") from None
-            raise
-        return cls(loaded, config, device)
-
-    @classmethod
-    def of(cls, localizer: Localizer) -> LocalizerSpec:
-        """The spec of a built localizer; its workers use the device its session runs on."""
-        device = "cuda" if "CUDAExecutionProvider" in localizer.providers else "cpu"
-        return cls(localizer.bundle, localizer.config, device)
-
-    def build(self, threads: int | None = None, *, reload: bool = False) -> Localizer:
-        """The localizer, with its session (``threads`` CPU threads; None: onnxruntime's
-        default). ``reload``: load the bundle again from its path (what a worker does)."""
-        bundle = Bundle.load(self.bundle.path) if reload else self.bundle
-        return Localizer(bundle, self.config, device=self.device, threads=threads)
 
 
 class Task(Protocol[B_contra, R_co]):

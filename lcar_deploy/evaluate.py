@@ -24,12 +24,12 @@ import numpy as np
 from .bundle import Bundle
 from .config import PipelineConfig
 from .datasets import Dataset, Record
-from .engines import LocalizerSpec, Mapped, map_batches
+from .engines import Mapped, map_batches
 from .image_io import ImageError, load_image
 from .io import write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
 from .names import METHODS, STAGES, Engine
-from .pipeline import Localizer
+from .pipeline import Localizer, LocalizerSpec
 
 DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
 

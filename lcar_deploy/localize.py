@@ -49,12 +49,12 @@ import numpy as np
 
 from .boxes import box_to_original
 from .config import PipelineConfig
-from .engines import LocalizerSpec, Mapped, map_batches
+from .engines import Mapped, map_batches
 from .errors import OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .io import JsonlWriter, write_atomic
 from .names import Engine
-from .pipeline import Localization, Localizer
+from .pipeline import Localization, Localizer, LocalizerSpec
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"

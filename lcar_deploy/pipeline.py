@@ -24,7 +24,7 @@ from .boxes import (
     mask_to_original,
     threshold_boxes,
 )
-from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle
+from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle, select_providers
 from .config import PipelineConfig, resolve_config
 from .errors import BundleError, ImageError, SettingError
 from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
@@ -132,6 +132,84 @@ def _as_image(image: ImageInput) -> LoadedImage:
     return LoadedImage(rgb=rgb, original_size=(rgb.shape[1], rgb.shape[0]))
 
 
+@dataclass(frozen=True)
+class LocalizerSpec:
+    """What a :class:`Localizer` is built from, checked, without its onnxruntime session.
+
+    bundle: the loaded bundle (a worker loads it again from ``bundle.path``, which checks the
+    files it sees); config: the resolved settings; device: onnxruntime device
+    (``auto | cpu | cuda``). Creating one makes the checks Localizer makes before it builds its
+    session, so a bad setting is refused before any worker starts or any image is read.
+    """
+
+    bundle: Bundle
+    config: PipelineConfig
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        bundle, config = self.bundle, self.config
+        if config.method == "cam" and not bundle.has_heads:
+            raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
+        if config.arm_input == "foreground" and "foreground" not in bundle.outputs:
+            raise SettingError(
+                "arm_input", f"'foreground' needs a foreground head; {bundle.path} has none"
+            )
+        if config.arm_input == "cam" and not bundle.has_heads:
+            raise SettingError(
+                "arm_input", f"'cam' needs a bundle with heads; {bundle.path} has none"
+            )
+        select_providers(self.device)
+
+    @property
+    def arm_input(self) -> str:
+        """The coarse map ARM refines, ``auto`` resolved: the foreground head's map when the
+        bundle has one, else the CAM, else the graph cut (docs/method.md, section 4)."""
+        choice = self.config.arm_input
+        if choice != "auto":
+            return choice
+        if "foreground" in self.bundle.outputs:
+            return "foreground"
+        return "cam" if self.bundle.has_heads else "graphcut"
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: str | Path | Bundle | None = None,
+        *,
+        method: str = "lcar",
+        preset: str | None = None,
+        settings: str | dict[str, Any] | None = None,
+        device: str = "auto",
+        arm_backend: str = "auto",
+        notify: Callable[[str], None] | None = None,
+    ) -> LocalizerSpec:
+        """The spec of :meth:`Localizer.from_bundle`'s localizer (same arguments but
+        ``threads``): the bundle loaded and the settings resolved, nothing built yet."""
+        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
+        run = {"method": method, "arm_backend": arm_backend}
+        if device == "cuda":
+            run["sgrm_device"] = "cuda"
+        try:
+            config = resolve_config(loaded.settings, preset_name=preset, settings=settings, **run)
+        except SettingError as exc:
+            if exc.name == "bundle settings":
+                raise BundleError(f"{loaded.path / MANIFEST}: bundle {exc.reason}") from None
+            raise
+        return cls(loaded, config, device)
+
+    @classmethod
+    def of(cls, localizer: Localizer) -> LocalizerSpec:
+        """The spec of a built localizer; its workers use the device its session runs on."""
+        device = "cuda" if "CUDAExecutionProvider" in localizer.providers else "cpu"
+        return cls(localizer.bundle, localizer.config, device)
+
+    def build(self, threads: int | None = None, *, reload: bool = False) -> Localizer:
+        """The localizer, with its session (``threads`` CPU threads; None: onnxruntime's
+        default). ``reload``: load the bundle again from its path (what a worker does)."""
+        bundle = Bundle.load(self.bundle.path) if reload else self.bundle
+        return Localizer(bundle, self.config, device=self.device, threads=threads)
+
+
 class Localizer:
     """Runs a bundle and the stages on images.
 
@@ -155,9 +233,7 @@ class Localizer:
             except SettingError as exc:
                 raise BundleError(f"{bundle.path / MANIFEST}: bundle {exc}") from None
         self.config = config
-        if config.method == "cam" and not bundle.has_heads:
-            raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
-        self.arm_input = self._arm_input(set(bundle.outputs), bundle.has_heads)
+        self.arm_input = LocalizerSpec(bundle, config, device).arm_input
         self.threads = threads
         self.session: OnnxRunner = bundle.session(device=device, threads=threads)
 
@@ -178,17 +254,16 @@ class Localizer:
         exported on first use, ``notify`` told so). ``preset`` replaces the bundle's settings
         by a named preset; ``settings`` (JSON text or an object) go on top
         (:func:`lcar_deploy.config.resolve_config`). Bad values raise before any image is read."""
-        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
-        run = {"method": method, "arm_backend": arm_backend}
-        if device == "cuda":
-            run["sgrm_device"] = "cuda"
-        try:
-            config = resolve_config(loaded.settings, preset_name=preset, settings=settings, **run)
-        except SettingError as exc:
-            if exc.name == "bundle settings":
-                raise BundleError(f"{loaded.path / MANIFEST}: bundle {exc.reason}") from None
-            raise
-        return cls(loaded, config, device=device, threads=threads)
+        spec = LocalizerSpec.from_bundle(
+            bundle,
+            method=method,
+            preset=preset,
+            settings=settings,
+            device=device,
+            arm_backend=arm_backend,
+            notify=notify,
+        )
+        return spec.build(threads)
 
     @property
     def providers(self) -> list[str]:
@@ -330,20 +405,6 @@ class Localizer:
                 )
             results[method] = per_image
         return results
-
-    def _arm_input(self, outputs: set[str], has_cam: bool) -> str:
-        """The coarse map ARM refines (``auto`` resolved; see PipelineConfig.arm_input)."""
-        choice = self.config.arm_input
-        if choice == "auto":
-            return "foreground" if "foreground" in outputs else "cam" if has_cam else "graphcut"
-        where = self.bundle.path
-        if choice == "foreground" and "foreground" not in outputs:
-            raise SettingError(
-                "arm_input", f"'foreground' needs a foreground head; {where} has none"
-            )
-        if choice == "cam" and not has_cam:
-            raise SettingError("arm_input", f"'cam' needs a bundle with heads; {where} has none")
-        return choice
 
     def _cam_stage(
         self, out: dict[str, np.ndarray], class_ids: list[int | None]
