@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import box_to_original
+from .boxes import box_to_original, mask_to_original
 from .config import PipelineConfig
 from .engines import Mapped, map_batches
 from .errors import OutputError
@@ -179,10 +179,10 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
 
 
 def save_mask(mask: np.ndarray, size: tuple[int, int], path: Path) -> None:
-    """Work-size bool mask -> 0/255 PNG at the original (W, H) size (nearest)."""
+    """Work-size bool mask -> 0/255 PNG at the original (W, H) size (:func:`mask_to_original`)."""
     from PIL import Image
 
-    image = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)
+    image = Image.fromarray(mask_to_original(mask, size).astype(np.uint8) * 255)
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
@@ -192,7 +192,7 @@ def save_overlay(image: LoadedImage, result: Localization, work: int, path: Path
 
     rgb = image.rgb.copy()
     h, w = rgb.shape[:2]
-    mask = cv2.resize(result.mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    mask = mask_to_original(result.mask, (w, h)).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(2, round(max(h, w) / 200))
     cv2.drawContours(rgb, contours, -1, (255, 220, 0), thickness)
