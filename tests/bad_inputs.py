@@ -1,4 +1,4 @@
-"""A generated corpus of bad and awkward image inputs (issue 7); nothing binary is committed.
+"""A generated corpus of bad and awkward image inputs; nothing binary is committed.
 
 :func:`make_corpus` writes every case into a folder and returns what the tools must do with
 each one: a case with ``error`` set must give a ``status: error`` record whose message matches

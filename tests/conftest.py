@@ -1,4 +1,8 @@
-"""Shared fixtures: the real data lives beside the checkout in ../shared/data (never copied)."""
+"""Shared fixtures: the real data lives beside the checkout in ../shared/data (never copied);
+photos, the generated bad-image corpus and broken bundles are made once per session.
+
+Plain helpers (``invoke``, ``FAST``, ``records_of``, ``image_folder``, ...) are in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
+from bad_inputs import Case, make_corpus
+from helpers import make_bad_bundles
+from PIL import Image
 
 
 def shared_data_root() -> Path:
@@ -31,6 +39,37 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lcar_deploy.export.exporter import export_bundle
 
     return export_bundle(tmp_path_factory.mktemp("bundles") / "small", input_size=96)
+
+
+@pytest.fixture(scope="session")
+def bad_bundles(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Broken copies of the small bundle: ``helpers.BUNDLE_ERRORS`` says what each one is."""
+    return make_bad_bundles(small_bundle, tmp_path_factory.mktemp("bad-bundles"))
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """scikit-image's cat photo, 451 x 300 (read-only: shared by every test)."""
+    image = skimage.data.chelsea()
+    image.setflags(write=False)
+    return image
+
+
+@pytest.fixture(scope="session")
+def small_photo(photo: np.ndarray) -> np.ndarray:
+    """The cat photo at 160 x 106 (read-only)."""
+    image = np.asarray(Image.fromarray(photo).resize((160, 106)))
+    image.setflags(write=False)
+    return image
+
+
+@pytest.fixture(scope="session")
+def image_corpus(
+    tmp_path_factory: pytest.TempPathFactory, photo: np.ndarray
+) -> tuple[Path, list[Case]]:
+    """The bad and awkward images of ``bad_inputs.make_corpus``: (folder, cases)."""
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_corpus(root, photo)
 
 
 def synthetic_scene(

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from helpers import invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 import lcar_deploy
-from lcar_deploy import cli
 from lcar_deploy.errors import BundleError, ImageError, LcarError, SettingError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -55,8 +54,8 @@ def test_localize_gives_the_cli_boxes(
 ) -> None:
     out = tmp_path / "out"
     args = ["localize", photos, "--bundle", small_bundle, "--method", method, "--out", out]
-    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, "--device", "cpu", "--quiet"]])
-    assert result.exit_code == 0, result.stderr
+    code, _, stderr = invoke(*args, "--device", "cpu", "--quiet")
+    assert code == 0, stderr
     records = {
         r["path"]: r
         for r in map(json.loads, (out / "predictions.jsonl").read_text().split("\n")[:-1])

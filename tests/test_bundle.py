@@ -1,20 +1,23 @@
 """A bundle is untrusted input: every hostile bundle of ``tests/hostile_bundles.py`` is refused,
 by ``Bundle.load`` and by the CLI, with an error naming the bundle file, and nothing outside
-the bundle is opened on the way."""
+the bundle is opened on the way. Broken copies of a good bundle (tampered, of a newer format,
+a file missing, an empty folder) are clear CLI errors too."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bad_inputs import Case as ImageCase
+from helpers import BUNDLE_ERRORS, FAST, invoke
 from hostile_bundles import CASES, MODEL, Case, make_corpus
 from PIL import Image
-from typer.testing import CliRunner
 
 from lcar_deploy import bundle as bundle_module
 from lcar_deploy import cli
@@ -95,11 +98,11 @@ def test_cli_refuses_hostile_bundle(
 ) -> None:
     case = corpus[1][name]
     args = ["localize", images, "--bundle", case.path, "--out", tmp_path / "out"]
-    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, "--device", "cpu", "--quiet"]])
-    assert result.exit_code == cli.EXIT_ERROR, (result.exception, result.stderr)
-    assert result.stderr.startswith("error: "), result.stderr
-    assert_names_case(result.stderr.removeprefix("error: ").strip(), case)
-    assert "Traceback" not in result.stderr
+    code, _, stderr = invoke(*args, "--device", "cpu", "--quiet")
+    assert code == cli.EXIT_ERROR, stderr
+    assert stderr.startswith("error: "), stderr
+    assert_names_case(stderr.removeprefix("error: ").strip(), case)
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_NAMES)
@@ -163,3 +166,23 @@ def test_valid_bundle_and_torchscript_only_bundle_load(small_bundle: Path, tmp_p
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"has no model\.onnx"):
         Bundle.load(folder).session()
+
+
+# --- broken copies of a good bundle ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BUNDLE_ERRORS))
+def test_bad_bundle_is_a_clear_error(
+    name: str,
+    bad_bundles: dict[str, Path],
+    image_corpus: tuple[Path, list[ImageCase]],
+    tmp_path: Path,
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(image_corpus[0] / "upright.jpg", images / "a.jpg")
+    code, _, stderr = invoke("localize", images, "--bundle", bad_bundles[name], *FAST)
+    assert code == cli.EXIT_ERROR
+    assert re.search(BUNDLE_ERRORS[name], stderr), stderr
+    assert stderr.startswith("error: ") and "Traceback" not in stderr

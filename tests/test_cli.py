@@ -1,24 +1,74 @@
-"""The command line's own behaviour: help text, checks made before long work, first-run notice."""
+"""The command line's own behaviour: exit codes, help text and its examples, usage errors,
+missing / empty / unwritable folders, checks made before long work, first-run notice."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from helpers import invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 from lcar_deploy import cli
 
+EXIT_USAGE = 2  # click's usage error
 
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    """Run ``lcar-deploy ARGS`` in this process: (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+
+def test_exit_codes_are_documented() -> None:
+    doc = cli.__doc__
+    assert "0 success" in doc and "1 error" in doc
+    assert "2 the command line itself is wrong" in doc and "3 the run finished" in doc
+    assert (cli.EXIT_ERROR, cli.EXIT_SOME_IMAGES_FAILED) == (1, 3)
+
+
+@pytest.mark.parametrize("command", sorted(typer.main.get_command(cli.app).commands))
+def test_help_shows_an_example(command: str) -> None:
+    code, stdout, _ = invoke(command, "--help")
+    assert code == 0 and "Example" in stdout
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    cases = [
+        (["localize"], "Missing argument"),
+        (["localize", tmp_path, "--method", "magic"], "Invalid value"),
+        (["localize", tmp_path, "--batch-size", "0"], "Invalid value"),
+        (["localize", tmp_path, "--no-such-option"], "No such option"),
+        (["eval", "--root", tmp_path], "Missing option"),
+        (["frobnicate"], "No such command"),
+    ]
+    for args, message in cases:
+        code, _, stderr = invoke(*args)
+        assert code == EXIT_USAGE, args
+        assert message in stderr, (args, stderr)
+
+
+def test_missing_empty_and_unwritable_folders(tmp_path: Path, photo: np.ndarray) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["localize", tmp_path / "nowhere"], r"nowhere: not a folder"),
+        (["localize", a_file], r"file\.txt: not a folder"),
+        (["localize", empty], r"empty: no images found \(looked for \.jpg \.jpeg \.png"),
+        (["localize", tmp_path, "--out", a_file], r"file\.txt: exists and is not a folder"),
+        (["eval", "--dataset", "cub", "--root", tmp_path / "nowhere"], r"dataset root not found"),
+        (["eval", "--dataset", "ilsvrc", "--root", empty], r"split folder not found"),
+        (["eval", "--dataset", "cub", "--root", empty, "--out", a_file], r"not a folder"),
+        (["eval", "--dataset", "cub", "--root", empty, "--methods", "cam,magic"], r"unknown"),
+        (["export", "--input-size", "8"], r"--input-size must be at least 32"),
+    ]
+    Image.fromarray(photo).save(tmp_path / "a.png")  # localize tmp_path has one image
+    for args, message in cases:
+        code, _, stderr = invoke(*args)
+        assert code == cli.EXIT_ERROR, (args, stderr)
+        assert re.search(message, stderr), (args, stderr)
+    assert not (empty / "lcar-output").exists()
 
 
 def test_export_help_shows_the_extra_in_brackets() -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import FAST, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 from lcar_deploy import cli
 from lcar_deploy import localize as localize_module
@@ -34,8 +34,6 @@ from lcar_deploy.stages.arm import AFA_DILATIONS, ArmConfig
 from lcar_deploy.stages.cam import CamConfig
 from lcar_deploy.stages.graph_cut import GraphCutConfig
 from lcar_deploy.stages.sgrm import PAPER_CUB, SgrmConfig
-
-FAST = ["--device", "cpu", "--threads", "2", "--quiet"]
 
 # (settings, dotted name the message must contain, a further part of the message)
 BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
@@ -232,14 +230,6 @@ def test_settings_that_an_option_sets_are_refused(key: str, option: str) -> None
 # --- the CLI: exit 1 before any image is read ---------------------------------------------------
 
 
-def invoke(*args: str | Path) -> tuple[int, str]:
-    """Run ``lcar-deploy ARGS`` in this process: (exit code, stderr)."""
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stderr
-
-
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
@@ -283,7 +273,7 @@ def test_localize_refuses_bad_settings_before_reading(
     no_image_read: list[Path],
 ) -> None:
     out = tmp_path / "out"
-    code, stderr = invoke(
+    code, _, stderr = invoke(
         "localize", images, "--bundle", small_bundle, "--out", out, "--settings", settings, *FAST
     )
     assert code == cli.EXIT_ERROR, stderr
@@ -302,7 +292,7 @@ def test_eval_refuses_bad_settings_before_reading(small_bundle: Path, tmp_path: 
     (meta / "class_labels.txt").write_text("a.png,281\n")
     (meta / "localization.txt").write_text("a.png,1,1,30,30\n")
     out = tmp_path / "eval"
-    code, stderr = invoke(
+    code, _, stderr = invoke(
         "eval", "--dataset", "ilsvrc", "--root", root, "--bundle", small_bundle, "--out", out,
         "--methods", "cam", "--settings", '{"sgrm": {"max_steps": -3}}', *FAST,
     )  # fmt: skip
@@ -310,7 +300,7 @@ def test_eval_refuses_bad_settings_before_reading(small_bundle: Path, tmp_path: 
     assert "error: setting sgrm.max_steps: must be an integer >= 1, got -3" in stderr
     assert not out.exists()
     # localize may work at another size; eval scores at wsolevaluation's 224 only
-    code, stderr = invoke(
+    code, _, stderr = invoke(
         "eval", "--dataset", "ilsvrc", "--root", root, "--bundle", small_bundle, "--out", out,
         "--methods", "cam", "--settings", '{"work_size": 256}', *FAST,
     )  # fmt: skip
@@ -336,10 +326,14 @@ def test_bundle_settings_are_checked_and_name_the_bundle(
     bad_settings_bundle: Path, images: Path, tmp_path: Path, no_image_read: list[Path]
 ) -> None:
     bundle = Bundle.load(bad_settings_bundle)
-    with pytest.raises(ValueError, match=r"bad-settings/manifest\.json: bundle setting sgrm\.max_steps"):
+    with pytest.raises(
+        ValueError, match=r"bad-settings/manifest\.json: bundle setting sgrm\.max_steps"
+    ):
         Localizer(bundle, device="cpu")
     out = tmp_path / "out"
-    code, stderr = invoke("localize", images, "--bundle", bad_settings_bundle, "--out", out, *FAST)
+    code, _, stderr = invoke(
+        "localize", images, "--bundle", bad_settings_bundle, "--out", out, *FAST
+    )
     assert code == cli.EXIT_ERROR, stderr
     manifest = bad_settings_bundle / "manifest.json"
     assert f"error: {manifest}: bundle setting sgrm.max_steps" in stderr
@@ -352,13 +346,13 @@ def test_valid_settings_localize_and_their_bad_neighbour_does_not(
     valid = {"flip": False, "sgrm": {"gamma_h1": 0.8}, "arm": {"dilations": [1, 2]}}
     bad = {**valid, "arm": {"dilations": [1, 2.5]}}
     args = ["--bundle", small_bundle, "--method", "arm", *FAST]
-    code, stderr = invoke(
+    code, _, stderr = invoke(
         "localize", images, "--out", tmp_path / "ok", "--settings", json.dumps(valid), *args
     )
     assert code == 0, stderr
     lines = (tmp_path / "ok" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["status"] for line in lines] == ["ok"]
-    code, stderr = invoke(
+    code, _, stderr = invoke(
         "localize", images, "--out", tmp_path / "bad", "--settings", json.dumps(bad), *args
     )
     assert code == cli.EXIT_ERROR and "error: setting arm.dilations: must be a list" in stderr

@@ -1,12 +1,21 @@
-"""eval's scoring path: maps scored as computed, images without a GT box counted."""
+"""eval's scoring path: maps scored as computed, images without a GT box counted; eval over
+real images mixed with bad ones (each failure named, the rest scored), and with a bad bundle."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+from bad_inputs import Case
+from helpers import BUNDLE_ERRORS, FAST, invoke
 from PIL import Image
 
+from lcar_deploy import cli
 from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Record
 from lcar_deploy.evaluate import ImageOutcome, evaluate_batch, report_markdown, run_evaluation
@@ -77,3 +86,86 @@ def test_images_without_a_gt_box_are_counted(tmp_path: Path) -> None:
     assert metrics["methods"]["arm"]["num_images"] == 2
     report = report_markdown(metrics, "t")
     assert "2 images evaluated, 1 without a ground-truth box (not scored), 1 failed." in report
+
+
+# --- eval over bad images, with a bad bundle ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eval_with_bad_images(
+    shared_data: Path, image_corpus: tuple[Path, list[Case]], small_bundle: Path, tmp_path: Path
+) -> None:
+    source = shared_data / "ILSVRC-mini"
+    meta_in = source / "metadata" / "test"
+    real = (meta_in / "image_ids.txt").read_text().split()[:3]
+    labels = dict(line.split(",") for line in (meta_in / "class_labels.txt").read_text().split())
+    root = tmp_path / "data"
+    (root / "val").mkdir(parents=True)
+    for image_id in real:
+        (root / image_id).symlink_to(source / image_id)
+    corpus_root, _ = image_corpus
+    bad = {
+        "val/empty.JPEG": ("empty.jpg", r"empty file"),
+        "val/truncated.JPEG": ("truncated.jpg", r"truncated"),
+        "val/text.JPEG": ("text.jpg", r"cannot identify"),
+        "val/huge.png": ("huge.png", r"over the limit"),
+        "val/fifo.JPEG": (None, r"not a regular file \(a FIFO\)"),
+        "val/missing.JPEG": (None, r"file not found"),
+    }
+    for image_id, (name, _) in bad.items():
+        if name is not None:
+            (root / image_id).symlink_to(corpus_root / name)
+    os.mkfifo(root / "val" / "fifo.JPEG")
+    shutil.copy(corpus_root / "tiny_1x1.png", root / "val" / "tiny.png")
+    ids = [*real[:2], *bad, "val/tiny.png", real[2]]
+    meta = root / "metadata" / "test"
+    meta.mkdir(parents=True)
+    (meta / "image_ids.txt").write_text("\n".join(ids) + "\n")
+    (meta / "class_labels.txt").write_text("".join(f"{i},{labels.get(i, '0')}\n" for i in ids))
+    boxes = [
+        line
+        for line in (meta_in / "localization.txt").read_text().splitlines()
+        if line.split(",")[0] in real
+    ]
+    boxes += [f"{i},0,0,0,0" for i in [*bad, "val/tiny.png"]]
+    (meta / "localization.txt").write_text("\n".join(boxes) + "\n")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+
+    code, report, stderr = invoke(
+        "eval", "--dataset", "ilsvrc", "--root", root, "--bundle", small_bundle,
+        "--methods", "cam,arm", "--out", out, "--batch-size", "4", *FAST,
+    )  # fmt: skip
+    assert code == cli.EXIT_SOME_IMAGES_FAILED, stderr
+    assert f"4 images evaluated, {len(bad)} failed." in report
+    assert f"{len(bad)} images failed, e.g. {root / 'val' / 'empty.JPEG'}: empty file" in stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and metrics["methods"]["arm"]["num_images"] == 4
+    errors = {e["image_id"]: e["error"] for e in metrics["errors"]}
+    assert set(errors) == set(bad)
+    for image_id, (_, reason) in bad.items():
+        assert re.search(reason, errors[image_id]), errors[image_id]
+    assert list(np.load(out / "maps.npz")["ids"]) == [*real[:2], "val/tiny.png", real[2]]
+    assert (out / "notes.txt").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_bad_bundle_in_eval_and_unknown_class(
+    bad_bundles: dict[str, Path],
+    small_bundle: Path,
+    image_corpus: tuple[Path, list[Case]],
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    meta = root / "metadata" / "test"
+    meta.mkdir(parents=True)
+    shutil.copy(image_corpus[0] / "upright.jpg", root / "a.jpg")
+    (meta / "image_ids.txt").write_text("a.jpg\n")
+    (meta / "class_labels.txt").write_text("a.jpg,281\n")
+    args = ["eval", "--dataset", "ilsvrc", "--root", root, "--out", tmp_path / "eval", *FAST]
+    code, _, stderr = invoke(*args, "--bundle", bad_bundles["tampered"])
+    assert code == cli.EXIT_ERROR and re.search(BUNDLE_ERRORS["tampered"], stderr), stderr
+    code, _, stderr = invoke("localize", root, "--bundle", small_bundle, "--class", "99999", *FAST)
+    assert code == cli.EXIT_ERROR
+    assert "class id 99999 is not among the bundle's 1000 classes" in stderr

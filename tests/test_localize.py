@@ -1,11 +1,14 @@
-"""``lcar-deploy localize`` and its output folder: one run at a time, a full or read-only disk,
-a resume made differently, Ctrl-C and SIGTERM, TIFFs Pillow cannot read, files that are not
-images.
+"""``lcar-deploy localize`` and its output folder: the generated bad-image corpus mixed with
+real images, the full method on tiny images, a failing image, a killed run resumed,
+``--retry-errors``, one run at a time, a full or read-only disk, an output folder that cannot
+be created, a resume made differently, Ctrl-C and SIGTERM, TIFFs Pillow cannot read, files that
+are not images.
 
-Runs use the ``cam`` or ``arm`` method of the small session bundle on small images. The tests
-that need a real small or read-only file system mount a tmpfs and are skipped where mounting is
-not permitted; their always-run twins make the system calls fail instead (monkeypatched), which
-exercises the same handling of the same errors, not the file system.
+Runs use the ``cam`` or ``arm`` method of the small session bundle on small images; the full
+``lcar`` method runs once, on tiny images. The tests that need a real small or read-only file
+system mount a tmpfs and are skipped where mounting is not permitted; their always-run twins
+make the system calls fail instead (monkeypatched), which exercises the same handling of the
+same errors, not the file system.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -27,34 +31,19 @@ import numpy as np
 import pytest
 import skimage.data
 import tifffile
+from bad_inputs import Case, jpeg_bytes
+from helpers import FAST, image_folder, invoke, lcar_deploy_command, records_of
 from PIL import Image, features
-from typer.testing import CliRunner
 
 from lcar_deploy import cli
-from lcar_deploy.bundle import sha256_file
+from lcar_deploy.bundle import Bundle, sha256_file
+from lcar_deploy.config import PipelineConfig
+from lcar_deploy.datasets import load_dataset
+from lcar_deploy.evaluate import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
-
-FAST = ["--device", "cpu", "--threads", "2", "--quiet"]
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    """Run ``lcar-deploy ARGS`` in this process: (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def lcar_deploy_command() -> list[str]:
-    script = Path(sys.executable).with_name("lcar-deploy")
-    return [str(script)] if script.is_file() else [shutil.which("lcar-deploy") or "lcar-deploy"]
-
-
-def records_of(out: Path) -> list[dict]:
-    """The lines of ``predictions.jsonl``; each must be complete JSON."""
-    data = (out / "predictions.jsonl").read_bytes()
-    assert not data or data.endswith(b"\n"), "partial last line"
-    return [json.loads(line) for line in data.splitlines()]
+from lcar_deploy.localize import LocalizeOptions, localize_folder
+from lcar_deploy.pipeline import Localizer
+from lcar_deploy.stages.sgrm import SgrmConfig
 
 
 def temp_files(out: Path) -> list[Path]:
@@ -71,19 +60,6 @@ def assert_files_match_records(out: Path) -> None:
                 assert (out / record[key]).is_file(), record[key]
     on_disk = {p for folder in ("masks", "overlays") for p in (out / folder).rglob("*.*")}
     assert on_disk <= named, on_disk - named
-
-
-@pytest.fixture(scope="module")
-def photo() -> np.ndarray:
-    return np.asarray(Image.fromarray(skimage.data.chelsea()).resize((160, 106)))
-
-
-def image_folder(root: Path, photo: np.ndarray, count: int) -> Path:
-    """``count`` different JPEGs of the photo (shifted) in ``root``."""
-    root.mkdir(parents=True)
-    for i in range(count):
-        Image.fromarray(np.roll(photo, 23 * i, axis=1)).save(root / f"img{i:02d}.jpg")
-    return root
 
 
 def base_args(src: Path, out: Path, bundle: Path, method: str = "cam") -> list[str | Path]:
@@ -107,14 +83,246 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-# --- one run at a time -------------------------------------------------------------------------
+# --- the bad-image corpus mixed with real images, tiny images, a failing image --------------------
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(W, H) from a PNG's header, without decoding it."""
+    with path.open("rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR", path
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+def iou(a: list[int], b: list[int]) -> float:
+    """Inclusive-pixel IoU of two [x0, y0, x1, y1] boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(w, 0) * max(h, 0)
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area - inter)
+
+
+@pytest.fixture(scope="module")
+def real_images(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
+    """Real photos: scikit-image's samples, and CUB / ILSVRC images when the data is here."""
+    folder = tmp_path_factory.mktemp("real")
+    paths = []
+    for name in ("astronaut", "coffee"):
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(getattr(skimage.data, name)()).save(paths[-1])
+    try:
+        data = request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:
+        return paths
+    paths += sorted((data / "CUB_200_2011" / "images").rglob("*.jpg"))[:2]
+    paths += sorted((data / "ILSVRC-mini" / "val").glob("*.JPEG"))[:2]
+    return paths
+
+
+@pytest.mark.slow
+def test_localize_corpus_mixed_with_real_images(
+    image_corpus: tuple[Path, list[Case]],
+    real_images: list[Path],
+    small_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    root, cases = image_corpus
+    real_dir = root / "real"
+    real_dir.mkdir()
+    for i, path in enumerate(real_images):
+        (real_dir / f"{i}{path.suffix}").symlink_to(path)
+    out = tmp_path / "out"
+    args = ["localize", root, "--out", out, "--bundle", small_bundle, "--method", "cam"]
+    args += ["--batch-size", "4", "--save-masks", "--overlays", *FAST]
+    try:
+        code, _, stderr = invoke(*args)
+        records = records_of(out)
+        first_bytes = (out / "predictions.jsonl").read_bytes()
+        again, _, stderr_again = invoke(*args)
+    finally:
+        shutil.rmtree(real_dir)
+    bad = [c for c in cases if c.error]
+    assert code == cli.EXIT_SOME_IMAGES_FAILED
+    assert f"{len(bad)} failed" in stderr
+    by_path = {r["path"]: r for r in records}
+    assert len(by_path) == len(records), "duplicate lines"
+    expected = {c.name for c in cases} | {f"real/{i}{p.suffix}" for i, p in enumerate(real_images)}
+    assert set(by_path) == expected
+    for case in cases:
+        record = by_path[case.name]
+        if case.error:
+            assert record["status"] == "error", case.name
+            assert re.search(case.error, record["error"]), (case.name, record["error"])
+        else:
+            assert record["status"] == "ok", (case.name, record.get("error"))
+            assert record["image_size"] == list(case.size), case.name
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        width, height = record["image_size"]
+        x0, y0, x1, y1 = record["box"]
+        assert 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height, record["path"]
+        assert png_size(out / record["mask"]) == (width, height)
+        assert (out / record["overlay"]).is_file()
+    assert by_path[os.fsdecode(b"caf\xe9.jpg")]["mask"] == os.fsdecode(b"masks/caf\xe9.jpg.png")
+    rotated, upright = by_path["exif_rotated.jpg"], by_path["upright.jpg"]
+    assert iou(rotated["box"], upright["box"]) >= 0.8, (rotated["box"], upright["box"])
+    # A second run finds everything done, loses nothing, and still reports the failures.
+    assert again == cli.EXIT_SOME_IMAGES_FAILED
+    assert f"0 ok, 0 failed, {len(expected)} already done ({len(bad)} of them failed)" in (
+        stderr_again
+    )
+    assert (out / "predictions.jsonl").read_bytes() == first_bytes
+
+
+@pytest.mark.slow
+def test_full_method_on_tiny_images(
+    small_bundle: Path, image_corpus: tuple[Path, list[Case]], tmp_path: Path
+) -> None:
+    root, _ = image_corpus
+    src = tmp_path / "tiny"
+    src.mkdir()
+    for name in ("tiny_1x1.png", "tiny_8x8.jpg"):
+        shutil.copy(root / name, src / name)
+    config = PipelineConfig(method="lcar", sgrm=SgrmConfig(max_steps=5))
+    localizer = Localizer(Bundle.load(small_bundle), config, device="cpu", threads=2)
+    summary = localize_folder(localizer, src, tmp_path / "out", LocalizeOptions(), progress=False)
+    assert (summary.ok, summary.errors) == (2, 0)
+    for record in records_of(tmp_path / "out"):
+        assert record["status"] == "ok" and record["method"] == "lcar"
+        width, height = record["image_size"]
+        x0, y0, x1, y1 = record["box"]
+        assert 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height
+        assert 0 <= record["sgrm_steps"] <= 5
+
+
+@pytest.mark.slow
+def test_a_failing_image_does_not_stop_localize_or_eval(
+    small_bundle: Path, photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault inside the pipeline (injected for 8x8 images) fails that image only."""
+    src = image_folder(tmp_path / "images", photo, 2, quality=85)
+    Image.fromarray(photo).resize((8, 8)).save(src / "small.png")
+    original = Localizer.run_methods
+
+    def faulty(self: Localizer, images: list[np.ndarray], *args, **kwargs) -> dict:
+        if any(im.shape[:2] == (8, 8) for im in images):
+            raise RuntimeError("injected fault")
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Localizer, "run_methods", faulty)
+    config = PipelineConfig(method="cam")
+    localizer = Localizer(Bundle.load(small_bundle), config, device="cpu", threads=2)
+    options = LocalizeOptions(batch_size=3)
+    summary = localize_folder(localizer, src, tmp_path / "out", options, progress=False)
+    assert (summary.ok, summary.errors) == (2, 1)
+    status = {r["path"]: (r["status"], r.get("error")) for r in records_of(tmp_path / "out")}
+    assert status["small.png"] == (
+        "error",
+        "small.png: localization failed (RuntimeError: injected fault)",
+    )
+    assert status["img00.jpg"][0] == status["img01.jpg"][0] == "ok"
+
+    meta = tmp_path / "images" / "metadata" / "test"
+    meta.mkdir(parents=True)
+    names = ["img00.jpg", "small.png", "img01.jpg"]
+    (meta / "image_ids.txt").write_text("\n".join(names) + "\n")
+    (meta / "class_labels.txt").write_text("".join(f"{n},281\n" for n in names))
+    (meta / "localization.txt").write_text("".join(f"{n},1,1,5,5\n" for n in names))
+    dataset = load_dataset("ilsvrc", src, "test")
+    outcomes = evaluate_batch(localizer, dataset.records, ("cam",), gt_class=False)
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert outcomes[1].error.endswith(
+        "small.png: localization failed (RuntimeError: injected fault)"
+    )
+    assert outcomes[0].maps["cam"].shape == (224, 224)
+
+
+# --- a killed run, resumed; --retry-errors --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_complete_without_duplicates(
+    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    count = 10
+    src = image_folder(tmp_path / "images", photo, count, quality=85)
+    out = tmp_path / "out"
+    args = ["localize", str(src), "--out", str(out), "--bundle", str(small_bundle)]
+    args += ["--method", "arm", "--batch-size", "1", "--save-masks", *FAST]
+    predictions = out / "predictions.jsonl"
+    command = [*lcar_deploy_command(), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predictions.exists() and predictions.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    proc.stderr.close()
+    before = records_of(out)
+    assert 2 <= len(before) < count
+    # SIGKILL cannot cut our single write() in two; a torn line as after a power cut can be
+    # left by other writers, so add one: the next run must drop it.
+    with predictions.open("ab") as f:
+        f.write(b'{"path": "img99.jpg", "sta')
+    kept = b"".join(json.dumps(r).encode() + b"\n" for r in before)
+
+    code, _, stderr = invoke(*args)  # the second run in this process (saves a start-up)
+    assert code == 0, stderr
+    resumed = f"{count - len(before)} ok, 0 failed, {len(before)} already done"
+    assert resumed in stderr
+    after = records_of(out)
+    paths = [r["path"] for r in after]
+    assert sorted(paths) == [f"img{i:02d}.jpg" for i in range(count)]  # complete, no duplicates
+    assert after[: len(before)] == before  # nothing written before the kill is lost
+    assert predictions.read_bytes().startswith(kept)
+    assert all(r["status"] == "ok" and (out / r["mask"]).is_file() for r in after)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_retry_errors_keeps_one_line_per_image(
+    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    src = image_folder(tmp_path / "images", photo, 2, quality=85)
+    (src / "later.jpg").write_bytes(b"")
+    (src / "later.png").write_bytes(jpeg_bytes(Image.fromarray(photo)))  # same stem
+    out = tmp_path / "images" / "out"  # inside the input folder
+    args = ["localize", src, "--out", out, "--bundle", small_bundle, "--method", "cam"]
+    args += ["--overlays", *FAST]
+    code, _, _ = invoke(*args)
+    assert code == cli.EXIT_SOME_IMAGES_FAILED
+    (src / "later.jpg").write_bytes(jpeg_bytes(Image.fromarray(photo)))
+    code, _, stderr = invoke(*args, "--retry-errors")
+    assert code == 0, stderr
+    assert "1 ok, 0 failed, 3 already done" in stderr  # out/ not searched
+    records = records_of(out)
+    assert sorted(r["path"] for r in records) == [
+        "img00.jpg",
+        "img01.jpg",
+        "later.jpg",
+        "later.png",
+    ]
+    assert all(r["status"] == "ok" for r in records)
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == ["img00.jpg.jpg", "img01.jpg.jpg", "later.jpg.jpg", "later.png.jpg"]
+
+
+# --- one run at a time ----------------------------------------------------------------------------
 
 
 def test_a_second_run_on_a_held_output_folder_is_refused(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
     """Another process holds OUT/.lock (as a running localize does): the run stops at once."""
-    src = image_folder(tmp_path / "images", photo, 2)
+    src = image_folder(tmp_path / "images", small_photo, 2)
     out = tmp_path / "out"
     out.mkdir()
     holder_code = (
@@ -150,10 +358,10 @@ def test_a_second_run_on_a_held_output_folder_is_refused(
 
 @pytest.mark.slow
 def test_two_runs_started_at_once_write_every_image_once(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
     count = 12
-    src = image_folder(tmp_path / "images", photo, count)
+    src = image_folder(tmp_path / "images", small_photo, count)
     out = tmp_path / "out"
     command = [*lcar_deploy_command(), *map(str, base_args(src, out, small_bundle, "arm"))]
     command += ["--batch-size", "1"]
@@ -170,16 +378,16 @@ def test_two_runs_started_at_once_write_every_image_once(
     assert not temp_files(out)
 
 
-# --- a full disk, a read-only folder ------------------------------------------------------------
+# --- a full disk, a read-only folder --------------------------------------------------------------
 
 
 def test_full_disk_stops_cleanly_and_the_rerun_completes(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The disk fills up while a record line is written (part of it written, then ENOSPC),
     and later while an overlay is written: each time the run stops with one line naming the
     file, the lines before are intact, nothing half-written is left."""
-    src = image_folder(tmp_path / "images", photo, 5)
+    src = image_folder(tmp_path / "images", small_photo, 5)
     out = tmp_path / "out"
     args = [*base_args(src, out, small_bundle), "--overlays", "--batch-size", "2"]
     real_write = os.write
@@ -242,10 +450,12 @@ def test_full_disk_stops_cleanly_and_the_rerun_completes(
 
 
 @pytest.mark.slow
-def test_full_disk_on_a_small_tmpfs(small_bundle: Path, photo: np.ndarray, tmp_path: Path) -> None:
+def test_full_disk_on_a_small_tmpfs(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
+) -> None:
     """A real full file system: a tmpfs with a few pages left."""
     count = 8
-    src = image_folder(tmp_path / "images", photo, count)
+    src = image_folder(tmp_path / "images", small_photo, count)
     with tmpfs(tmp_path / "disk", "size=1m") as disk:
         filler = disk / "filler"
         filler.write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))  # 16 pages left: a few images
@@ -284,14 +494,14 @@ def read_only_by_patch(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_read_only_output_folder(
     how: str,
     small_bundle: Path,
-    photo: np.ndarray,
+    small_photo: np.ndarray,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An output folder with one image done turns read-only; the resume is a clean error."""
     if how == "mode 555" and os.geteuid() == 0:
         pytest.skip("running as root: mode 555 does not stop root writing")
-    src = image_folder(tmp_path / "images", photo, 2)
+    src = image_folder(tmp_path / "images", small_photo, 2)
     with tmpfs(tmp_path / "disk", "size=4m") if how == "read-only tmpfs" else _no_mount():
         out = tmp_path / ("disk" if how == "read-only tmpfs" else "out") / "out"
         args = base_args(src, out, small_bundle)
@@ -322,7 +532,38 @@ def _no_mount() -> Iterator[None]:
     yield None
 
 
-# --- a resume made differently -----------------------------------------------------------------
+# --- an output folder that cannot be created ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_output_folder_that_cannot_be_created(
+    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    src = image_folder(tmp_path / "images", photo, 1, quality=85)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "overlays").write_text("a file where the overlays folder goes")
+    base = ["localize", src, "--bundle", small_bundle, "--method", "cam", *FAST]
+    code, _, stderr = invoke(*base, "--out", a_file / "sub")
+    assert code == cli.EXIT_ERROR
+    assert "file.txt/sub: cannot create the output folder (Not a directory)" in stderr
+    code, _, stderr = invoke(*base, "--out", blocked, "--overlays")
+    assert code == cli.EXIT_ERROR
+    assert "blocked/overlays: cannot create the output folder (File exists)" in stderr
+    assert not (blocked / "predictions.jsonl").exists()
+    eval_args = ["eval", "--dataset", "ilsvrc", "--root", src, "--bundle", small_bundle]
+    meta = src / "metadata" / "test"
+    meta.mkdir(parents=True)
+    (meta / "image_ids.txt").write_text("img00.jpg\n")
+    (meta / "class_labels.txt").write_text("img00.jpg,281\n")
+    code, _, stderr = invoke(*eval_args, "--out", a_file / "sub", *FAST)
+    assert code == cli.EXIT_ERROR
+    assert "cannot create the output folder (Not a directory)" in stderr
+
+
+# --- a resume made differently --------------------------------------------------------------------
 
 
 def changed_bundle(small_bundle: Path, folder: Path) -> Path:
@@ -340,9 +581,9 @@ def changed_bundle(small_bundle: Path, folder: Path) -> Path:
 
 
 def test_resume_made_differently_is_refused_and_force_starts_over(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
-    src = image_folder(tmp_path / "images", photo, 3)
+    src = image_folder(tmp_path / "images", small_photo, 3)
     out = tmp_path / "out"
     files = ["--save-masks", "--overlays"]
     code, _, stderr = invoke(*base_args(src, out, small_bundle), *files, "--limit", "2")
@@ -396,16 +637,16 @@ def test_resume_made_differently_is_refused_and_force_starts_over(
     assert (out / "notes.txt").read_text() == "mine"
 
 
-# --- Ctrl-C and SIGTERM ------------------------------------------------------------------------
+# --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupted_run_says_how_far_it_got(
-    sig: signal.Signals, small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    sig: signal.Signals, small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
     count = 12
-    src = image_folder(tmp_path / "images", photo, count)
+    src = image_folder(tmp_path / "images", small_photo, count)
     out = tmp_path / "out"
     args = [*base_args(src, out, small_bundle, "arm"), "--batch-size", "1", "--save-masks"]
     predictions = out / "predictions.jsonl"
@@ -440,14 +681,14 @@ def test_interrupted_run_says_how_far_it_got(
     assert len(records_of(out)) == count
 
 
-# --- TIFFs Pillow cannot read ------------------------------------------------------------------
+# --- TIFFs Pillow cannot read ---------------------------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:Truncated File Read:UserWarning")
 def test_tiffs_pillow_refuses_are_decoded_by_tifffile(
-    photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = photo.astype(np.float64) / 255.0
+    first = small_photo.astype(np.float64) / 255.0
     second = first[::-1]
     planar = tmp_path / "multipage_rgb.tif"  # like scikit-image's sample: float64, planar RGB
     pages = np.stack([first, second]).transpose(0, 3, 1, 2)
@@ -455,16 +696,16 @@ def test_tiffs_pillow_refuses_are_decoded_by_tifffile(
     with pytest.raises(OSError, match="cannot identify image file"):
         Image.open(planar)
     image = load_image(planar)
-    assert image.original_size == (photo.shape[1], photo.shape[0])
-    assert np.array_equal(image.rgb, photo)  # the first page, 0..1 -> 0..255
+    assert image.original_size == (small_photo.shape[1], small_photo.shape[0])
+    assert np.array_equal(image.rgb, small_photo)  # the first page, 0..1 -> 0..255
 
     rgb16 = tmp_path / "rgb16_planar.tif"
-    words = photo.astype(np.uint16) * 257
+    words = small_photo.astype(np.uint16) * 257
     tifffile.imwrite(rgb16, words.transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
-    assert np.abs(load_image(rgb16).rgb.astype(int) - photo).max() <= 1  # full 16-bit range
+    assert np.abs(load_image(rgb16).rgb.astype(int) - small_photo).max() <= 1  # full 16-bit range
 
     gray = tmp_path / "gray_float.tif"  # Pillow reads it (mode F): 0..1 must not turn black
-    values = photo.mean(axis=2) / 255.0
+    values = small_photo.mean(axis=2) / 255.0
     tifffile.imwrite(gray, values.astype(np.float32))
     assert np.abs(load_image(gray).rgb[..., 0] - np.round(values * 255)).max() <= 1
 
@@ -486,32 +727,35 @@ def test_tiffs_pillow_refuses_are_decoded_by_tifffile(
 
 
 def test_sample_folder_with_a_tiff_pillow_refuses(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
     src = tmp_path / "images"
     src.mkdir()
-    Image.fromarray(photo).save(src / "a.png")
-    pages = np.stack([photo, photo[::-1]]).astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+    Image.fromarray(small_photo).save(src / "a.png")
+    pages = (
+        np.stack([small_photo, small_photo[::-1]]).astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+    )
     tifffile.imwrite(src / "b.tif", pages, photometric="rgb", planarconfig="separate")
     code, _, stderr = invoke(*base_args(src, tmp_path / "out", small_bundle))
     assert code == 0, stderr
     assert "2 ok, 0 failed" in stderr
     records = {r["path"]: r for r in records_of(tmp_path / "out")}
-    assert records["b.tif"]["image_size"] == [photo.shape[1], photo.shape[0]]
+    assert records["b.tif"]["image_size"] == [small_photo.shape[1], small_photo.shape[0]]
 
 
-# --- files that are not images -----------------------------------------------------------------
+# --- files that are not images --------------------------------------------------------------------
 
 
 def test_files_that_are_not_images_and_failed_files_are_named(
-    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
 ) -> None:
     src = tmp_path / "images"
     (src / "docs").mkdir(parents=True)
-    Image.fromarray(photo).save(src / "a.png")
-    Image.fromarray(photo).save(src / "c.tga")  # a format Pillow reads, not in the common list
+    Image.fromarray(small_photo).save(src / "a.png")
+    # c.tga: a format Pillow reads, not in the common list
+    Image.fromarray(small_photo).save(src / "c.tga")
     (src / "docs" / "notes.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>\n')
-    Image.fromarray(photo).save(src / "docs" / "paper.pdf")
+    Image.fromarray(small_photo).save(src / "docs" / "paper.pdf")
     (src / "readme.txt").write_text("not an image")
     for i in range(4):
         (src / f"bad{i}.jpg").write_bytes(b"not a JPEG")
@@ -542,16 +786,19 @@ def test_files_that_are_not_images_and_failed_files_are_named(
     )
 
 
-def test_avif_is_read(small_bundle: Path, photo: np.ndarray, tmp_path: Path) -> None:
+def test_avif_is_read(small_bundle: Path, small_photo: np.ndarray, tmp_path: Path) -> None:
     if not features.check("avif"):
         pytest.skip("this Pillow has no AVIF codec")
     src = tmp_path / "images"
     src.mkdir()
     try:
-        Image.fromarray(photo).save(src / "a.avif")
+        Image.fromarray(small_photo).save(src / "a.avif")
     except (OSError, KeyError, ValueError) as exc:
         pytest.skip(f"this Pillow cannot write AVIF ({exc})")
     code, _, stderr = invoke(*base_args(src, tmp_path / "out", small_bundle))
     assert code == 0, stderr
     assert "1 ok, 0 failed" in stderr and "not an image" not in stderr
-    assert records_of(tmp_path / "out")[0]["image_size"] == [photo.shape[1], photo.shape[0]]
+    assert records_of(tmp_path / "out")[0]["image_size"] == [
+        small_photo.shape[1],
+        small_photo.shape[0],
+    ]
