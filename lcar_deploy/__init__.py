@@ -7,6 +7,8 @@ The few names a user needs, imported on first use (``import lcar_deploy`` stays 
     loc = lcar_deploy.Localizer.from_bundle()  # the default bundle, or a bundle folder
     r = loc.localize("bird.jpg")  # or an RGB uint8 array; class_id= optional
     r.box, r.boxes, r.mask, r.score, r.class_name  # in the image's own pixels
+
+    lcar_deploy.evaluate("cub", "CUB_200_2011", bundle="bundles/cub", out="runs/eval-cub")
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _EXPORTS = {
     "Bundle": "lcar_deploy.bundle",
     "load_bundle": "lcar_deploy.bundle",
     "export_bundle": "lcar_deploy.export.exporter",
+    "evaluate": "lcar_deploy.evaluation",
     "LcarError": "lcar_deploy.errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

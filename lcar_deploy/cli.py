@@ -13,7 +13,6 @@ images, an output folder that cannot be written, bad bundle); 2 the command line
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 from enum import Enum
 from pathlib import Path
@@ -417,59 +416,37 @@ def evaluate(
     """Evaluate localization on CUB / ILSVRC with wsolevaluation's metrics, every method."""
     import sys
 
-    from .config import check_evaluable
-    from .datasets import load_dataset
-    from .evaluate import iter_outcomes, run_evaluation, write_outputs
+    from .evaluation import evaluate as run_eval
 
     chosen = parse_methods(methods)
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
     run_on, device = run_engine(engine, workers, device)
     try:
-        data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
-        spec = make_spec(bundle, "lcar", device, arm_backend, settings, preset)
-        check_evaluable(spec.config)
-        outcomes = iter_outcomes(
-            spec.bundle,
-            spec.config,
-            data,
-            chosen,
+        result = run_eval(
+            dataset.value,
+            root,
+            bundle=bundle,
+            out=out,
+            methods=chosen,
+            split=split,
+            metadata=metadata,
+            limit=limit,
+            preset=None if preset is None else preset.value,
+            settings=settings,
+            device=device.value,
+            arm_backend=arm_backend.value,
             batch_size=batch_size,
             engine=run_on,
             workers=workers,
-            device=device.value,
             threads=threads,
             address=address,
+            progress=not quiet,
+            command=" ".join(sys.argv),
+            notify=notify,
         )
-    except LcarError as exc:
-        raise fail(str(exc)) from None
-    loaded = spec.bundle
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(
-            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
-        ) from None
-    try:
-        result = run_evaluation(outcomes, chosen, out, len(data), progress=not quiet)
     except (LcarError, ConnectionError) as exc:
         raise fail(str(exc)) from None
-    info = {
-        "command": " ".join(sys.argv),
-        "dataset": {
-            "kind": data.kind,
-            "root": str(data.root),
-            "split": data.split,
-            "images": len(data),
-        },
-        "bundle": str(loaded.path),
-        "backbone": loaded.backbone,
-        "input_size": loaded.input_size,
-        "providers": outcomes.providers,
-        "settings": dataclasses.asdict(spec.config),
-    }
-    title = f"lcar-deploy eval: {data.kind} {data.split} ({loaded.backbone}, S={loaded.input_size})"
-    write_outputs(result, data, out, title, info)
     typer.echo((out / "report.md").read_text())
     if result.errors:
         typer.echo(

@@ -93,3 +93,24 @@ def test_bad_inputs_are_clear_errors(small_bundle: Path) -> None:
     with pytest.raises(SettingError, match="setting preset"):
         lcar_deploy.Localizer.from_bundle(small_bundle, preset="fastest")
     assert issubclass(SettingError, LcarError) and issubclass(BundleError, LcarError)
+
+
+def test_evaluate_writes_the_report(photos: Path, small_bundle: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    meta = root / "metadata" / "test"
+    meta.mkdir(parents=True)
+    Image.open(photos / "bird.jpg").save(root / "cat.png")
+    (meta / "image_ids.txt").write_text("cat.png\n")
+    (meta / "class_labels.txt").write_text("cat.png,281\n")
+    (meta / "localization.txt").write_text("cat.png,100,20,350,290\n")
+    out = tmp_path / "eval"
+    result = lcar_deploy.evaluate(
+        "ilsvrc", root, bundle=small_bundle, out=out, methods=["cam", "arm"], device="cpu",
+        progress=False,
+    )  # fmt: skip
+    assert set(result.metrics["methods"]) == {"cam", "arm"} and not result.errors
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 1 and metrics["dataset"]["kind"] == "ilsvrc"
+    assert "| arm |" in (out / "report.md").read_text()
+    with pytest.raises(SettingError, match="setting methods: unknown"):
+        lcar_deploy.evaluate("ilsvrc", root, bundle=small_bundle, out=out, methods=["magic"])

@@ -27,7 +27,7 @@ from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Dataset, Record, load_dataset
 from lcar_deploy.engines import map_batches, resolve_engine, worker_threads
 from lcar_deploy.errors import EngineError, SettingError
-from lcar_deploy.evaluate import iter_outcomes, run_evaluation
+from lcar_deploy.evaluation import iter_outcomes, run_evaluation
 from lcar_deploy.localize import LocalizeOptions, localize_folder
 from lcar_deploy.pipeline import Localizer, LocalizerSpec
 

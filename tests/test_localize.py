@@ -39,7 +39,7 @@ from lcar_deploy import cli
 from lcar_deploy.bundle import Bundle, sha256_file
 from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
-from lcar_deploy.evaluate import evaluate_batch
+from lcar_deploy.evaluation import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
 from lcar_deploy.localize import LocalizeOptions, localize_folder
 from lcar_deploy.pipeline import Localizer

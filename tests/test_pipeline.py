@@ -12,7 +12,7 @@ from PIL import Image
 
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.datasets import load_dataset
-from lcar_deploy.evaluate import iter_outcomes, run_evaluation, write_outputs
+from lcar_deploy.evaluation import iter_outcomes, run_evaluation, write_outputs
 from lcar_deploy.localize import LocalizeOptions, localize_folder, read_done
 from lcar_deploy.pipeline import (
     METHODS,

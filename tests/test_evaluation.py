@@ -18,7 +18,7 @@ from PIL import Image
 from lcar_deploy import cli
 from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Record
-from lcar_deploy.evaluate import ImageOutcome, evaluate_batch, report_markdown, run_evaluation
+from lcar_deploy.evaluation import ImageOutcome, evaluate_batch, report_markdown, run_evaluation
 from lcar_deploy.metrics import BoxAccuracyAccumulator
 from lcar_deploy.pipeline import Localization
 

@@ -11,20 +11,22 @@ N x 224 x 224 float16), ``threshold_curves.png``, ``examples.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle
-from .config import PipelineConfig
-from .datasets import Dataset, Record
+from .config import PipelineConfig, check_evaluable
+from .datasets import Dataset, Record, load_dataset
 from .engines import Mapped, map_batches
+from .errors import OutputError, SettingError
 from .image_io import ImageError, load_image
 from .io import write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
@@ -370,3 +372,95 @@ def write_outputs(result: EvalResult, dataset: Dataset, out: Path, title: str, i
     methods = [m for m, v in metrics["methods"].items() if v.get("num_images")]
     if examples and methods:
         plot_examples(examples, dataset, methods[-1], out / "examples.png")
+
+
+def evaluate(
+    dataset: str | Dataset,
+    root: str | Path | None = None,
+    *,
+    bundle: str | Path | Bundle | None = None,
+    out: str | Path = "lcar-eval",
+    methods: Sequence[str] = METHODS,
+    split: str = "test",
+    metadata: str | Path | None = None,
+    limit: int | None = None,
+    preset: str | None = None,
+    settings: str | dict | None = None,
+    device: str = "auto",
+    arm_backend: str = "auto",
+    batch_size: int = 8,
+    engine: str = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """``lcar-deploy eval``: every method of ``methods`` on the same images of a dataset split,
+    scored with wsolevaluation's metrics; writes ``metrics.json``, ``report.md``, ``maps.npz``
+    and the plots into ``out`` (module docstring) and returns the result.
+
+    ``dataset``: a loaded :class:`Dataset`, or its layout (``cub | ilsvrc | wsol``) read from
+    ``root`` (``split``, ``metadata``, ``limit`` as :func:`load_dataset`). ``bundle``, ``preset``,
+    ``settings``, ``device``, ``arm_backend``: as :meth:`Localizer.from_bundle`; ``engine``,
+    ``workers``, ``threads``, ``address``: as :func:`lcar_deploy.engines.map_batches`. Every
+    argument is checked before any image is read (:class:`lcar_deploy.errors.LcarError`).
+    """
+    chosen = tuple(m for m in METHODS if m in methods)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not chosen:
+        raise SettingError("methods", f"unknown {unknown or list(methods)}; choose from {METHODS}")
+    data = (
+        dataset
+        if isinstance(dataset, Dataset)
+        else load_dataset(dataset, root, split, metadata=metadata, limit=limit)
+    )
+    spec = LocalizerSpec.from_bundle(
+        bundle,
+        method="lcar",
+        preset=preset,
+        settings=settings,
+        device=device,
+        arm_backend=arm_backend,
+        notify=notify,
+    )
+    check_evaluable(spec.config)
+    out = Path(out)
+    outcomes = iter_outcomes(
+        spec.bundle,
+        spec.config,
+        data,
+        chosen,
+        batch_size=batch_size,
+        engine=engine,
+        workers=workers,
+        device=device,
+        threads=threads,
+        address=address,
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
+        ) from None
+    result = run_evaluation(outcomes, chosen, out, len(data), progress=progress)
+    loaded = spec.bundle
+    info = {
+        "command": command,
+        "dataset": {
+            "kind": data.kind,
+            "root": str(data.root),
+            "split": data.split,
+            "images": len(data),
+        },
+        "bundle": str(loaded.path),
+        "backbone": loaded.backbone,
+        "input_size": loaded.input_size,
+        "providers": outcomes.providers,
+        "settings": dataclasses.asdict(spec.config),
+    }
+    title = f"lcar-deploy eval: {data.kind} {data.split} ({loaded.backbone}, S={loaded.input_size})"
+    write_outputs(result, data, out, title, info)
+    return result
