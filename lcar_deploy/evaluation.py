@@ -26,9 +26,9 @@ from .bundle import Bundle
 from .config import PipelineConfig, check_evaluable
 from .datasets import Dataset, Record, load_dataset
 from .engines import Mapped, map_batches
-from .errors import OutputError, SettingError
+from .errors import SettingError
 from .image_io import ImageError, load_image
-from .io import write_atomic
+from .io import make_dirs, write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
 from .names import METHODS, STAGES, Engine
 from .pipeline import Localizer, LocalizerSpec
@@ -439,12 +439,7 @@ def evaluate(
         threads=threads,
         address=address,
     )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
-        ) from None
+    make_dirs(out)
     result = run_evaluation(outcomes, chosen, out, len(data), progress=progress)
     loaded = spec.bundle
     info = {

@@ -6,6 +6,8 @@
   call (``.NAME.PID.RANDOM.tmp``), then renamed onto it: a reader sees the old file or the new
   one, never a part; two processes writing the same file never share a temporary file; the
   temporary file is removed when the write or the rename fails.
+- :func:`make_dirs`: output folders, an :class:`~lcar_deploy.errors.OutputError` when one
+  cannot be made.
 - :class:`JsonlWriter`: ``predictions.jsonl``, one record per line, appended; a line is written
   whole or taken back off.
 """
@@ -20,7 +22,21 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import OutputError
+
 _NAME_MAX = 255
+
+
+def make_dirs(*folders: Path) -> None:
+    """Create ``folders`` (and their parents); :class:`OutputError` naming the one that cannot
+    be made and why."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"{exc.filename or folder}: cannot create the output folder ({exc.strerror})"
+            ) from None
 
 
 def _temp_path(path: Path) -> Path:

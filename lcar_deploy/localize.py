@@ -52,7 +52,7 @@ from .config import PipelineConfig
 from .engines import Mapped, map_batches
 from .errors import OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
-from .io import JsonlWriter, write_atomic
+from .io import JsonlWriter, make_dirs, write_atomic
 from .names import Engine
 from .pipeline import Localization, Localizer, LocalizerSpec
 
@@ -212,12 +212,7 @@ def output_lock(out: Path) -> Iterator[None]:
     and is never removed: a run that opened it just before the removal would lock a file that
     no longer exists, next to a new one.
     """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
-        ) from None
+    make_dirs(out)
     try:
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -483,11 +478,9 @@ def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, me
 
 
 def prepare_output(out: Path, options: LocalizeOptions) -> None:
-    """Create ``out`` and the folders ``options`` write to; OSError when one cannot be made."""
-    out.mkdir(parents=True, exist_ok=True)
-    for folder, wanted in (("masks", options.save_masks), ("overlays", options.overlays)):
-        if wanted:
-            (out / folder).mkdir(exist_ok=True)
+    """Create ``out`` and the folders ``options`` write to; OutputError when one cannot be made."""
+    wanted = (("masks", options.save_masks), ("overlays", options.overlays))
+    make_dirs(out, *(out / folder for folder, want in wanted if want))
 
 
 def _save_files(
@@ -556,12 +549,7 @@ def localize_folder(
         if options.force:
             clear_output(out)
         check_run(out, run_identity(spec, options.class_id))
-        try:
-            prepare_output(out, options)
-        except OSError as exc:
-            raise OutputError(
-                f"{exc.filename or out}: cannot create the output folder ({exc.strerror})"
-            ) from None
+        prepare_output(out, options)
         predictions = out / PREDICTIONS
         try:
             done = read_done(predictions, options.retry_errors)
