@@ -137,10 +137,6 @@ def export(
     typer.echo(str(path))
 
 
-def _not_implemented(command: str) -> typer.Exit:
-    return fail(f"`lcar-deploy {command}` is not implemented yet")
-
-
 Method = choices("Method", names.METHODS)
 
 
@@ -364,14 +360,6 @@ def localize(
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in names.METHODS]
-    if unknown or not methods:
-        raise fail(f"--methods: unknown {unknown or text!r}; choose from {','.join(names.METHODS)}")
-    return tuple(m for m in names.METHODS if m in methods)
-
-
 @app.command(
     "eval",
     epilog=(
@@ -418,7 +406,7 @@ def evaluate(
 
     from .evaluation import evaluate as run_eval
 
-    chosen = parse_methods(methods)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
     run_on, device = run_engine(engine, workers, device)

@@ -410,7 +410,9 @@ def evaluate(
     chosen = tuple(m for m in METHODS if m in methods)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not chosen:
-        raise SettingError("methods", f"unknown {unknown or list(methods)}; choose from {METHODS}")
+        raise SettingError(
+            "methods", f"unknown {unknown or list(methods)}; choose from {', '.join(METHODS)}"
+        )
     data = (
         dataset
         if isinstance(dataset, Dataset)
