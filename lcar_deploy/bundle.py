@@ -419,7 +419,14 @@ class Bundle:
             )
         model = self.path / "model.onnx"
         _check_plain_file(model, MAX_FILE_BYTES, "listed in the manifest but missing")
-        return OnnxRunner(model, self.outputs, device=device, threads=threads)
+        # onnxruntime gets the bytes checked here, not the path: the file could change between
+        # the check and a later open.
+        data = _read_plain_file(model, MAX_FILE_BYTES)
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"]["model.onnx"]["sha256"]:
+            raise BundleError(
+                f"{model}: sha256 does not match the manifest (file changed or corrupt)"
+            )
+        return OnnxRunner(model, self.outputs, device=device, threads=threads, data=data)
 
 
 def select_providers(device: str) -> list[str]:
@@ -444,8 +451,15 @@ class OnnxRunner:
     """An onnxruntime session over a bundle's graph. ``run(images)`` -> dict of outputs."""
 
     def __init__(
-        self, model_path: Path, outputs: list[str], device: str = "auto", threads: int | None = None
+        self,
+        model_path: Path,
+        outputs: list[str],
+        device: str = "auto",
+        threads: int | None = None,
+        data: bytes | None = None,
     ) -> None:
+        """``data``: the model's bytes, when already read (``model_path`` then names it in
+        messages); else the file at ``model_path`` is loaded."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -456,7 +470,7 @@ class OnnxRunner:
         providers = select_providers(device)
         try:
             self.session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=providers
+                str(model_path) if data is None else data, sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc})") from None

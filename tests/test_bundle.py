@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 from bad_inputs import Case as ImageCase
 from helpers import BUNDLE_ERRORS, FAST, invoke
@@ -166,6 +167,19 @@ def test_valid_bundle_and_torchscript_only_bundle_load(small_bundle: Path, tmp_p
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"has no model\.onnx"):
         Bundle.load(folder).session()
+
+
+def test_a_model_changed_after_loading_is_not_run(small_bundle: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(small_bundle, folder)
+    loaded = Bundle.load(folder)
+    # Another valid ONNX graph swapped in once the bundle was checked: the session is built
+    # from bytes read and hashed again, so it is refused rather than run.
+    model = onnx.load(str(folder / "model.onnx"))
+    model.producer_name = "swapped"
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(BundleError, match=r"model\.onnx: sha256 does not match the manifest"):
+        loaded.session(device="cpu", threads=1)
 
 
 # --- broken copies of a good bundle ---------------------------------------------------------------
