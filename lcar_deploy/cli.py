@@ -22,7 +22,7 @@ import typer
 
 from . import names
 from .errors import LcarError
-from .training.config import train_defaults
+from .training.config import LocalizerConfig, train_defaults
 
 if TYPE_CHECKING:
     from .pipeline import LocalizerSpec
@@ -505,7 +505,17 @@ def train(
         bool | None,
         typer.Option(
             "--foreground/--no-foreground",
-            help="Fit the foreground head (default: on for cub, off for ilsvrc).",
+            help="Self-train the foreground head, the learned class-agnostic localizer "
+            "(default: on for cub, off for ilsvrc).",
+        ),
+    ] = None,
+    foreground_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Self-training rounds of the foreground head after its first fit, each on "
+            "ARM's refinement of the previous round's maps (default "
+            f"{LocalizerConfig.rounds}).",
         ),
     ] = None,
     seed: Annotated[
@@ -536,7 +546,8 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train the SD-CAM heads (and the foreground head) on frozen backbone features."""
+    """Train the SD-CAM heads and the foreground head (a class-agnostic localizer, self-trained
+    on the pipeline's own refined maps) on frozen backbone features; class labels only."""
     from .training.train import train_and_export
 
     options = {
@@ -552,6 +563,7 @@ def train(
         "teacher_hidden": teacher_hidden,
         "augment": augment,
         "foreground": foreground,
+        "foreground_rounds": foreground_rounds,
         "seed": seed,
         "limit": limit,
         "device": device,

@@ -1,4 +1,5 @@
-"""The foreground head: fit on pseudo labels, export with its output, ONNX parity."""
+"""The foreground head (learned class-agnostic localizer): features, fit, self-training rounds,
+export with its output and ONNX parity."""
 
 from __future__ import annotations
 
@@ -9,38 +10,127 @@ import pytest
 import torch
 
 from lcar_deploy.bundle import Bundle
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.models.backbones import default_config
-from lcar_deploy.models.heads import Heads, load_heads, save_heads, with_foreground
+from lcar_deploy.models.heads import ForegroundHead, Heads, load_heads, save_heads, with_foreground
 from lcar_deploy.models.model import build_backbone, heads_config_for
-from lcar_deploy.training.foreground import ForegroundConfig, fit_foreground
+from lcar_deploy.training.localizer import (
+    LocalizerConfig,
+    TrainSplitMaps,
+    bands,
+    empty_head,
+    fit_head,
+    predict,
+    self_train,
+)
 
 
-def test_fit_separates_object_from_background_features() -> None:
+def _separable(n: int = 20, side: int = 6, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose first axis says object (a centre square) or background, with noise."""
     rng = np.random.default_rng(0)
-    n, h, w, dim = 20, 6, 6, 8
-    obj = np.zeros((n, h, w), dtype=bool)
+    obj = np.zeros((n, side, side), dtype=bool)
     obj[:, 1:4, 2:5] = True
     direction = np.eye(dim)[0]
-    features = rng.normal(0, 0.3, (n, h, w, dim)) + np.where(obj[..., None], direction, -direction)
-    cam = np.where(obj, 0.9, 0.05).astype(np.float32)
-    cam[:, 2, 3] = 0.3
-    weight, bias, stats = fit_foreground(features.astype(np.float16), cam, ForegroundConfig())
-    assert stats["cells"] == n * (h * w - 1)
+    features = rng.normal(0, 0.3, (n, side, side, dim)) + np.where(
+        obj[..., None], direction, -direction
+    )
+    return features.astype(np.float16), obj
+
+
+def test_features_are_normalised_per_layer_and_resized_to_the_grid() -> None:
+    head = ForegroundHead(["a", "b"], [3, 2], grid=4)
+    stages = {"a": torch.rand(2, 3, 8, 8) + 0.1, "b": torch.rand(2, 2, 4, 4) + 0.1}
+    f = head.features(stages)
+    assert f.shape == (2, 4, 4, 5)
+    np.testing.assert_allclose(f[..., 3:].norm(dim=-1).numpy(), 1.0, atol=1e-6)
+    expected_b = stages["b"] / stages["b"].norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(f[..., 3:].numpy(), expected_b.permute(0, 2, 3, 1).numpy(), 1e-6)
+    with torch.no_grad():
+        prob = head(stages)
+    assert prob.shape == (2, 4, 4) and float(prob.min()) >= 0 and float(prob.max()) <= 1
+
+
+def test_bands_strict_and_inclusive() -> None:
+    maps = np.array([[[0.1, 0.3, 0.45], [0.6, 0.9, 0.05]]], np.float32)
+    np.testing.assert_array_equal(bands(maps, 0.6, 0.3, strict=False), [[[0, 0, -1], [1, 1, 0]]])
+    np.testing.assert_array_equal(bands(maps, 0.6, 0.1, strict=True), [[[-1, -1, -1], [-1, 1, 0]]])
+
+
+def test_fit_separates_object_from_background_and_ignores_the_band() -> None:
+    features, obj = _separable()
+    labels = np.where(obj, 1, 0).astype(np.int8)
+    labels[:, 2, 3] = -1  # an object cell left out of the fit
+    head = ForegroundHead(["x"], [8], grid=6)
+    stats = fit_head(head, features, labels, LocalizerConfig(cell_stride=1))
+    assert stats["cells"] == 20 * (36 - 1)
     assert stats["positive_share"] == pytest.approx(8 / 35)
-    unit = features / np.linalg.norm(features, axis=-1, keepdims=True)
-    prob = 1 / (1 + np.exp(-(unit @ weight.numpy()[0] + bias.item())))
+    prob = predict(head, features)
     assert (prob[obj] > 0.5).mean() > 0.95 and (prob[~obj] < 0.5).mean() > 0.95
     assert prob[:, 2, 3].min() > 0.5
+    again = ForegroundHead(["x"], [8], grid=6)
+    fit_head(again, features, labels, LocalizerConfig(cell_stride=1))
+    assert torch.equal(again.fc.weight, head.fc.weight)  # deterministic: no seed involved
 
 
-def test_one_class_pseudo_labels_are_rejected() -> None:
+def test_cell_stride_reads_every_nth_cell() -> None:
+    features, obj = _separable(n=4)
+    labels = np.where(obj, 1, 0).astype(np.int8)
+    stats = fit_head(ForegroundHead(["x"], [8], 6), features, labels, LocalizerConfig())
+    assert stats["cells"] == 4 * 3 * 3
+
+
+def test_bad_settings_and_one_class_labels_are_refused() -> None:
     with pytest.raises(ValueError, match="only one class"):
-        fit_foreground(
-            np.ones((2, 3, 3, 4)), np.full((2, 3, 3), 0.9, np.float32), ForegroundConfig()
+        fit_head(
+            ForegroundHead(["x"], [4], 3),
+            np.ones((2, 3, 3, 4), np.float16),
+            np.ones((2, 3, 3), np.int8),
+            LocalizerConfig(cell_stride=1),
         )
-    with pytest.raises(ValueError, match="low < high"):
-        ForegroundConfig(high=0.1, low=0.5)
+    for bad, match in (
+        ({"high": 0.2, "low": 0.5}, "low < high"),
+        ({"cam_high": 1.2}, "cam_low < cam_high"),
+        ({"rounds": -1}, "rounds"),
+        ({"cam_source": "boxes"}, "cam_source"),
+        ({"cell_stride": 0}, "cell_stride"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            LocalizerConfig(**bad)
+
+
+def test_self_training_rounds_refit_on_arm_refined_maps() -> None:
+    """Round 0 learns from CAM bands that cover only half the object; ARM on an image whose
+    colours mark the whole object then teaches round 1 the rest."""
+    n, side = 6, 8
+    rng = np.random.default_rng(1)
+    obj = np.zeros((n, side, side), bool)
+    obj[:, 2:6, 2:6] = True
+    part = np.zeros_like(obj)
+    part[:, 2:6, 2:4] = True  # the "discriminative part" the CAM sees
+    features = rng.normal(0, 0.2, (n, side, side, 4))
+    features[..., 0] += np.where(obj, 1.0, -1.0)
+    features[..., 1] += np.where(part, 1.0, 0.0)
+    cams = np.where(part, 0.9, np.where(obj, 0.3, 0.0)).astype(np.float32)
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 8:24, 8:24] = 220
+    data = TrainSplitMaps(features.astype(np.float16), cams, images)
+    saved: list[int] = []
+    head = ForegroundHead(["x"], [4], side)
+    history = self_train(
+        head,
+        data,
+        LocalizerConfig(rounds=1, cell_stride=1),
+        PipelineConfig().arm,
+        threads=1,
+        checkpoint=lambda r, h: saved.append(r),
+        progress=False,
+    )
+    assert [h["round"] for h in history] == [0, 1] and saved == [0, 1]
+    assert history[0]["ignored_share"] > history[1]["ignored_share"]
+    prob = predict(head, data.features)
+    assert (prob[obj & ~part] > 0.5).mean() > 0.9  # the rest of the object, learnt in round 1
+    assert (prob[~obj] < 0.5).mean() > 0.9
 
 
 def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:
@@ -55,10 +145,15 @@ def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:
         teacher_hidden=0,
     )
     torch.manual_seed(0)
-    heads = with_foreground(Heads(heads_cfg), torch.randn(1, 112), torch.zeros(1))
+    head = empty_head(backbone, config, None)
+    assert head.layers == ("blocks.2", "blocks.4", "blocks.6") and head.grid == 8
+    assert head.dims == (40, 112, 320)
+    torch.nn.init.normal_(head.fc.weight)
+    heads = with_foreground(Heads(heads_cfg), head)
     save_heads(heads, tmp_path / "heads.pt", extra={"dataset": {"kind": "cub"}})
     loaded, _ = load_heads(tmp_path / "heads.pt")
-    assert loaded.config.foreground_dim == 112
+    assert loaded.config.foreground_layers == ["blocks.2", "blocks.4", "blocks.6"]
+    assert loaded.config.foreground_grid == 8
     torch.save(backbone.model.state_dict(), tmp_path / "weights.pth")
     out = export_bundle(
         tmp_path / "b",
@@ -71,7 +166,13 @@ def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:
     images = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
     got = bundle.session(device="cpu").run(images)["foreground"]
     with torch.no_grad():
-        feats = backbone(torch.from_numpy(images))
-        expected = loaded.foreground(feats["affinity"]).numpy()
-    assert got.shape == (2, 4, 4)
+        expected = loaded.foreground(backbone(torch.from_numpy(images))["stages"]).numpy()
+    assert got.shape == (2, 8, 8)
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_unknown_layer_is_refused() -> None:
+    config = default_config("efficientnet_lite0", 64)
+    backbone = build_backbone(config, random_init=True)
+    with pytest.raises(ValueError, match=r"no layer 'blocks\.9'"):
+        empty_head(backbone, config, ("blocks.9",))

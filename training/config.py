@@ -13,7 +13,50 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..models.backbones import BackboneConfig
-    from .foreground import ForegroundConfig
+
+CAM_SOURCES = ("imagenet", "heads")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """How the foreground head is self-trained.
+
+    rounds: fits after round 0, each on ARM's refinement of the previous fit's maps.
+    cam_source: round 0's map, ``imagenet`` (the backbone's ImageNet classifier, softmax-weighted
+        top ``top_k`` CAM, class-agnostic) or ``heads`` (the trained CAM head, the image's label).
+    cam_high, cam_low: round 0's bands on the min-max normalised CAM.
+    high, low: later rounds' bands on the ARM-refined map (object >= high, background <= low).
+    l2: L2 penalty on the weights; max_iter: L-BFGS iterations per round.
+    cell_stride: the fit reads every n-th cell along each axis.
+    layers: backbone layers read by the head (``None``: the backbone's default).
+    max_images: train images used at most (evenly spread), which bounds the cache and memory.
+    """
+
+    rounds: int = 2
+    cam_source: str = "imagenet"
+    top_k: int = 5
+    cam_high: float = 0.5
+    cam_low: float = 0.1
+    high: float = 0.6
+    low: float = 0.3
+    l2: float = 1e-4
+    max_iter: int = 100
+    cell_stride: int = 2
+    layers: tuple[str, ...] | None = None
+    max_images: int = 3000
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.cam_source not in CAM_SOURCES:
+            raise ValueError(f"cam_source must be one of {', '.join(CAM_SOURCES)}")
+        for low, high, what in ((self.cam_low, self.cam_high, "cam_"), (self.low, self.high, "")):
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError(f"need 0 <= {what}low < {what}high <= 1, got {low}, {high}")
+        if self.cell_stride < 1 or self.max_iter < 1 or self.max_images < 1 or self.top_k < 1:
+            raise ValueError("cell_stride, max_iter, max_images and top_k must be >= 1")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
 
 
 @dataclass(frozen=True)
@@ -44,11 +87,14 @@ class TrainConfig:
         busy machine).
     checkpoint_every: save heads every this many epochs (0: only the final ``heads.pt``).
     progress: show tqdm progress bars.
-    foreground: also fit the foreground head (:mod:`.foreground`) on the train split;
-        ``None``: on for ``cub`` (single objects), off for ILSVRC (several objects per image,
-        where it does worse); why: docs/method.md, section 7; the numbers: docs/accuracy.md.
-    foreground_pseudo: its pseudo labels, ``imagenet`` (embedded classifier's top-5 CAM) or
+    foreground: also self-train the foreground head, the learned class-agnostic localizer
+        (:mod:`.localizer`), on the train split; ``None``: on for ``cub`` (single objects), off
+        for ILSVRC (several objects per image, where it does worse); why: docs/method.md,
+        section 7; the numbers: docs/accuracy.md.
+    foreground_pseudo: its round-0 map, ``imagenet`` (embedded classifier's top-5 CAM) or
         ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
+    foreground_rounds: its self-training rounds after round 0 (``None``: the
+        :class:`~.localizer.LocalizerConfig` default).
     max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
         while they are at most this share of a split; more is an error.
     """
@@ -84,6 +130,7 @@ class TrainConfig:
     progress: bool = True
     foreground: bool | None = None
     foreground_pseudo: str | None = None
+    foreground_rounds: int | None = None
     max_bad_share: float = 0.01
 
     def __post_init__(self) -> None:
@@ -115,9 +162,8 @@ class TrainConfig:
         ViewSpec(self.augment, self.crop_views, self.seed)
 
     @property
-    def resolved_foreground(self) -> ForegroundConfig | None:
+    def resolved_foreground(self) -> LocalizerConfig | None:
         from ..models.backbones import backbone_spec
-        from .foreground import ForegroundConfig
 
         use = self.foreground if self.foreground is not None else self.dataset == "cub"
         if not use:
@@ -125,7 +171,8 @@ class TrainConfig:
         pseudo = self.foreground_pseudo or (
             "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
         )
-        return ForegroundConfig(pseudo=pseudo)
+        rounds = {} if self.foreground_rounds is None else {"rounds": self.foreground_rounds}
+        return LocalizerConfig(cam_source=pseudo, **rounds)
 
     @property
     def resolved_teacher_hidden(self) -> int:

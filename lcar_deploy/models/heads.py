@@ -20,7 +20,7 @@ from ..errors import HeadsError
 from ..io import write_atomic
 from .safe_load import load_file
 
-HEADS_FORMAT_VERSION = 1
+HEADS_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class HeadsConfig:
     num_classes: C; class_ids / class_names: dataset ids and names of the C outputs.
     teacher_hidden: width of the teacher's MLP block (0 = linear teacher).
     teacher_input: ``concat`` (global || mean(grid), eq. 3) or ``global``.
-    foreground_dim: Da of the affinity features read by the foreground head (0 = no head).
+    foreground_layers: backbone layers read by the foreground head (empty = no head);
+        foreground_dims: their widths; foreground_grid: the side of its output grid.
     """
 
     backbone: str
@@ -46,7 +47,9 @@ class HeadsConfig:
     class_names: list[str] = field(default_factory=list)
     teacher_hidden: int = 512
     teacher_input: str = "concat"
-    foreground_dim: int = 0
+    foreground_layers: list[str] = field(default_factory=list)
+    foreground_dims: list[int] = field(default_factory=list)
+    foreground_grid: int = 0
 
     def __post_init__(self) -> None:
         if self.teacher_input not in ("concat", "global"):
@@ -56,6 +59,10 @@ class HeadsConfig:
         for name, values in (("class_ids", self.class_ids), ("class_names", self.class_names)):
             if values and len(values) != self.num_classes:
                 raise HeadsError(f"{name} has {len(values)} entries for {self.num_classes} classes")
+        if len(self.foreground_layers) != len(self.foreground_dims):
+            raise HeadsError("foreground_layers and foreground_dims differ in length")
+        if self.foreground_layers and self.foreground_grid < 1:
+            raise HeadsError("a foreground head needs foreground_grid >= 1")
 
     @property
     def teacher_in_dim(self) -> int:
@@ -94,29 +101,43 @@ class TeacherHead(nn.Module):
 
 
 class ForegroundHead(nn.Module):
-    """Class-agnostic object probability per affinity cell (beyond the paper, docs/method.md,
-    section 7).
+    """The learned class-agnostic localizer (beyond the paper, docs/method.md, section 7).
 
-    A logistic regression over the L2-normalised affinity features, trained on the train split
-    with pseudo labels from the CAM (confident object / background cells), so that what is
-    learnt about "object" on many images generalises beyond each CAM's discriminative part.
-    (B, ha, wa, Da) -> (B, ha, wa) in [0, 1].
+    Multi-scale frozen features (e.g. strides 8, 16, 32), each L2-normalised per cell and
+    resized bilinearly to one ``grid`` x ``grid`` grid, concatenated, then one linear layer and a
+    sigmoid: the probability that the cell shows an object of the dataset, whatever its class.
+    Self-trained on the pipeline's own refined maps of the train split (:mod:`lcar_deploy.
+    training.localizer`). stages {layer: (B, C, h, w)} -> (B, grid, grid) in [0, 1].
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, layers: list[str], dims: list[int], grid: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(dim, 1)
+        self.layers = tuple(layers)
+        self.dims = tuple(dims)
+        self.grid = grid
+        self.fc = nn.Linear(sum(dims), 1)
 
-    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
-        unit = affinity / affinity.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return torch.sigmoid(self.fc(unit)[..., 0])
+    def features(self, stages: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, grid, grid, sum(dims)): the concatenated, normalised, resized features."""
+        parts = []
+        for layer in self.layers:
+            x = nn.functional.normalize(stages[layer].float(), dim=1)
+            if tuple(x.shape[-2:]) != (self.grid, self.grid):
+                x = nn.functional.interpolate(
+                    x, size=(self.grid, self.grid), mode="bilinear", align_corners=False
+                )
+            parts.append(x)
+        return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+
+    def forward(self, stages: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.features(stages))[..., 0])
 
 
 class Heads(nn.Module):
     """Both heads. forward(global (B, Dg), grid (B, h, w, D)) -> (logits, cam_logits, cams).
 
     ``foreground`` (optional, see :class:`ForegroundHead`) is applied by the exported model to
-    the affinity features.
+    the backbone's stage outputs.
     """
 
     def __init__(self, config: HeadsConfig) -> None:
@@ -124,7 +145,11 @@ class Heads(nn.Module):
         self.config = config
         self.cam = CamHead(config.grid_dim, config.num_classes)
         self.teacher = TeacherHead(config.teacher_in_dim, config.num_classes, config.teacher_hidden)
-        self.foreground = ForegroundHead(config.foreground_dim) if config.foreground_dim else None
+        self.foreground = (
+            ForegroundHead(config.foreground_layers, config.foreground_dims, config.foreground_grid)
+            if config.foreground_layers
+            else None
+        )
 
     def teacher_features(self, global_feat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         if self.config.teacher_input == "global":
@@ -155,14 +180,18 @@ def classifier_heads(classifier: nn.Linear, config: HeadsConfig) -> Heads:
     return heads.eval()
 
 
-def with_foreground(heads: Heads, weight: torch.Tensor, bias: torch.Tensor) -> Heads:
-    """A copy of ``heads`` with a foreground head of weight (1, Da) and bias (1,)."""
-    config = replace(heads.config, foreground_dim=weight.shape[1])
+def with_foreground(heads: Heads, foreground: ForegroundHead) -> Heads:
+    """A copy of ``heads`` carrying ``foreground`` (its layers, widths, grid and weights)."""
+    config = replace(
+        heads.config,
+        foreground_layers=list(foreground.layers),
+        foreground_dims=list(foreground.dims),
+        foreground_grid=foreground.grid,
+    )
     new = Heads(config)
-    new.load_state_dict(heads.state_dict(), strict=False)
-    with torch.no_grad():
-        new.foreground.fc.weight.copy_(weight)
-        new.foreground.fc.bias.copy_(bias)
+    state = {k: v for k, v in heads.state_dict().items() if not k.startswith("foreground.")}
+    new.load_state_dict(state, strict=False)
+    new.foreground.load_state_dict(foreground.state_dict())
     return new.eval()
 
 

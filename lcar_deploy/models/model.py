@@ -18,7 +18,7 @@ class LcarModel(nn.Module):
     Outputs, in ``output_names`` order: ``global`` (B, Dg), ``grid`` (B, h, w, D),
     ``affinity`` (B, ha, wa, Da) and, with heads, ``logits`` (B, C, teacher),
     ``cam_logits`` (B, C, student), ``cams`` (B, C, h, w) and, with a foreground head,
-    ``foreground`` (B, ha, wa).
+    ``foreground`` (B, g, g).
     """
 
     def __init__(self, backbone: nn.Module, heads: Heads | None) -> None:
@@ -36,7 +36,7 @@ class LcarModel(nn.Module):
         if self.heads is not None:
             outputs.extend(self.heads(feats["global"], feats["grid"]))
             if self.heads.foreground is not None:
-                outputs.append(self.heads.foreground(feats["affinity"]))
+                outputs.append(self.heads.foreground(feats["stages"]))
         return tuple(outputs)
 
 

@@ -1,0 +1,288 @@
+"""Training of the foreground head: self-training on the pipeline's own maps.
+
+The foreground head (:class:`lcar_deploy.models.heads.ForegroundHead`) is a class-agnostic
+localizer learnt from class labels only (docs/method.md, section 7; the measurements:
+docs/accuracy.md). No box or mask annotation is ever used:
+
+- round 0 fits it on the CAM's confident cells of the train split (object: map > ``cam_high``,
+  background: map < ``cam_low``, the rest ignored);
+- each further round refines the previous head's maps of the train split with ARM (the
+  pipeline's own settings), keeps the reliable bands (object >= ``high``, background <=
+  ``low``, the rest ignored) and fits again, from scratch.
+
+Features: the head's input (:meth:`ForegroundHead.features`) of every train image and of its
+mirror, mirrored back and averaged, as the pipeline's test-time flip sees them. They are cached
+as float16 (``2 grid^2 D`` bytes per image) and read back in chunks.
+
+The fit is a logistic regression by L-BFGS on every ``cell_stride``-th cell along each axis:
+deterministic (no seed), a few seconds per round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..datasets import Dataset
+from ..image_io import load_rgb, resize_rgb, to_chw_float
+from ..models.backbones import BackboneConfig, backbone_spec, list_backbones
+from ..models.heads import ForegroundHead, Heads
+from ..stages.arm import ArmConfig, refine
+from ..stages.cam import CamConfig, cam_map
+from .config import LocalizerConfig
+
+LOCALIZER_CACHE_VERSION = 1
+
+
+@dataclass
+class TrainSplitMaps:
+    """What the rounds need of the train split.
+
+    features: (N, g, g, D) float16, flip-averaged head inputs (a memmap); cams: (N, g, g)
+    float32 round-0 maps in [0, 1]; images: (N, W, W, 3) uint8 RGB at the pipeline's work size.
+    """
+
+    features: np.ndarray
+    cams: np.ndarray
+    images: np.ndarray
+
+
+def empty_head(backbone: nn.Module, config: BackboneConfig, layers: tuple[str, ...] | None):
+    """An untrained :class:`ForegroundHead` fitting ``backbone`` (widths from a dummy forward)."""
+    spec = backbone_spec(config.name)
+    layers = layers or spec.foreground_layers
+    with torch.no_grad():
+        stages = backbone(torch.zeros(1, 3, config.input_size, config.input_size))["stages"]
+    unknown = [layer for layer in layers if layer not in stages]
+    if unknown:
+        raise ValueError(f"{config.name} has no layer {unknown[0]!r}; choose from {list(stages)}")
+    dims = [int(stages[layer].shape[1]) for layer in layers]
+    return ForegroundHead(list(layers), dims, config.input_size // spec.foreground_stride)
+
+
+def _mirror(x: torch.Tensor, axis: int) -> torch.Tensor:
+    return torch.flip(x, dims=(axis,))
+
+
+def _cache_key(dataset: Dataset, config: BackboneConfig, weights, head, cfg, work: int) -> str:
+    from .features import _weights_identity
+
+    ids = hashlib.sha256("\n".join(r.image_id for r in dataset).encode()).hexdigest()
+    key = {
+        "version": LOCALIZER_CACHE_VERSION,
+        "backbone": asdict(config),
+        "weights": _weights_identity(weights),
+        "dataset": [dataset.kind, str(dataset.root), str(dataset.metadata), dataset.split, ids],
+        "layers": list(head.layers),
+        "grid": head.grid,
+        "cam": [cfg.cam_source, cfg.top_k],
+        "work_size": work,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def train_split_maps(
+    dataset: Dataset,
+    backbone: Callable[[], nn.Module],
+    config: BackboneConfig,
+    weights: str | Path | None,
+    heads: Heads | None,
+    head: ForegroundHead,
+    cfg: LocalizerConfig,
+    cache_dir: Path,
+    work_size: int,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> TrainSplitMaps:
+    """Features, round-0 CAMs and work-size images of ``dataset``, cached under ``cache_dir``."""
+    if cfg.cam_source == "imagenet" and not backbone_spec(config.name).has_classifier:
+        with_classifier = [n for n in list_backbones() if backbone_spec(n).has_classifier]
+        raise ValueError(
+            f"cam_source='imagenet' needs an ImageNet classifier ({', '.join(with_classifier)}), "
+            f"not {config.name}"
+        )
+    key = _cache_key(dataset, config, weights, head, cfg, work_size)
+    base = cache_dir / f"localizer-{dataset.kind}-{dataset.split}-{key}"
+    paths = {
+        name: base.with_name(f"{base.name}-{name}.npy") for name in ("features", "cams", "rgb")
+    }
+    done = base.with_name(f"{base.name}.done")
+    if not done.exists():
+        _compute_maps(
+            dataset, backbone(), config, heads, head, cfg, paths, work_size, batch_size, progress
+        )
+        done.touch()
+    return TrainSplitMaps(
+        np.load(paths["features"], mmap_mode="r"),
+        np.load(paths["cams"]),
+        np.load(paths["rgb"], mmap_mode="r"),
+    )
+
+
+def _compute_maps(
+    dataset, model, config, heads, head, cfg, paths, work_size, batch_size, progress
+) -> None:
+    cache = paths["features"].parent
+    cache.mkdir(parents=True, exist_ok=True)
+    n, g, dim = len(dataset.records), head.grid, sum(head.dims)
+    feats = np.lib.format.open_memmap(
+        paths["features"], mode="w+", dtype=np.float16, shape=(n, g, g, dim)
+    )
+    rgb = np.lib.format.open_memmap(
+        paths["rgb"], mode="w+", dtype=np.uint8, shape=(n, work_size, work_size, 3)
+    )
+    cams = np.zeros((n, g, g), np.float32)
+    cam_cfg = CamConfig(size=work_size, top_k=cfg.top_k if cfg.cam_source == "imagenet" else 1)
+    records = dataset.records
+    for start in tqdm(range(0, n, batch_size), desc="foreground features", disable=not progress):
+        chunk = records[start : start + batch_size]
+        images = [load_rgb(r.path) for r in chunk]
+        x = torch.from_numpy(
+            np.stack([to_chw_float(resize_rgb(im, config.input_size)) for im in images])
+        )
+        views = [model(x), model(_mirror(x, 3))]
+        f = 0.5 * (
+            head.features(views[0]["stages"]) + _mirror(head.features(views[1]["stages"]), 2)
+        )
+        feats[start : start + len(chunk)] = f.numpy().astype(np.float16)
+        if cfg.cam_source == "imagenet":
+            grid_cams = [
+                model.model.classifier(v["stages"]["head"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                for v in views
+            ]
+            logits = 0.5 * (views[0]["logits"] + views[1]["logits"])
+        else:
+            grid_cams = [heads.cam(v["grid"])[0] for v in views]
+            logits = 0.5 * sum(
+                heads.teacher(heads.teacher_features(v["global"], v["grid"])) for v in views
+            )
+        merged = 0.5 * (grid_cams[0] + _mirror(grid_cams[1], 3))
+        for i, record in enumerate(chunk):
+            label = None if cfg.cam_source == "imagenet" else record.label
+            full = cam_map(merged[i].numpy(), logits[i].numpy(), cam_cfg, label).map
+            cams[start + i] = _to_grid(full[None], g)[0]
+            rgb[start + i] = resize_rgb(images[i], work_size)
+    feats.flush()
+    rgb.flush()
+    np.save(paths["cams"], cams)
+    del feats, rgb
+
+
+def _to_grid(maps: np.ndarray, grid: int) -> np.ndarray:
+    """(N, H, W) -> (N, grid, grid) by area averaging."""
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    return F.interpolate(t, size=(grid, grid), mode="area")[:, 0].numpy()
+
+
+def bands(maps: np.ndarray, high: float, low: float, strict: bool) -> np.ndarray:
+    """(N, g, g) int8 labels: 1 object, 0 background, -1 ignored."""
+    labels = np.full(maps.shape, -1, np.int8)
+    if strict:
+        labels[maps > high] = 1
+        labels[maps < low] = 0
+    else:
+        labels[maps >= high] = 1
+        labels[maps <= low] = 0
+    return labels
+
+
+def fit_head(
+    head: ForegroundHead, features: np.ndarray, labels: np.ndarray, cfg: LocalizerConfig
+) -> dict:
+    """Fit ``head`` in place on the labelled cells; returns stats of the fit."""
+    s = cfg.cell_stride
+    xs, ys = [], []
+    for start in range(0, len(features), 64):
+        y = labels[start : start + 64, ::s, ::s].reshape(-1)
+        keep = y >= 0
+        f = np.asarray(features[start : start + 64, ::s, ::s]).reshape(len(y), -1)
+        xs.append(f[keep])
+        ys.append(y[keep])
+    x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
+    y = torch.from_numpy(np.concatenate(ys).astype(np.float32))
+    positive = float(y.mean()) if len(y) else 0.0
+    if not 0.0 < positive < 1.0:
+        raise ValueError("the pseudo labels hold only one class; widen the bands")
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=cfg.max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> torch.Tensor:
+        ce = F.binary_cross_entropy_with_logits(x @ weight + bias, y)
+        return ce + cfg.l2 * weight.pow(2).sum()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        head.fc.weight.copy_(weight[None])
+        head.fc.bias.copy_(bias)
+        loss = float(objective())
+    return {"cells": len(y), "positive_share": positive, "loss": loss}
+
+
+@torch.inference_mode()
+def predict(head: ForegroundHead, features: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """(N, g, g) float32 maps of the head on cached features."""
+    out = []
+    for start in range(0, len(features), chunk):
+        f = torch.from_numpy(np.asarray(features[start : start + chunk], dtype=np.float32))
+        out.append(torch.sigmoid(head.fc(f)[..., 0]).numpy())
+    return np.concatenate(out)
+
+
+def refined_maps(
+    maps: np.ndarray, images: np.ndarray, arm: ArmConfig, threads: int | None, chunk: int = 32
+) -> np.ndarray:
+    """ARM refinement (as the pipeline runs it on the foreground map), back at the grid."""
+    out = []
+    for start in range(0, len(maps), chunk):
+        rgb = np.asarray(images[start : start + chunk], dtype=np.float32) / 255.0
+        chw = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+        refined = refine(maps[start : start + chunk], chw, arm, num_threads=threads)
+        out.append(_to_grid(np.asarray(refined), maps.shape[-1]))
+    return np.concatenate(out)
+
+
+def self_train(
+    head: ForegroundHead,
+    data: TrainSplitMaps,
+    cfg: LocalizerConfig,
+    arm: ArmConfig,
+    *,
+    threads: int | None = None,
+    checkpoint: Callable[[int, ForegroundHead], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; per-round stats."""
+    history = []
+    labels = bands(data.cams, cfg.cam_high, cfg.cam_low, strict=True)
+    for round_index in tqdm(range(cfg.rounds + 1), desc="foreground rounds", disable=not progress):
+        stats = fit_head(head, data.features, labels, cfg)
+        stats["round"] = round_index
+        stats["ignored_share"] = float((labels < 0).mean())
+        history.append(stats)
+        if checkpoint is not None:
+            checkpoint(round_index, head)
+        if round_index < cfg.rounds:
+            maps = refined_maps(predict(head, data.features), data.images, arm, threads)
+            labels = bands(maps, cfg.high, cfg.low, strict=False)
+    return history
