@@ -179,3 +179,39 @@ def test_undecodable_images_are_skipped_up_to_a_share(tmp_path: Path) -> None:
     # a share under one bad image in ten: an error naming it, from the cache as well
     with pytest.raises(DatasetError, match=r"1 of 10 images cannot be decoded.*c0_bad\.png"):
         train(TrainConfig(out=tmp_path / "run2", max_bad_share=0.05, **common))
+
+
+@pytest.mark.slow
+def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _synthetic_wsol(data, per_class=2)
+    config = TrainConfig(
+        dataset="wsol",
+        root=data,
+        out=tmp_path / "run",
+        input_size=64,
+        epochs=2,
+        batch_size=4,
+        teacher_hidden=0,
+        val_fraction=0.0,
+        cache_dir=tmp_path / "cache",
+        threads=1,
+        progress=False,
+        foreground=True,
+        foreground_rounds=1,
+    )
+    result = train(config)
+    fg = result.metrics["foreground"]
+    assert [r["round"] for r in fg["rounds_history"]] == [0, 1]
+    assert fg["layers"] == ["blocks.2", "blocks.4", "blocks.6"] and fg["grid"] == 8
+    assert fg["images"] == 6 and fg["cam_source"] == "imagenet"
+    assert sorted(p.name for p in (tmp_path / "run").glob("foreground-round*.pt")) == [
+        "foreground-round0.pt",
+        "foreground-round1.pt",
+    ]
+    heads, _ = load_heads(result.heads_path)
+    last = torch.load(tmp_path / "run" / "foreground-round1.pt", weights_only=True)
+    assert torch.equal(heads.foreground.fc.weight, last["fc.weight"])
+    bundle = Bundle.load(export_bundle(tmp_path / "bundle", heads_path=str(result.heads_path)))
+    assert bundle.outputs[-1] == "foreground"
+    assert list(tmp_path.joinpath("cache").glob("localizer-wsol-train-*.done"))

@@ -351,10 +351,10 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     fg_config = config.resolved_foreground
     if fg_config is not None:
         heads = heads.cpu()
-        summary["foreground"] = _self_train_foreground(
+        foreground, summary["foreground"] = _self_train_foreground(
             config, fg_config, heads, train_data, train_set.skipped, build, cache, out
         )
-        heads = with_foreground(heads, summary.pop("foreground_head"))
+        heads = with_foreground(heads, foreground)
     heads_path = out / "heads.pt"
     save_heads(
         heads.cpu(),
@@ -395,10 +395,9 @@ def _self_train_foreground(
     build: Callable[[], torch.nn.Module],
     cache: Path,
     out: Path,
-) -> dict:
+) -> tuple[torch.nn.Module, dict]:
     """Round 0 and the self-training rounds of the foreground head (:mod:`.localizer`), each
-    round's head saved as ``OUT/foreground-round{r}.pt``; stats, the head under
-    ``foreground_head``."""
+    round's head saved as ``OUT/foreground-round{r}.pt``; the head and its stats."""
     start = time.perf_counter()
     backbone_config = config.backbone_config()
     bad = {image_id for image_id, _ in skipped}
@@ -435,7 +434,7 @@ def _self_train_foreground(
         checkpoint=checkpoint,
         progress=config.progress,
     )
-    return {
+    return head, {
         **{
             k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(fg_config).items()
@@ -445,7 +444,6 @@ def _self_train_foreground(
         "images": len(records),
         "rounds_history": history,
         "seconds": time.perf_counter() - start,
-        "foreground_head": head,
     }
 
 
