@@ -1,0 +1,138 @@
+"""Box accuracy of the foreground head after each self-training round, on a test split.
+
+    python benchmarks/localizer_rounds.py --dataset cub --root ../shared/data/CUB_200_2011 \\
+        [--rounds 3] [--threads 1] [--settings '{"high": 0.6}'] [--train-dataset ...]
+
+Runs the same code as ``lcar-deploy train`` (:mod:`lcar_deploy.training.localizer`, features
+cached in the same place) on the train split, then scores every round's map on the test split,
+alone (``head``) and refined by ARM with the pipeline's settings (``head+arm``), with the
+evaluation's own scorer (GT-known, GT@70, GT@90, MaxBoxAccV2). The CAM map of round 0 is scored
+too. ``--train-dataset kind=root`` (repeatable) trains on several train splits together (the
+generic localizer of the default bundle). The end-to-end numbers of a trained bundle come from
+``lcar-deploy eval``; this script shows what each round buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lcar_deploy.bundle import cache_dir
+from lcar_deploy.config import preset
+from lcar_deploy.datasets import Dataset, load_dataset
+from lcar_deploy.image_io import load_image
+from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
+from lcar_deploy.models.backbones import build_backbone, default_config
+from lcar_deploy.models.heads import ForegroundHead
+from lcar_deploy.stages.arm import refine
+from lcar_deploy.training.config import LocalizerConfig
+from lcar_deploy.training.localizer import (
+    TrainSplitMaps,
+    empty_head,
+    predict,
+    self_train,
+    train_split_maps,
+)
+
+
+def scores(maps: np.ndarray, dataset: Dataset) -> list[float]:
+    acc = BoxAccuracyAccumulator()
+    for score_map, record in zip(maps, dataset.records, strict=True):
+        size = record.size or load_image(record.path).original_size
+        acc.add_scoremap(np.asarray(score_map, np.float32), record.scaled_boxes(EVAL_SIZE, size))
+    d = acc.to_dict()
+    return [round(d["gt_known"], 1), round(d["gt"]["70"], 1), round(d["gt"]["90"], 1),
+            round(d["max_box_acc_v2"], 1)]  # fmt: skip
+
+
+def upsampled(maps: np.ndarray) -> np.ndarray:
+    up = F.interpolate(torch.from_numpy(maps)[:, None], size=(EVAL_SIZE, EVAL_SIZE),
+                       mode="bilinear", align_corners=False)[:, 0].numpy()  # fmt: skip
+    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    return (up - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def arm_refined(maps: np.ndarray, data: TrainSplitMaps, threads: int) -> np.ndarray:
+    arm = preset("default").arm
+    out = []
+    for start in range(0, len(maps), 32):
+        rgb = np.asarray(data.images[start : start + 32], np.float32) / 255.0
+        chw = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+        out.append(np.asarray(refine(maps[start : start + 32], chw, arm, num_threads=threads)))
+    return np.concatenate(out)
+
+
+def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
+    if len(parts) == 1:
+        return parts[0]
+    return TrainSplitMaps(
+        np.concatenate([np.asarray(p.features) for p in parts]),
+        np.concatenate([p.cams for p in parts]),
+        np.concatenate([np.asarray(p.images) for p in parts]),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--train-dataset", action="append", default=[], metavar="KIND=ROOT")
+    parser.add_argument("--rounds", type=int, default=LocalizerConfig.rounds)
+    parser.add_argument("--settings", default="{}", help="LocalizerConfig fields, JSON")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="write the table as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = LocalizerConfig(rounds=args.rounds, **json.loads(args.settings))
+    config = default_config("efficientnet_lite0")
+    built: list[torch.nn.Module] = []
+
+    def backbone() -> torch.nn.Module:
+        if not built:
+            built.append(build_backbone(config))
+        return built[0]
+
+    head = empty_head(backbone(), config, cfg.layers)
+    cache = cache_dir() / "features"
+    work = preset("default").work_size
+    sources = args.train_dataset or [f"{args.dataset}={args.root}"]
+    train_parts = []
+    for source in sources:
+        kind, root = source.split("=", 1)
+        train = load_dataset(kind, root, "train")
+        train_parts.append(
+            train_split_maps(train, backbone, config, None, None, head, cfg, cache, work)
+        )
+    test = load_dataset(args.dataset, args.root, args.test_split)
+    test_maps = train_split_maps(test, backbone, config, None, None, head, cfg, cache, work)
+    table = {"cam (round-0 labels)": scores(upsampled(test_maps.cams), test)}
+    start = time.perf_counter()
+
+    def score_round(round_index: int, fitted: ForegroundHead) -> None:
+        maps = predict(fitted, test_maps.features)
+        table[f"round {round_index} head"] = scores(upsampled(maps), test)
+        table[f"round {round_index} head+arm"] = scores(
+            arm_refined(maps, test_maps, args.threads), test
+        )
+        print(f"round {round_index}: head {table[f'round {round_index} head']}, head+arm "
+              f"{table[f'round {round_index} head+arm']} ({time.perf_counter() - start:.0f} s)",
+              flush=True)  # fmt: skip
+
+    self_train(head, concatenated(train_parts), cfg, preset("default").arm,
+               threads=args.threads, checkpoint=score_round)  # fmt: skip
+    print("columns: GT-known, GT@70, GT@90, MaxBoxAccV2")
+    for name, values in table.items():
+        print(f"{name:>24}: {values}")
+    if args.out:
+        args.out.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
