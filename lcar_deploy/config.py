@@ -37,9 +37,10 @@ class PipelineConfig:
     work_size: side of the maps, ARM and SGRM input (the evaluation size, 224), in
         [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
     arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
-        seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head) or ``auto``:
-        foreground when the bundle has it, else cam, else graphcut (why this order:
-        docs/method.md, section 4).
+        seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head),
+        ``foreground_cam`` (the mean of the two, each min-max scaled: the class's CAM picks
+        which of several objects) or ``auto``: foreground when the bundle has it, else cam,
+        else graphcut (why this order: docs/method.md, section 4).
     box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
         [0, 1).
     arm_backend: ``auto | cuda | cpp | reference``.

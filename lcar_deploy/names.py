@@ -15,7 +15,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
 """The stages timed per image, in pipeline order."""
 
-ArmInput = Literal["auto", "graphcut", "cam", "foreground"]
+ArmInput = Literal["auto", "graphcut", "cam", "foreground", "foreground_cam"]
 ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
 
 ArmBackend = Literal["auto", "cuda", "cpp", "reference"]

@@ -30,7 +30,7 @@ from .errors import BundleError, ImageError, SettingError
 from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
 from .names import METHODS, STAGES
 from .stages.arm import orient, refine
-from .stages.cam import cam_map, softmax
+from .stages.cam import cam_map, minmax_normalize, softmax, upsample
 from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
 from .stages.sgrm import sgrm_batched
 
@@ -150,13 +150,14 @@ class LocalizerSpec:
         bundle, config = self.bundle, self.config
         if config.method == "cam" and not bundle.has_heads:
             raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
-        if config.arm_input == "foreground" and "foreground" not in bundle.outputs:
+        choice = config.arm_input
+        if choice.startswith("foreground") and "foreground" not in bundle.outputs:
             raise SettingError(
-                "arm_input", f"'foreground' needs a foreground head; {bundle.path} has none"
+                "arm_input", f"'{choice}' needs a foreground head; {bundle.path} has none"
             )
-        if config.arm_input == "cam" and not bundle.has_heads:
+        if choice.endswith("cam") and not bundle.has_heads:
             raise SettingError(
-                "arm_input", f"'cam' needs a bundle with heads; {bundle.path} has none"
+                "arm_input", f"'{choice}' needs a bundle with heads; {bundle.path} has none"
             )
         select_providers(self.device)
 
@@ -350,6 +351,8 @@ class Localizer:
             coarse = {"graphcut": e_low, "cam": cam_maps}.get(arm_input)
             if arm_input == "foreground":
                 coarse = out["foreground"]
+            elif arm_input == "foreground_cam":
+                coarse = blend_maps(out["foreground"], cam_maps)
             chw = np.ascontiguousarray(work_rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
             maps["arm"] = refine(
                 coarse,
@@ -451,6 +454,18 @@ def merge_flipped(
             other = np.flip(other, axis=axis)
         merged[name] = ((value + other) / 2).astype(value.dtype)
     return merged
+
+
+def blend_maps(coarse: np.ndarray, cam_maps: np.ndarray) -> np.ndarray:
+    """Mean of each ``coarse`` (h, w) map, brought to the CAM's size, and its ``cam_maps``
+    (H, W) map, each min-max scaled (``arm_input = foreground_cam``). (B, H, W) float32."""
+    size = cam_maps.shape[1:]
+    return np.stack(
+        [
+            0.5 * (minmax_normalize(upsample(c, size, "bilinear")) + minmax_normalize(m))
+            for c, m in zip(coarse, cam_maps, strict=True)
+        ]
+    ).astype(np.float32)
 
 
 def eigen_scoremaps(e_low: np.ndarray, size: int) -> np.ndarray:

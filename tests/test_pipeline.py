@@ -180,3 +180,17 @@ def test_eval_writes_every_output(small_bundle: Path, tmp_path: Path) -> None:
     assert all(f"| {m} |" in report for m in METHODS)
     assert (out / "threshold_curves.png").stat().st_size > 0
     assert (out / "examples.png").stat().st_size > 0
+
+
+def test_blend_maps_averages_the_min_max_scaled_maps() -> None:
+    from lcar_deploy.pipeline import blend_maps
+
+    coarse = np.array([[[0.0, 2.0], [2.0, 4.0]]], np.float32)  # constant rows of 2x2 -> 4x4
+    cam = np.zeros((1, 4, 4), np.float32)
+    cam[0, 0, 0] = 3.0
+    got = blend_maps(coarse, cam)
+    assert got.shape == (1, 4, 4) and got.dtype == np.float32
+    assert got[0, 0, 0] == pytest.approx(0.5 * (0.0 + 1.0))
+    assert got[0, 3, 3] == pytest.approx(0.5 * (1.0 + 0.0))
+    flat = blend_maps(np.ones((1, 2, 2), np.float32), cam)  # a constant map scales to 0
+    assert flat[0, 0, 0] == pytest.approx(0.5) and flat[0, 3, 3] == 0.0
