@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .boxes import component_boxes, mask_to_box
 from .bundle import Bundle
 from .config import PipelineConfig, check_evaluable
 from .datasets import Dataset, Record, load_dataset
@@ -57,9 +58,35 @@ class ImageOutcome:
     error: str | None = None
 
 
+NAMED_CLASSES = ("folder", "csv")
+"""Dataset kinds whose classes are known by name only: matched to the bundle's by name."""
+
+
 def uses_gt_class(bundle: Bundle, dataset: Dataset) -> bool:
-    """Whether the bundle's class ids are the dataset's (then maps use the GT class)."""
-    return bundle.has_heads and bundle.class_dataset == DATASET_CLASSES.get(dataset.kind)
+    """Whether the bundle's class ids are the dataset's (then maps use the GT class). For a
+    dataset of :data:`NAMED_CLASSES`, whether every class name of it is one of the bundle's
+    (:func:`with_bundle_classes` then gives the records the bundle's ids)."""
+    if not bundle.has_heads:
+        return False
+    if dataset.kind in NAMED_CLASSES:
+        return set(dataset.class_names) <= set(bundle.class_names)
+    return bundle.class_dataset == DATASET_CLASSES.get(dataset.kind)
+
+
+def with_bundle_classes(dataset: Dataset, bundle: Bundle) -> Dataset:
+    """``dataset`` (classes known by name) with the bundle's class ids and table, so that the
+    GT class of each record is the bundle's class of the same name."""
+    ids = dict(zip(bundle.class_names, bundle.class_ids, strict=True))
+    used = sorted({ids[name] for name in dataset.class_names})
+    label = {cid: i for i, cid in enumerate(used)}
+    names = dict(zip(bundle.class_ids, bundle.class_names, strict=True))
+    records = []
+    for record in dataset.records:
+        cid = ids[dataset.class_names[record.label]]
+        records.append(dataclasses.replace(record, class_id=cid, label=label[cid]))
+    return dataclasses.replace(
+        dataset, records=records, class_ids=used, class_names=[names[c] for c in used]
+    )
 
 
 def evaluate_batch(
@@ -110,8 +137,10 @@ def _localize_good(
             outcome.boxes[method] = loc.box
             outcome.stage_ms.update(loc.timings_ms)
             if method == "lcar":
+                # The mask's boxes, whatever the object rule kept (wsolevaluation: a box always).
+                box = mask_to_box(loc.mask, localizer.config.sgrm.box_mode)
                 outcome.sgrm_steps = loc.sgrm_steps
-                outcome.lcar_boxes = [] if loc.box is None else [loc.box, *loc.boxes]
+                outcome.lcar_boxes = [] if box is None else [box, *component_boxes(loc.mask)]
         first = results[methods[0]][i]
         if gt_class:
             outcome.cls_correct = first.predicted_class_id == record.class_id
@@ -428,6 +457,8 @@ def evaluate(
         notify=notify,
     )
     check_evaluable(spec.config)
+    if data.kind in NAMED_CLASSES and uses_gt_class(spec.bundle, data):
+        data = with_bundle_classes(data, spec.bundle)
     out = Path(out)
     outcomes = iter_outcomes(
         spec.bundle,
