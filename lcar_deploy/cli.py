@@ -142,6 +142,13 @@ Method = choices("Method", names.METHODS)
 
 ArmBackend = choices("ArmBackend", names.ARM_BACKENDS)
 Preset = choices("Preset", names.PRESETS)
+BoxCount = choices("BoxCount", names.BOX_COUNTS)
+Labels = choices("Labels", names.LABELS)
+OutputFormat = choices("OutputFormat", names.OUTPUT_FORMATS)
+BOXES_HELP = (
+    "one: the main object's box; all: every region that is an object (score >= the "
+    "min_box_score setting), each with its score. Default: the bundle's boxes setting (one)."
+)
 
 
 SETTINGS_HELP = (
@@ -168,6 +175,7 @@ def make_spec(
     arm_backend: ArmBackend,
     settings: str | None,
     preset: Preset | None,
+    boxes: BoxCount | None = None,
 ) -> LocalizerSpec:
     """The bundle and the checked settings of a run; no onnxruntime session is built yet."""
     from .pipeline import LocalizerSpec
@@ -179,6 +187,7 @@ def make_spec(
         settings=settings,
         device=device.value,
         arm_backend=arm_backend.value,
+        boxes=None if boxes is None else boxes.value,
         notify=notify,
     )
 
@@ -208,9 +217,14 @@ def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Devic
         "  lcar-deploy localize photos/ --out runs/photos --overlays\n\n"
         "  lcar-deploy localize birds/ --bundle bundles/cub --save-masks --class 17\n\n"
         "  lcar-deploy localize photos/ --method arm --device cpu --threads 2\n\n"
+        "  lcar-deploy localize sorted/ --labels folder --bundle bundles/mine --format coco\n\n"
+        "  lcar-deploy localize checked.csv --labels csv --bundle bundles/mine --boxes all\n\n"
         "Output: OUT/predictions.jsonl, one JSON line per image: path, status (ok | error), "
-        "class_id, class_name, score, box [x0, y0, x1, y1] (inclusive, original image pixels), "
-        "boxes (all objects), mask / overlay files, timings_ms per stage, or error. "
+        "class_id, class_name, class_score, score (the box's confidence), no_object, box "
+        "[x0, y0, x1, y1] (inclusive, original image pixels; null: no object), boxes and "
+        "box_scores (every object kept), mask / overlay files, timings_ms per stage, or error "
+        "(schema: docs/formats.md). --format also writes OUT/coco.json, OUT/yolo/, OUT/voc/ "
+        "or OUT/labelstudio.json from it (lcar-deploy convert). "
         "Running again with the same --out resumes (OUT/run.json records the method, bundle "
         "and settings; a resume with others is refused, --force starts over). One run at a "
         "time per --out. Exit code 3: some images failed; 130 (143 on SIGTERM): interrupted, "
@@ -218,7 +232,12 @@ def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Devic
     )
 )
 def localize(
-    img_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    img_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of images (searched recursively); with --labels csv, the CSV list."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-output"),
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
@@ -235,6 +254,22 @@ def localize(
         int | None,
         typer.Option(
             "--class", help="Use this class id's map for every image (default: predicted)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Labels | None,
+        typer.Option(
+            help="Each image's class is known: folder (IMG_DIR/<class name>/image.jpg) or csv "
+            "(IMG_DIR is a path,class[,x0,y0,x1,y1] list). Class names are the bundle's; the "
+            "map is of that class (pseudo-labelling: only the box is missing)."
+        ),
+    ] = None,
+    boxes: Annotated[BoxCount | None, typer.Option(help=BOXES_HELP)] = None,
+    format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            help="Also convert predictions.jsonl to coco | yolo | voc | labelstudio in OUT "
+            "(as lcar-deploy convert does)."
         ),
     ] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
@@ -267,15 +302,21 @@ def localize(
         LocalizeOptions,
         RunInterrupted,
         find_images,
+        labelled_images,
         localize_folder,
         some_names,
     )
 
-    if not img_dir.is_dir():
+    if labels == Labels.csv:
+        if not img_dir.is_file():
+            raise fail(f"{img_dir}: not a file (with --labels csv, give the CSV list)")
+    elif not img_dir.is_dir():
         raise fail(f"{img_dir}: not a folder")
+    if labels is not None and class_id is not None:
+        raise fail("--class and --labels both choose the class: give one of them")
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
-    if next(find_images(img_dir, exclude=out), None) is None:
+    if labels is None and next(find_images(img_dir, exclude=out), None) is None:
         others = len(image_extensions()) - len(IMAGE_EXTENSIONS)
         raise fail(
             f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)} and {others} "
@@ -283,9 +324,10 @@ def localize(
         )
     run_on, device = run_engine(engine, workers, device)
     try:
-        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset)
+        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset, boxes)
         if class_id is not None:
             spec.bundle.class_index(class_id)
+        known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle)
         # The local session is built now: its errors come before the output folder is touched.
         localizer = spec.build(threads) if run_on == "local" else spec
     except LcarError as exc:
@@ -298,6 +340,7 @@ def localize(
         retry_errors=retry_errors,
         limit=limit,
         force=force,
+        labels=None if labels is None else labels.value,
     )
     # SIGTERM stops the run as Ctrl-C does: the lines written are complete, and it says so.
     received = [signal.SIGINT]
@@ -311,10 +354,11 @@ def localize(
     try:
         summary = localize_folder(
             localizer,
-            img_dir,
+            img_dir if labels != Labels.csv else img_dir.parent,
             out,
             options,
             progress=not quiet,
+            images=known,
             engine=run_on,
             workers=workers,
             threads=threads,
@@ -353,11 +397,71 @@ def localize(
         f"results in {out / 'predictions.jsonl'}",
     ]
     typer.echo("; ".join(parts), err=True)
+    if format is not None:
+        from .formats import convert_predictions
+
+        try:
+            written = convert_predictions(out / "predictions.jsonl", format.value)
+        except LcarError as exc:
+            raise fail(str(exc)) from None
+        typer.echo(f"{format.value}: {written}", err=True)
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to coco\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to yolo --min-score 0.3\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to labelstudio "
+        "--url-prefix /data/local-files/?d=photos/\n\n"
+        "Writes, beside the file unless --out says otherwise: coco.json (COCO detection file, "
+        "RLE masks when the run saved masks), yolo/ (images/ links, labels/*.txt, data.yaml), "
+        "voc/ (JPEGImages/ links, Annotations/*.xml) or labelstudio.json (tasks with "
+        "predictions). Run it again at any time: the output is replaced whole. Schemas: "
+        "docs/formats.md."
+    )
+)
+def convert(
+    predictions: Annotated[Path, typer.Argument(help="predictions.jsonl of lcar-deploy localize.")],
+    to: Annotated[OutputFormat, typer.Option(help="coco | yolo | voc | labelstudio.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (coco, labelstudio) or folder (yolo, voc).")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder the image paths are relative to (default: the run's, run.json)."),
+    ] = None,
+    min_score: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Leave out boxes scored below this.")
+    ] = 0.0,
+    url_prefix: Annotated[
+        str, typer.Option(help="Label Studio: put before each image path in data.image.")
+    ] = "",
+) -> None:
+    """Convert predictions.jsonl to COCO, YOLO, Pascal VOC or Label Studio files."""
+    from .formats import convert_predictions
+
+    try:
+        written = convert_predictions(
+            predictions,
+            to.value,
+            out,
+            images=images,
+            min_score=min_score,
+            url_prefix=url_prefix,
+        )
+    except LcarError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(str(written))
+
+
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
+DATASET_HELP = (
+    "Dataset layout: cub | ilsvrc | wsol | folder (ImageFolder: ROOT/<class name>/*.jpg, or "
+    "ROOT/<split>/<class name>/*.jpg) | csv (ROOT is a path,class[,x0,y0,x1,y1] list)."
+)
 
 
 @app.command(
@@ -372,7 +476,7 @@ DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
     ),
 )
 def evaluate(
-    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    dataset: Annotated[DatasetKind, typer.Option(help=DATASET_HELP)],
     root: Annotated[Path, typer.Option(help="Dataset root folder.")],
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
@@ -461,7 +565,7 @@ TRAIN = train_defaults()
     )
 )
 def train(
-    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    dataset: Annotated[DatasetKind, typer.Option(help=DATASET_HELP)],
     root: Annotated[Path, typer.Option(help="Dataset root folder.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-train"),
     backbone: Annotated[

@@ -570,7 +570,9 @@ def localize_folder(
     with output_lock(out):
         if options.force:
             clear_output(out)
-        check_run(out, run_identity(spec, options.class_id, options.labels))
+        identity = run_identity(spec, options.class_id, options.labels)
+        identity["images"] = str(Path(root).resolve())  # for convert; not compared on resume
+        check_run(out, identity)
         prepare_output(out, options)
         predictions = out / PREDICTIONS
         try:

@@ -197,12 +197,15 @@ class LocalizerSpec:
         settings: str | dict[str, Any] | None = None,
         device: str = "auto",
         arm_backend: str = "auto",
+        boxes: str | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> LocalizerSpec:
         """The spec of :meth:`Localizer.from_bundle`'s localizer (same arguments but
         ``threads``): the bundle loaded and the settings resolved, nothing built yet."""
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
         run = {"method": method, "arm_backend": arm_backend}
+        if boxes is not None:
+            run["boxes"] = boxes
         if device == "cuda":
             run["sgrm_device"] = "cuda"
         try:
@@ -264,12 +267,14 @@ class Localizer:
         device: str = "auto",
         threads: int | None = None,
         arm_backend: str = "auto",
+        boxes: str | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> Localizer:
         """A localizer for ``bundle`` (a folder, a loaded bundle, or None: the default bundle,
         exported on first use, ``notify`` told so). ``preset`` replaces the bundle's settings
         by a named preset; ``settings`` (JSON text or an object) go on top
-        (:func:`lcar_deploy.config.resolve_config`). Bad values raise before any image is read."""
+        (:func:`lcar_deploy.config.resolve_config`), then ``boxes`` (``one | all``, the
+        ``boxes`` setting). Bad values raise before any image is read."""
         spec = LocalizerSpec.from_bundle(
             bundle,
             method=method,
@@ -277,6 +282,7 @@ class Localizer:
             settings=settings,
             device=device,
             arm_backend=arm_backend,
+            boxes=boxes,
             notify=notify,
         )
         return spec.build(threads)

@@ -86,10 +86,13 @@ def test_every_method_from_one_run(small_bundle: Path) -> None:
             assert loc.map.shape == (224, 224) and loc.map.dtype == np.float32
             assert loc.map.min() >= 0.0 and loc.map.max() <= 1.0
             assert loc.mask.shape == (224, 224) and loc.mask.dtype == bool
-            assert 0 <= loc.class_id < 1000 and 0.0 < loc.score <= 1.0
+            assert 0 <= loc.class_id < 1000 and 0.0 < loc.class_score <= 1.0
+            assert loc.no_object == (loc.box is None) == (loc.boxes == [])
+            assert len(loc.box_scores) == len(loc.boxes)
             if loc.box is not None:
                 x0, y0, x1, y1 = loc.box
                 assert 0 <= x0 <= x1 <= 223 and 0 <= y0 <= y1 <= 223
+                assert loc.box_score == loc.box_scores[0] >= 0.1
             stages = ("backbone", "cam", "graph_cut", "arm", "sgrm")
             assert tuple(loc.timings_ms) == stages[: 2 + METHODS.index(method)]
     assert all(loc.sgrm_steps >= 1 for loc in results["lcar"])
