@@ -269,7 +269,7 @@ def localize(
         OutputFormat | None,
         typer.Option(
             help="Also convert predictions.jsonl to coco | yolo | voc | labelstudio in OUT "
-            "(as lcar-deploy convert does)."
+            "(as lcar-deploy convert does); coco turns on --save-masks for its RLE masks."
         ),
     ] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
@@ -334,7 +334,7 @@ def localize(
         raise fail(str(exc)) from None
     options = LocalizeOptions(
         batch_size=batch_size,
-        save_masks=save_masks,
+        save_masks=save_masks or format == OutputFormat.coco,  # COCO's RLE masks are read back
         overlays=overlays,
         class_id=class_id,
         retry_errors=retry_errors,

@@ -22,7 +22,8 @@ Two on-disk layouts, the ones the full datasets use:
   ``0..C-1`` in that order. No boxes. Refused: a class folder with no image, an image directly
   in the split folder (no class), a folder with no class folder.
 - ``csv``: ``root`` is a CSV file of ``path,class[,x0,y0,x1,y1]`` lines (an optional first
-  line ``path,class,...`` is a header); ``path`` is relative to the file's folder (or
+  line ``path,class,...`` is a header; fields are quoted as the csv module reads them, e.g. a
+  class name with a comma); ``path`` is relative to the file's folder (or
   absolute), ``class`` a class name, the box inclusive ``x0,y0,x1,y1`` in original pixels. An
   image with several objects takes one line per box, every line with a box and the same class;
   any other repeated path is refused. Classes: the names in the file, sorted, ids ``0..C-1``.
@@ -38,6 +39,7 @@ with :func:`lcar_deploy.metrics.scale_boxes` (``int(x * 224 / W)``), the one imp
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -411,16 +413,21 @@ def _load_folder(root: Path, split: str | None) -> tuple[list[dict], list[str]]:
     return items, sorted(names)
 
 
+def _csv_fields(line: str) -> list[str]:
+    """The stripped fields of one CSV line (quotes as the csv module reads them: a class name
+    with a comma is written ``"tabby, tabby cat"``)."""
+    return [field.strip() for field in next(csv.reader([line], skipinitialspace=True))]
+
+
 def _load_csv(path: Path) -> tuple[list[dict], list[str]]:
     """Items of a ``path,class[,x0,y0,x1,y1]`` list and its class names, sorted."""
-    lines = _read_lines(path)
-    if lines and tuple(p.strip().lower() for p in lines[0][1].split(",")[:2]) == CSV_HEADER:
-        lines = lines[1:]
+    rows = [(n, line, _csv_fields(line)) for n, line in _read_lines(path)]
+    if rows and tuple(p.lower() for p in rows[0][2][:2]) == CSV_HEADER:
+        rows = rows[1:]
     base = path.parent
     items: dict[str, dict] = {}
     first_line: dict[str, int] = {}
-    for lineno, line in lines:
-        parts = [p.strip() for p in line.split(",")]
+    for lineno, line, parts in rows:
         if len(parts) not in (2, 6):
             raise DatasetError(
                 f"{path}:{lineno}: expected path,class or path,class,x0,y0,x1,y1, got "

@@ -818,14 +818,23 @@ def labelled_images(kind: str, source: Path, bundle: Bundle) -> list[LabelledIma
             f"{bundle.path}: the bundle has no trained heads, so it has no classes to match "
             f"the labels of {source} against"
         )
-    ids = dict(zip(bundle.class_names, bundle.class_ids, strict=True))
-    unknown = [name for name in dataset.class_names if name not in ids]
+    by_name: dict[str, list[int]] = {}
+    for name, cid in zip(bundle.class_names, bundle.class_ids, strict=True):
+        by_name.setdefault(name, []).append(cid)
+    unknown = [name for name in dataset.class_names if name not in by_name]
     if unknown:
         shown = some_names([repr(n) for n in unknown], len(unknown))
         raise LabelsError(
             f"{source}: {len(unknown)} of its {dataset.num_classes} classes are not among the "
-            f"bundle's {len(ids)} classes ({bundle.path}): {shown}"
+            f"bundle's {len(bundle.class_ids)} classes ({bundle.path}): {shown}"
         )
+    for name in dataset.class_names:
+        if len(by_name[name]) > 1:
+            raise LabelsError(
+                f"{source}: class {name!r} names {len(by_name[name])} classes of the bundle "
+                f"(ids {', '.join(map(str, by_name[name]))}); it cannot say which"
+            )
+    ids = {name: cids[0] for name, cids in by_name.items()}
     root = dataset.root
     return [
         (

@@ -183,3 +183,22 @@ def test_eval_writes_every_output(small_bundle: Path, tmp_path: Path) -> None:
     assert all(f"| {m} |" in report for m in METHODS)
     assert (out / "threshold_curves.png").stat().st_size > 0
     assert (out / "examples.png").stat().st_size > 0
+
+
+def test_objects_one_all_and_no_object() -> None:
+    from lcar_deploy.config import PipelineConfig
+    from lcar_deploy.pipeline import objects
+
+    score_map = np.full((60, 60), 0.05, np.float32)
+    score_map[5:25, 5:30] = 1.0  # the main object
+    score_map[35:55, 35:50] = 0.9  # a second object
+    score_map[2, 55] = 1.0  # a speck
+    mask = score_map > 0.5
+    main = (5, 5, 29, 24)
+    one = objects(score_map, mask, main, PipelineConfig(boxes="one"))
+    every = objects(score_map, mask, main, PipelineConfig(boxes="all"))
+    assert [b for b, _ in one] == [main]
+    assert [b for b, _ in every] == [main, (35, 35, 49, 54)]  # the speck is no object
+    assert every[0][1] == one[0][1] > every[1][1] >= 0.1
+    assert objects(score_map, mask, main, PipelineConfig(min_box_score=0.9)) == []
+    assert objects(score_map, mask, None, PipelineConfig()) == []
