@@ -202,8 +202,12 @@ def run_evaluation(
     thresholds: np.ndarray | None = None,
     progress: bool = True,
     examples: int = 12,
+    box_threshold: float | None = None,
 ) -> EvalResult:
-    """Accumulate metrics, write maps.npz (streamed to disk), return the metrics."""
+    """Accumulate metrics, write maps.npz (streamed to disk), return the metrics.
+
+    ``box_threshold``: the run's own threshold (the bundle's, calibrated or not); each map
+    method also reports GT-known there (``gt_known_at_setting``), next to the sweep's best."""
     from tqdm import tqdm
 
     accs = {m: BoxAccuracyAccumulator(cam_thresholds=thresholds) for m in methods}
@@ -263,6 +267,11 @@ def run_evaluation(
     for method in methods:
         stages = STAGES[: 2 + METHODS.index(method)]
         entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
+        if entry.get("sweep") and box_threshold is not None:
+            grid = accs[method].cam_thresholds
+            index = int(np.argmin(np.abs(grid - box_threshold)))
+            entry["setting_threshold"] = float(grid[index])
+            entry["gt_known_at_setting"] = float(accs[method].accuracy_curve(50)[index])
         entry["ms_per_image"] = sum(mean_ms[s] for s in stages)
         metrics["methods"][method] = entry
     metrics["stage_ms_per_image"] = mean_ms
@@ -306,24 +315,28 @@ def report_markdown(metrics: dict, title: str) -> str:
         _count_line(metrics),
         "",
         "| method | GT(0.5) | GT(0.7) | GT(0.8) | GT(0.9) | MaxBoxAccV2 | top-1 loc | top-1 cls "
-        "| best thr | ms/image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| best thr | GT(0.5) at setting | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in metrics["methods"].items():
         if not m.get("num_images"):
             continue
         gt = m["gt"]
         thr = m.get("gt_known_threshold")
+        at = m.get("gt_known_at_setting")
+        at_text = "-" if at is None else f"{at:.1f} ({m['setting_threshold']:.2f})"
         lines.append(
             f"| {method} | {_fmt(gt['50'])} | {_fmt(gt['70'])} | {_fmt(gt['80'])} | "
             f"{_fmt(gt['90'])} | {_fmt(m['max_box_acc_v2'])} | {_fmt(m['top1_loc'])} | "
-            f"{_fmt(m['top1_cls'])} | {'mask' if thr is None else f'{thr:.2f}'} | "
+            f"{_fmt(m['top1_cls'])} | {'mask' if thr is None else f'{thr:.2f}'} | {at_text} | "
             f"{m['ms_per_image']:.0f} |"
         )
     lines += [
         "",
         "GT(d): GT-known box accuracy at IoU >= d (V1: largest contour, best threshold for map "
         "methods; LCAR at its own mask). MaxBoxAccV2: mean of V2 (all contours) at IoU 0.3/0.5/0.7.",
+        "GT(0.5) at setting: a map method at the run's own box_threshold (the bundle's, e.g. "
+        "from lcar-deploy calibrate), the one localize uses; best thr is the test-set optimum.",
     ]
     if "sgrm_mean_steps" in metrics:
         lines.append(f"SGRM mean steps to stop: {metrics['sgrm_mean_steps']:.1f}.")
@@ -473,7 +486,9 @@ def evaluate(
         address=address,
     )
     make_dirs(out)
-    result = run_evaluation(outcomes, chosen, out, len(data), progress=progress)
+    result = run_evaluation(
+        outcomes, chosen, out, len(data), progress=progress, box_threshold=spec.config.box_threshold
+    )
     loaded = spec.bundle
     info = {
         "command": command,

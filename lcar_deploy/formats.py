@@ -29,9 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConvertError, OutputError
-from .io import write_atomic
+from .io import replace_folder, write_atomic
 from .names import OUTPUT_FORMATS
 
 TARGETS = {
@@ -392,26 +389,6 @@ def write_voc(
         flat = names[entry.path]
         xml = detections_to_pascal_voc(_detections(entry, index), classes, flat, (height, width, 3))
         (annotations / f"{os.path.splitext(flat)[0]}.xml").write_text(xml)
-
-
-def replace_folder(target: Path, build: Callable[[Path], None]) -> None:
-    """Build a folder with ``build(tmp)`` beside ``target`` and swap it in: ``target`` holds
-    the old folder or the new one, never a part; the temporary folder goes when ``build``
-    fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old = tmp.with_suffix(".old")
-    try:
-        tmp.rmdir()
-        build(tmp)
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            raise OutputError(f"{target}: exists and is not a folder")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def convert_predictions(

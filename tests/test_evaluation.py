@@ -169,3 +169,17 @@ def test_bad_bundle_in_eval_and_unknown_class(
     code, _, stderr = invoke("localize", root, "--bundle", small_bundle, "--class", "99999", *FAST)
     assert code == cli.EXIT_ERROR
     assert "class id 99999 is not among the bundle's 1000 classes" in stderr
+
+
+def test_a_map_method_is_also_reported_at_the_runs_own_threshold(tmp_path: Path) -> None:
+    """A strip at 0.6 beside the object: thresholds >= 0.6 box the object alone (IoU 1),
+    lower ones box object and strip (IoU 50 / 130 < 0.5)."""
+    outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
+    low = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.5)
+    arm = low.metrics["methods"]["arm"]
+    assert arm["gt_known"] == 100.0 and arm["gt_known_threshold"] == pytest.approx(0.6)
+    assert (arm["setting_threshold"], arm["gt_known_at_setting"]) == (0.5, 0.0)
+    assert "| 0.60 | 0.0 (0.50) |" in report_markdown(low.metrics, "t")
+    outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
+    high = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.7)
+    assert high.metrics["methods"]["arm"]["gt_known_at_setting"] == 100.0
