@@ -327,7 +327,7 @@ def localize(
         spec = make_spec(bundle, method.value, device, arm_backend, settings, preset, boxes)
         if class_id is not None:
             spec.bundle.class_index(class_id)
-        known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle)
+        known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle, out)
         # The local session is built now: its errors come before the output folder is touched.
         localizer = spec.build(threads) if run_on == "local" else spec
     except LcarError as exc:

@@ -344,9 +344,9 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
     return items, sorted(class_ids)
 
 
-def _class_folders(folder: Path) -> list[str]:
-    """The class folders of an ImageFolder split folder, sorted; DatasetError for an image
-    lying in it directly (it has no class)."""
+def _class_folders(folder: Path, exclude: Path | None = None) -> list[str]:
+    """The class folders of an ImageFolder split folder, sorted (``exclude``, e.g. an output
+    folder inside it, left out); DatasetError for an image lying in it directly (no class)."""
     from .image_io import image_extensions
 
     if not folder.is_dir():
@@ -361,7 +361,12 @@ def _class_folders(folder: Path) -> list[str]:
             f"{folder}: images directly in the folder ({shown}); put each image in the folder "
             "of its class (root/<class name>/image.jpg)"
         )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skip = exclude.resolve() if exclude is not None else None
+    classes = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.resolve() != skip
+    )
     if not classes:
         raise DatasetError(f"{folder}: no class folders (expected root/<class name>/image.jpg)")
     return classes
@@ -385,17 +390,20 @@ def _folder_split(root: Path, split: str) -> Path:
     return root / split if (root / split).is_dir() else root
 
 
-def _load_folder(root: Path, split: str | None) -> tuple[list[dict], list[str]]:
+def _load_folder(
+    root: Path, split: str | None, exclude: Path | None = None
+) -> tuple[list[dict], list[str]]:
     """Items of an ImageFolder split and the class names of every split folder together
-    (``split`` None: ``root`` is the split folder, its classes alone)."""
+    (``split`` None: ``root`` is the split folder, its classes alone; ``exclude``: a folder
+    that is no class)."""
     folder = root if split is None else _folder_split(root, split)
-    names = set(_class_folders(folder))
+    names = set(_class_folders(folder, exclude))
     if folder != root:
         for other in sorted(root.iterdir()):
             if other.is_dir() and other != folder and not other.name.startswith("."):
                 names |= set(_class_folders(other))
     items = []
-    for name in _class_folders(folder):
+    for name in _class_folders(folder, exclude):
         images = _images_under(folder / name)
         if not images:
             raise DatasetError(f"{folder / name}: class folder {name!r} has no images")
@@ -469,16 +477,16 @@ def _imagenet_names(class_ids: list[int]) -> list[str]:
     return [info.index_to_description(c) for c in class_ids]
 
 
-def load_labelled(kind: str, source: str | Path) -> Dataset:
+def load_labelled(kind: str, source: str | Path, exclude: Path | None = None) -> Dataset:
     """The images of a labelled folder or list, for ``localize --labels``: ``kind`` ``folder``
     (``source`` holds the class folders themselves: no split folder is looked for) or ``csv``
-    (``source`` is the file). Records are in folder / file order; errors as
-    :func:`load_dataset`'s."""
+    (``source`` is the file). Records are in folder / file order; ``exclude``: a folder inside
+    ``source`` that is no class (the output folder). Errors as :func:`load_dataset`'s."""
     source = Path(source).expanduser().resolve()
     if kind == "folder":
         if not source.is_dir():
             raise DatasetError(f"{source}: image folder not found")
-        items, names = _load_folder(source, None)
+        items, names = _load_folder(source, None, exclude)
         return _named_dataset(kind, items, names, source, "all", source)
     if kind == "csv":
         if not source.is_file():

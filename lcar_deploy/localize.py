@@ -802,9 +802,12 @@ def _run_batch(
         yield rel, image, result, None
 
 
-def labelled_images(kind: str, source: Path, bundle: Bundle) -> list[LabelledImage]:
+def labelled_images(
+    kind: str, source: Path, bundle: Bundle, exclude: Path | None = None
+) -> list[LabelledImage]:
     """The images of a labelled folder (``kind`` ``folder``: ``source/<class name>/...``) or
-    CSV list (``csv``: ``source`` is the file), each with the bundle's id of its class.
+    CSV list (``csv``: ``source`` is the file), each with the bundle's id of its class;
+    ``exclude``: the output folder, when it lies inside ``source`` (it is no class).
 
     Raises :class:`~lcar_deploy.errors.DatasetError` for a malformed folder or list
     (:func:`lcar_deploy.datasets.load_labelled`) and :class:`LabelsError` for a bundle without
@@ -812,7 +815,7 @@ def labelled_images(kind: str, source: Path, bundle: Bundle) -> list[LabelledIma
     """
     from .datasets import load_labelled
 
-    dataset = load_labelled(kind, source)
+    dataset = load_labelled(kind, source, exclude)
     if not bundle.has_heads:
         raise LabelsError(
             f"{bundle.path}: the bundle has no trained heads, so it has no classes to match "
