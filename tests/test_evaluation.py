@@ -183,3 +183,26 @@ def test_a_map_method_is_also_reported_at_the_runs_own_threshold(tmp_path: Path)
     outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
     high = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.7)
     assert high.metrics["methods"]["arm"]["gt_known_at_setting"] == 100.0
+
+
+def test_named_classes_are_matched_to_the_bundles_by_name(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lcar_deploy.datasets import load_dataset
+    from lcar_deploy.evaluation import uses_gt_class, with_bundle_classes
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "list.csv").write_text("a.png,dog,0,0,3,3\nb.png,cat,1,1,4,4\n")
+    data = load_dataset("csv", tmp_path / "list.csv")
+    assert data.class_names == ["cat", "dog"] and [r.class_id for r in data] == [1, 0]
+    bundle = SimpleNamespace(
+        has_heads=True, class_names=["bird", "dog", "cat"], class_ids=[5, 7, 9], class_dataset="csv"
+    )
+    assert uses_gt_class(bundle, data)
+    mapped = with_bundle_classes(data, bundle)
+    assert [r.class_id for r in mapped] == [7, 9]  # dog, cat: the bundle's ids
+    assert mapped.class_ids == [7, 9] and mapped.class_names == ["dog", "cat"]
+    assert [r.label for r in mapped] == [0, 1]
+    other = SimpleNamespace(**{**vars(bundle), "class_names": ["bird", "dog", "emu"]})
+    assert not uses_gt_class(other, data)  # "cat" unknown: the predicted class is used
