@@ -284,7 +284,9 @@ def _show(value: Any) -> str:
 def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two :func:`run_identity` values, in words (empty: the same).
 
-    The settings of :data:`EXECUTION_SETTINGS` are not compared, nor the bundle's path.
+    The settings of :data:`EXECUTION_SETTINGS` are not compared, nor the bundle's path; a
+    setting the earlier run did not record (made by a version without it) counts as its
+    default.
     """
     differences = []
     if before.get("method", _MISSING) != now["method"]:
@@ -306,7 +308,10 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     old_settings = before.get("settings")
     old = _flatten(old_settings) if isinstance(old_settings, dict) else {}
     new = _flatten(now["settings"])
+    defaults = _flatten(json.loads(json.dumps(dataclasses.asdict(PipelineConfig()))))
     for key in sorted((old.keys() | new.keys()) - ignored):
+        if key not in old and old_settings and new.get(key) == defaults.get(key, _MISSING):
+            continue  # a setting newer than the earlier run, at the value it ran with
         if old.get(key, _MISSING) != new.get(key, _MISSING):
             differences.append(
                 f"setting {key} {_show(old.get(key, _MISSING))} before, "

@@ -872,3 +872,18 @@ def test_boxes_all_keeps_every_object_with_its_score(
     assert all(0.1 <= s <= 1.0 for s in every["box_scores"])
     code, _, stderr = invoke("localize", root, "--out", tmp_path / "one", "--boxes", "all", *base)
     assert code == 1 and "setting boxes" in stderr  # a resume made differently is refused
+
+
+def test_a_setting_newer_than_the_earlier_run_counts_as_its_default() -> None:
+    from lcar_deploy.localize import identity_differences
+
+    now = {
+        "method": "arm",
+        "class_id": None,
+        "bundle": {"path": "b", "sha256": {"model.onnx": "x"}},
+        "settings": {"flip": True, "boxes": "one", "min_box_score": 0.1},
+    }
+    before = {**now, "settings": {"flip": True}}  # written before boxes existed
+    assert identity_differences(before, now) == []
+    changed = {**now, "settings": {**now["settings"], "boxes": "all"}}
+    assert identity_differences(before, changed) == ['setting boxes missing before, "all" now']
