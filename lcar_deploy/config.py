@@ -46,8 +46,9 @@ class PipelineConfig:
         ``all`` (every region that is an object by the rule below, each with its score).
     min_box_score: a region is an object when its score (:func:`lcar_deploy.boxes.box_scores`,
         in [0, 1]) is at least this, in [0, 1]; an image with none is ``no_object`` (no box).
-        0.1 keeps every box of CUB and ILSVRC-mini test images but 0.4%, all of them wrong
-        (docs/accuracy.md, "Box scores").
+        0.1 is under the lowest score of the CUB and ILSVRC-mini test boxes (0.16 / 0.14): it
+        drops faint regions and specks, not the object of an image (docs/accuracy.md, "Box
+        scores").
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
     sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
