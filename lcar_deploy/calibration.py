@@ -6,9 +6,10 @@ threshold first, are chosen on a few images *with* boxes that are not the test s
 
 - the backbone, CAM, graph cut and ARM run once per image (with the GT class: GT-known);
 - ``box_threshold``: each map method's score map is swept over the thresholds as ``eval``
-  does (:class:`~lcar_deploy.metrics.BoxAccuracyAccumulator`); the lowest threshold with the
-  best GT-known accuracy is chosen for ``method`` (the one the bundle's users run; every map
-  method's best is reported);
+  does (:class:`~lcar_deploy.metrics.BoxAccuracyAccumulator`); the threshold with the best
+  GT-known accuracy, on the curve smoothed over a few neighbouring thresholds
+  (:attr:`CalibrationConfig.smooth`), is chosen for ``method`` (the one the bundle's users
+  run; every map method's best is reported);
 - SGRM's label band: SGRM runs on the ARM maps once per candidate band of
   :class:`CalibrationConfig` (``gamma_l1 = gamma_l2 = low``, ``gamma_h1 = gamma_h2 = high``),
   the bundle's own band among them; the band with the best GT-known accuracy of the LCAR box
@@ -55,6 +56,11 @@ class CalibrationConfig:
         ``default`` 0.6 / 0.75) and the space between and above.
     min_images: fewest images with a box to calibrate on (fewer is an error): a threshold
         chosen on a handful of images is noise.
+    smooth: half-width, in threshold steps (0.01), of the moving average the accuracy curve is
+        smoothed with before its best threshold is taken (0: the plain argmax, wsolevaluation's
+        rule). On 100 images one image is a point of accuracy, and the curve's argmax jumps
+        between neighbouring peaks; the smoothed curve's best is the middle of a good plateau
+        (docs/accuracy.md, "Calibration").
     batch_size: images per backbone / SGRM batch.
     """
 
@@ -66,6 +72,7 @@ class CalibrationConfig:
         (0.7, 0.85),
     )
     min_images: int = 10
+    smooth: int = 2
     batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -74,6 +81,8 @@ class CalibrationConfig:
         for band in self.bands:
             if len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0:
                 raise SettingError("bands", f"{band} is not (low, high) with 0 <= low < high <= 1")
+        if self.smooth < 0:
+            raise SettingError("smooth", f"must be >= 0, got {self.smooth}")
         if self.min_images < 1:
             raise SettingError("min_images", f"must be >= 1, got {self.min_images}")
         if self.batch_size < 1:
@@ -125,6 +134,16 @@ class Calibration:
             "lcar_gt_known": self.band_accuracy(self.band),
         }
         return data
+
+
+def best_index(curve: Sequence[float], smooth: int) -> int:
+    """Index of the best value of ``curve`` after a moving average of half-width ``smooth``
+    (edges padded with their own value); the lowest index among equals."""
+    values = np.asarray(curve, dtype=np.float64)
+    if smooth:
+        padded = np.pad(values, smooth, mode="edge")
+        values = np.convolve(padded, np.ones(2 * smooth + 1) / (2 * smooth + 1), mode="valid")
+    return int(np.argmax(values.round(9)))
 
 
 def _band_config(config: PipelineConfig, band: tuple[float, float]) -> PipelineConfig:
@@ -222,7 +241,7 @@ def calibrate(
         )
     grid = [round(float(t), 4) for t in sweeps[method].cam_thresholds]
     curves = {m: acc.accuracy_curve(50).round(4).tolist() for m, acc in sweeps.items()}
-    thresholds = {m: float(acc.best_threshold(50)) for m, acc in sweeps.items()}
+    thresholds = {m: grid[best_index(curves[m], cfg.smooth)] for m in sweeps}
     band_rows = [
         {"low": b[0], "high": b[1], "gt_known": round(acc.gt_known(), 4)}
         for b, acc in band_accs.items()

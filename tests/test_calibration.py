@@ -17,6 +17,7 @@ from lcar_deploy.bundle import Bundle
 from lcar_deploy.calibration import (
     CalibrationConfig,
     band_values,
+    best_index,
     calibrate,
     run_calibration,
 )
@@ -50,7 +51,7 @@ def test_choices_are_the_best_on_the_images_and_go_into_a_copy(
     result = calibrate(localizer, data, gt_class=False, config=BANDS, progress=False)
     assert result.images == 4
     for method, curve in result.curves.items():
-        best = result.grid[int(np.argmax(curve))]  # the lowest threshold with the best accuracy
+        best = result.grid[best_index(curve, BANDS.smooth)]
         assert result.thresholds[method] == pytest.approx(best)
     assert result.box_threshold == result.thresholds["arm"]
     own = (localizer.config.sgrm.gamma_l1, localizer.config.sgrm.gamma_h1)
@@ -81,6 +82,13 @@ def test_choices_are_the_best_on_the_images_and_go_into_a_copy(
     assert loc.config.box_threshold == again.box_threshold
 
 
+def test_best_index_prefers_a_plateau_to_a_spike_when_smoothed() -> None:
+    curve = [0, 0, 90, 0, 0, 0, 80, 82, 81, 80, 0]
+    assert best_index(curve, 0) == 2  # the plain argmax: the spike
+    assert best_index(curve, 1) == 7  # the middle of the plateau
+    assert best_index([5, 5, 5], 2) == 0  # ties: the lowest
+
+
 def test_refusals(small_bundle: Path, tmp_path: Path) -> None:
     bundle = Bundle.load(small_bundle)
     data = load_dataset("csv", scenes_csv(tmp_path / "scenes", bundle.class_names[1], count=2))
@@ -91,6 +99,8 @@ def test_refusals(small_bundle: Path, tmp_path: Path) -> None:
         calibrate(localizer, data, method="lcar", config=BANDS, progress=False)
     with pytest.raises(SettingError, match=r"\(0.5, 0.4\) is not \(low, high\)"):
         CalibrationConfig(bands=((0.5, 0.4),))
+    with pytest.raises(SettingError, match="setting smooth: must be >= 0"):
+        CalibrationConfig(smooth=-1)
     with pytest.raises(SettingError, match=r"'0.5-0.6' is not LOW/HIGH"):
         band_values(["0.5-0.6"])
     few = CalibrationConfig(bands=((0.25, 0.5),), min_images=1)
