@@ -206,3 +206,30 @@ def test_named_classes_are_matched_to_the_bundles_by_name(tmp_path: Path) -> Non
     assert [r.label for r in mapped] == [0, 1]
     other = SimpleNamespace(**{**vars(bundle), "class_names": ["bird", "dog", "emu"]})
     assert not uses_gt_class(other, data)  # "cat" unknown: the predicted class is used
+
+
+def test_eval_on_a_csv_list_with_boxes(small_bundle: Path, tmp_path: Path) -> None:
+    from conftest import synthetic_scene
+
+    from lcar_deploy.bundle import Bundle
+
+    name = Bundle.load(small_bundle).class_names[3]
+    lines = []
+    for seed in range(2):
+        image, mask = synthetic_scene(seed=seed)
+        Image.fromarray(image).save(tmp_path / f"s{seed}.png")
+        ys, xs = np.nonzero(mask)
+        lines.append(f's{seed}.png,"{name}",{xs.min()},{ys.min()},{xs.max()},{ys.max()}')
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    code, stdout, stderr = invoke(
+        "eval", "--dataset", "csv", "--root", tmp_path / "list.csv", "--bundle", small_bundle,
+        "--methods", "cam,arm", "--out", out, *FAST,
+    )  # fmt: skip
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["dataset"]["kind"] == "csv"
+    arm = metrics["methods"]["arm"]
+    assert arm["num_images"] == 2 and arm["setting_threshold"] == 0.5
+    assert 0.0 <= arm["gt_known_at_setting"] <= arm["gt_known"]
+    assert "GT(0.5) at setting" in stdout
