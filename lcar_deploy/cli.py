@@ -586,13 +586,16 @@ def calibrate(
     bands: Annotated[
         str | None,
         typer.Option(
-            help="SGRM label bands LOW/HIGH to try, comma-separated (default: "
-            "0.25/0.5,0.4/0.6,0.5/0.7,0.6/0.75,0.7/0.85; the bundle's own is always tried)."
+            help="SGRM label bands LOW/HIGH to try, comma-separated, e.g. 0.25/0.5,0.6/0.75 "
+            "(default: CalibrationConfig.bands, docs/method.md section 9; the bundle's own band "
+            "is always tried)."
         ),
     ] = None,
     min_images: Annotated[
         int | None,
-        typer.Option(min=1, help="Fewest images with a box to calibrate on (default 10)."),
+        typer.Option(
+            min=1, help="Fewest images with a box to calibrate on (default: CalibrationConfig's)."
+        ),
     ] = None,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
