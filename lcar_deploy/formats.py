@@ -121,8 +121,8 @@ def _entry(path: Path, lineno: int, record: dict, min_score: float) -> ImageEntr
     scores = record.get("box_scores")
     if not isinstance(boxes, list):
         raise _bad(path, lineno, "boxes is not a list")
-    if scores is None:
-        scores = [record.get("score")] * len(boxes)
+    if scores is None:  # a file from before box scores: its "score" was the class's
+        scores = [None] * len(boxes)
     if not isinstance(scores, list) or len(scores) != len(boxes):
         raise _bad(path, lineno, "box_scores does not give one score per box")
     class_id, class_name = record.get("class_id"), record.get("class_name")
