@@ -6,7 +6,7 @@ The few names a user needs, imported on first use (``import lcar_deploy`` stays 
 
     loc = lcar_deploy.Localizer.from_bundle()  # the default bundle, or a bundle folder
     r = loc.localize("bird.jpg")  # or an RGB uint8 array; class_id= optional
-    r.box, r.boxes, r.mask, r.score, r.class_name  # in the image's own pixels
+    r.box, r.score, r.boxes, r.box_scores, r.no_object, r.mask  # in the image's own pixels
 
     lcar_deploy.evaluate("cub", "CUB_200_2011", bundle="bundles/cub", out="runs/eval-cub")
 """

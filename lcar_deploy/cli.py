@@ -142,6 +142,13 @@ Method = choices("Method", names.METHODS)
 
 ArmBackend = choices("ArmBackend", names.ARM_BACKENDS)
 Preset = choices("Preset", names.PRESETS)
+BoxCount = choices("BoxCount", names.BOX_COUNTS)
+Labels = choices("Labels", names.LABELS)
+OutputFormat = choices("OutputFormat", names.OUTPUT_FORMATS)
+BOXES_HELP = (
+    "one: the main object's box; all: every region that is an object (score >= the "
+    "min_box_score setting), each with its score. Default: the bundle's boxes setting (one)."
+)
 
 
 SETTINGS_HELP = (
@@ -168,6 +175,7 @@ def make_spec(
     arm_backend: ArmBackend,
     settings: str | None,
     preset: Preset | None,
+    boxes: BoxCount | None = None,
 ) -> LocalizerSpec:
     """The bundle and the checked settings of a run; no onnxruntime session is built yet."""
     from .pipeline import LocalizerSpec
@@ -179,6 +187,7 @@ def make_spec(
         settings=settings,
         device=device.value,
         arm_backend=arm_backend.value,
+        boxes=None if boxes is None else boxes.value,
         notify=notify,
     )
 
@@ -208,9 +217,14 @@ def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Devic
         "  lcar-deploy localize photos/ --out runs/photos --overlays\n\n"
         "  lcar-deploy localize birds/ --bundle bundles/cub --save-masks --class 17\n\n"
         "  lcar-deploy localize photos/ --method arm --device cpu --threads 2\n\n"
+        "  lcar-deploy localize sorted/ --labels folder --bundle bundles/mine --format coco\n\n"
+        "  lcar-deploy localize checked.csv --labels csv --bundle bundles/mine --boxes all\n\n"
         "Output: OUT/predictions.jsonl, one JSON line per image: path, status (ok | error), "
-        "class_id, class_name, score, box [x0, y0, x1, y1] (inclusive, original image pixels), "
-        "boxes (all objects), mask / overlay files, timings_ms per stage, or error. "
+        "class_id, class_name, class_score, score (the box's confidence), no_object, box "
+        "[x0, y0, x1, y1] (inclusive, original image pixels; null: no object), boxes and "
+        "box_scores (every object kept), mask / overlay files, timings_ms per stage, or error "
+        "(schema: docs/formats.md). --format also writes OUT/coco.json, OUT/yolo/, OUT/voc/ "
+        "or OUT/labelstudio.json from it (lcar-deploy convert). "
         "Running again with the same --out resumes (OUT/run.json records the method, bundle "
         "and settings; a resume with others is refused, --force starts over). One run at a "
         "time per --out. Exit code 3: some images failed; 130 (143 on SIGTERM): interrupted, "
@@ -218,7 +232,12 @@ def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Devic
     )
 )
 def localize(
-    img_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    img_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of images (searched recursively); with --labels csv, the CSV list."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-output"),
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
@@ -235,6 +254,22 @@ def localize(
         int | None,
         typer.Option(
             "--class", help="Use this class id's map for every image (default: predicted)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Labels | None,
+        typer.Option(
+            help="Each image's class is known: folder (IMG_DIR/<class name>/image.jpg) or csv "
+            "(IMG_DIR is a path,class[,x0,y0,x1,y1] list). Class names are the bundle's; the "
+            "map is of that class (pseudo-labelling: only the box is missing)."
+        ),
+    ] = None,
+    boxes: Annotated[BoxCount | None, typer.Option(help=BOXES_HELP)] = None,
+    format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            help="Also convert predictions.jsonl to coco | yolo | voc | labelstudio in OUT "
+            "(as lcar-deploy convert does); coco turns on --save-masks for its RLE masks."
         ),
     ] = None,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
@@ -267,15 +302,21 @@ def localize(
         LocalizeOptions,
         RunInterrupted,
         find_images,
+        labelled_images,
         localize_folder,
         some_names,
     )
 
-    if not img_dir.is_dir():
+    if labels == Labels.csv:
+        if not img_dir.is_file():
+            raise fail(f"{img_dir}: not a file (with --labels csv, give the CSV list)")
+    elif not img_dir.is_dir():
         raise fail(f"{img_dir}: not a folder")
+    if labels is not None and class_id is not None:
+        raise fail("--class and --labels both choose the class: give one of them")
     if out.exists() and not out.is_dir():
         raise fail(f"{out}: exists and is not a folder")
-    if next(find_images(img_dir, exclude=out), None) is None:
+    if labels is None and next(find_images(img_dir, exclude=out), None) is None:
         others = len(image_extensions()) - len(IMAGE_EXTENSIONS)
         raise fail(
             f"{img_dir}: no images found (looked for {' '.join(IMAGE_EXTENSIONS)} and {others} "
@@ -283,21 +324,23 @@ def localize(
         )
     run_on, device = run_engine(engine, workers, device)
     try:
-        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset)
+        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset, boxes)
         if class_id is not None:
             spec.bundle.class_index(class_id)
+        known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle, out)
         # The local session is built now: its errors come before the output folder is touched.
         localizer = spec.build(threads) if run_on == "local" else spec
     except LcarError as exc:
         raise fail(str(exc)) from None
     options = LocalizeOptions(
         batch_size=batch_size,
-        save_masks=save_masks,
+        save_masks=save_masks or format == OutputFormat.coco,  # COCO's RLE masks are read back
         overlays=overlays,
         class_id=class_id,
         retry_errors=retry_errors,
         limit=limit,
         force=force,
+        labels=None if labels is None else labels.value,
     )
     # SIGTERM stops the run as Ctrl-C does: the lines written are complete, and it says so.
     received = [signal.SIGINT]
@@ -311,10 +354,11 @@ def localize(
     try:
         summary = localize_folder(
             localizer,
-            img_dir,
+            img_dir if labels != Labels.csv else img_dir.parent,
             out,
             options,
             progress=not quiet,
+            images=known,
             engine=run_on,
             workers=workers,
             threads=threads,
@@ -353,11 +397,71 @@ def localize(
         f"results in {out / 'predictions.jsonl'}",
     ]
     typer.echo("; ".join(parts), err=True)
+    if format is not None:
+        from .formats import convert_predictions
+
+        try:
+            written = convert_predictions(out / "predictions.jsonl", format.value)
+        except LcarError as exc:
+            raise fail(str(exc)) from None
+        typer.echo(f"{format.value}: {written}", err=True)
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to coco\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to yolo --min-score 0.3\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to labelstudio "
+        "--url-prefix /data/local-files/?d=photos/\n\n"
+        "Writes, beside the file unless --out says otherwise: coco.json (COCO detection file, "
+        "RLE masks when the run saved masks), yolo/ (images/ links, labels/*.txt, data.yaml), "
+        "voc/ (JPEGImages/ links, Annotations/*.xml) or labelstudio.json (tasks with "
+        "predictions). Run it again at any time: the output is replaced whole. Schemas: "
+        "docs/formats.md."
+    )
+)
+def convert(
+    predictions: Annotated[Path, typer.Argument(help="predictions.jsonl of lcar-deploy localize.")],
+    to: Annotated[OutputFormat, typer.Option(help="coco | yolo | voc | labelstudio.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (coco, labelstudio) or folder (yolo, voc).")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder the image paths are relative to (default: the run's, run.json)."),
+    ] = None,
+    min_score: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Leave out boxes scored below this.")
+    ] = 0.0,
+    url_prefix: Annotated[
+        str, typer.Option(help="Label Studio: put before each image path in data.image.")
+    ] = "",
+) -> None:
+    """Convert predictions.jsonl to COCO, YOLO, Pascal VOC or Label Studio files."""
+    from .formats import convert_predictions
+
+    try:
+        written = convert_predictions(
+            predictions,
+            to.value,
+            out,
+            images=images,
+            min_score=min_score,
+            url_prefix=url_prefix,
+        )
+    except LcarError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(str(written))
+
+
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
+DATASET_HELP = (
+    "Dataset layout: cub | ilsvrc | wsol | folder (ImageFolder: ROOT/<class name>/*.jpg, or "
+    "ROOT/<split>/<class name>/*.jpg) | csv (ROOT is a path,class[,x0,y0,x1,y1] list)."
+)
 
 
 @app.command(
@@ -372,7 +476,7 @@ DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
     ),
 )
 def evaluate(
-    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    dataset: Annotated[DatasetKind, typer.Option(help=DATASET_HELP)],
     root: Annotated[Path, typer.Option(help="Dataset root folder.")],
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
@@ -445,6 +549,99 @@ def evaluate(
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
 
+CalibrateMethod = choices("CalibrateMethod", names.CALIBRATE_METHODS)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy calibrate --dataset cub --root ../shared/data/CUB_200_2011 --split train "
+        "--limit 100 --bundle bundles/cub --out bundles/cub-calibrated\n\n"
+        "  lcar-deploy calibrate --dataset csv --root checked.csv --bundle bundles/mine "
+        "--out bundles/mine-calibrated\n\n"
+        "Runs the map methods once and SGRM once per label band on images with boxes (held "
+        "out: not the test set, as wsolevaluation recommends), picks the box threshold of "
+        "--method and the band with the best GT-known, and writes a copy of the bundle with "
+        "them (OUT/calibration.json says what was measured). lcar-deploy eval --bundle OUT "
+        "then reports the accuracy at the calibrated threshold next to the test-set optimum."
+    )
+)
+def calibrate(
+    dataset: Annotated[DatasetKind, typer.Option(help=DATASET_HELP)],
+    root: Annotated[Path, typer.Option(help="Dataset root folder (csv: the file).")],
+    out: Annotated[Path, typer.Option(help="Folder of the calibrated bundle copy.")],
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle to calibrate. Default: the embedded default.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split with boxes, held out from the test.")] = "train",
+    metadata: Annotated[
+        Path | None, typer.Option(help="Metadata folder (default: the dataset's own).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Use N images spread over the split (e.g. 100).")
+    ] = None,
+    method: Annotated[
+        CalibrateMethod, typer.Option(help="Map method whose box threshold is chosen.")
+    ] = CalibrateMethod.arm,
+    bands: Annotated[
+        str | None,
+        typer.Option(
+            help="SGRM label bands LOW/HIGH to try, comma-separated, e.g. 0.25/0.5,0.6/0.75 "
+            "(default: CalibrationConfig.bands, docs/method.md section 9; the bundle's own band "
+            "is always tried)."
+        ),
+    ] = None,
+    min_images: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Fewest images with a box to calibrate on (default: CalibrationConfig's)."
+        ),
+    ] = None,
+    device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
+    settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
+    preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Choose the box threshold and SGRM's label band on images with boxes; write a bundle copy."""
+    from .calibration import (
+        CalibrationConfig,
+        band_values,
+        report_lines,
+        run_calibration,
+    )
+    from .datasets import load_dataset
+
+    given: dict = {}
+    if bands is not None:
+        given["bands"] = [b for b in bands.split(",") if b.strip()]
+    if min_images is not None:
+        given["min_images"] = min_images
+    try:
+        if "bands" in given:
+            given["bands"] = band_values(given["bands"])
+        config = CalibrationConfig(**given)
+        data = load_dataset(dataset.value, root, split, metadata=metadata, limit=limit)
+        result, written = run_calibration(
+            data,
+            bundle=bundle,
+            out=out,
+            method=method.value,
+            preset=None if preset is None else preset.value,
+            settings=settings,
+            device=device.value,
+            threads=threads,
+            config=config,
+            progress=not quiet,
+            notify=notify,
+        )
+    except LcarError as exc:
+        raise fail(str(exc)) from None
+    for line in report_lines(result):
+        typer.echo(line, err=True)
+    typer.echo(str(written))
+
+
 Augment = choices("Augment", names.AUGMENTS)
 TRAIN = train_defaults()
 
@@ -461,7 +658,7 @@ TRAIN = train_defaults()
     )
 )
 def train(
-    dataset: Annotated[DatasetKind, typer.Option(help="Dataset layout: cub | ilsvrc | wsol.")],
+    dataset: Annotated[DatasetKind, typer.Option(help=DATASET_HELP)],
     root: Annotated[Path, typer.Option(help="Dataset root folder.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("lcar-train"),
     backbone: Annotated[

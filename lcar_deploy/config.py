@@ -20,7 +20,7 @@ import torch
 from .config_check import check_fields, check_range, from_table, show
 from .errors import SettingError
 from .metrics import EVAL_SIZE
-from .names import PRESETS, ArmBackend, ArmInput, Method
+from .names import PRESETS, ArmBackend, ArmInput, BoxCount, Method
 from .stages.arm import AFA_DILATIONS, ArmConfig
 from .stages.cam import CamConfig
 from .stages.graph_cut import GraphCutConfig
@@ -42,7 +42,14 @@ class PipelineConfig:
         which of several objects) or ``auto``: foreground when the bundle has it, else cam,
         else graphcut (why this order: docs/method.md, section 4).
     box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
-        [0, 1).
+        [0, 1) (``lcar-deploy calibrate`` chooses it on images with boxes).
+    boxes: ``one`` (the main object: the largest region, as the evaluation scores it) or
+        ``all`` (every region that is an object by the rule below, each with its score).
+    min_box_score: a region is an object when its score (:func:`lcar_deploy.boxes.box_scores`,
+        in [0, 1]) is at least this, in [0, 1]; an image with none is ``no_object`` (no box).
+        0.1 is under the lowest score of the CUB and ILSVRC-mini test boxes (0.16 / 0.14): it
+        drops faint regions and specks, not the object of an image (docs/accuracy.md, "Box
+        scores").
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
     sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
@@ -56,6 +63,8 @@ class PipelineConfig:
     work_size: int = EVAL_SIZE
     arm_input: ArmInput = "auto"
     box_threshold: float = 0.5
+    boxes: BoxCount = "one"
+    min_box_score: float = 0.1
     arm_backend: ArmBackend = "auto"
     sgrm_device: str = "cpu"
     sgrm_seed: int = 0
@@ -72,6 +81,7 @@ class PipelineConfig:
         check_fields(self)
         check_range(self, "work_size", self.min_work_size, self.max_work_size)
         check_range(self, "box_threshold", 0.0, 1.0, high_open=True)
+        check_range(self, "min_box_score", 0.0, 1.0)
         check_range(self, "sgrm_seed", 0, 2**64 - 1)  # torch.Generator.manual_seed's range
         try:
             device_type = torch.device(self.sgrm_device).type

@@ -15,6 +15,19 @@ Two on-disk layouts, the ones the full datasets use:
   index (timm's ImageNet info); ``wsol`` is the same reader with the ids as names, for other
   datasets in that layout. OpenImages-style ``localization.txt`` lines (``path,mask_path,
   ignore_path``) are read as mask paths (:attr:`Record.masks`), with no boxes.
+- ``folder``: ImageFolder, ``root/<class name>/**/*.jpg`` (the class is the top folder under the
+  split folder; images of a class may sit in sub-folders). The split folder is ``root/<split>``
+  when it exists (``root/train``, ``root/test``), else ``root`` itself, for every split. Classes
+  are the folder names of every split folder together (so train and test agree), sorted; ids
+  ``0..C-1`` in that order. No boxes. Refused: a class folder with no image, an image directly
+  in the split folder (no class), a folder with no class folder.
+- ``csv``: ``root`` is a CSV file of ``path,class[,x0,y0,x1,y1]`` lines (an optional first
+  line ``path,class,...`` is a header; fields are quoted as the csv module reads them, e.g. a
+  class name with a comma); ``path`` is relative to the file's folder (or
+  absolute), ``class`` a class name, the box inclusive ``x0,y0,x1,y1`` in original pixels. An
+  image with several objects takes one line per box, every line with a box and the same class;
+  any other repeated path is refused. Classes: the names in the file, sorted, ids ``0..C-1``.
+  The file is the whole split, whatever ``split`` says.
 
 Class ids are the dataset's own (CUB: 1..200, ILSVRC: 0..999); every dataset also maps the ids
 that occur in its label files (all splits together, so train and test agree) to contiguous
@@ -26,6 +39,9 @@ with :func:`lcar_deploy.metrics.scale_boxes` (``int(x * 224 / W)``), the one imp
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +50,10 @@ import numpy as np
 
 from .errors import DatasetError
 from .metrics import EVAL_SIZE
+from .names import DATASET_KINDS
 
-DATASETS = ("cub", "ilsvrc", "wsol")
+DATASETS = DATASET_KINDS
+CSV_HEADER = ("path", "class")
 CUB_FILES = (
     "images.txt",
     "image_class_labels.txt",
@@ -326,6 +344,129 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
     return items, sorted(class_ids)
 
 
+def _class_folders(folder: Path, exclude: Path | None = None) -> list[str]:
+    """The class folders of an ImageFolder split folder, sorted (``exclude``, e.g. an output
+    folder inside it, left out); DatasetError for an image lying in it directly (no class)."""
+    from .image_io import image_extensions
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    extensions = image_extensions()
+    loose = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(extensions)
+    )
+    if loose:
+        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        raise DatasetError(
+            f"{folder}: images directly in the folder ({shown}); put each image in the folder "
+            "of its class (root/<class name>/image.jpg)"
+        )
+    skip = exclude.resolve() if exclude is not None else None
+    classes = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.resolve() != skip
+    )
+    if not classes:
+        raise DatasetError(f"{folder}: no class folders (expected root/<class name>/image.jpg)")
+    return classes
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Every file named like an image under ``folder`` (nested, sorted; links to folders are
+    not followed)."""
+    from .image_io import image_extensions
+
+    extensions = image_extensions()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / n for n in sorted(filenames) if n.lower().endswith(extensions)]
+    return found
+
+
+def _folder_split(root: Path, split: str) -> Path:
+    """``root/split`` when it is a folder, else ``root``."""
+    return root / split if (root / split).is_dir() else root
+
+
+def _load_folder(
+    root: Path, split: str | None, exclude: Path | None = None
+) -> tuple[list[dict], list[str]]:
+    """Items of an ImageFolder split and the class names of every split folder together
+    (``split`` None: ``root`` is the split folder, its classes alone; ``exclude``: a folder
+    that is no class)."""
+    folder = root if split is None else _folder_split(root, split)
+    names = set(_class_folders(folder, exclude))
+    if folder != root:
+        for other in sorted(root.iterdir()):
+            if other.is_dir() and other != folder and not other.name.startswith("."):
+                names |= set(_class_folders(other))
+    items = []
+    for name in _class_folders(folder, exclude):
+        images = _images_under(folder / name)
+        if not images:
+            raise DatasetError(f"{folder / name}: class folder {name!r} has no images")
+        for path in images:
+            items.append(
+                {
+                    "image_id": os.fsdecode(os.fsencode(path.relative_to(folder))),
+                    "path": path,
+                    "class_name": name,
+                    "boxes": [],
+                    "size": None,
+                    "masks": (),
+                }
+            )
+    return items, sorted(names)
+
+
+def _csv_fields(line: str) -> list[str]:
+    """The stripped fields of one CSV line (quotes as the csv module reads them: a class name
+    with a comma is written ``"tabby, tabby cat"``)."""
+    return [field.strip() for field in next(csv.reader([line], skipinitialspace=True))]
+
+
+def _load_csv(path: Path) -> tuple[list[dict], list[str]]:
+    """Items of a ``path,class[,x0,y0,x1,y1]`` list and its class names, sorted."""
+    rows = [(n, line, _csv_fields(line)) for n, line in _read_lines(path)]
+    if rows and tuple(p.lower() for p in rows[0][2][:2]) == CSV_HEADER:
+        rows = rows[1:]
+    base = path.parent
+    items: dict[str, dict] = {}
+    first_line: dict[str, int] = {}
+    for lineno, line, parts in rows:
+        if len(parts) not in (2, 6):
+            raise DatasetError(
+                f"{path}:{lineno}: expected path,class or path,class,x0,y0,x1,y1, got "
+                f"{len(parts)} fields: {line!r}"
+            )
+        image, name = parts[:2]
+        if not image or not name:
+            raise DatasetError(f"{path}:{lineno}: empty path or class in {line!r}")
+        box = _box(path, lineno, parts[2:]) if len(parts) == 6 else None
+        if image in items:
+            before = items[image]
+            if box is None or not before["boxes"] or before["class_name"] != name:
+                raise DatasetError(
+                    f"{path}:{lineno}: duplicate path {image!r} (first on line "
+                    f"{first_line[image]}); only lines that each give a box of the same class "
+                    "may repeat a path (one line per object)"
+                )
+            before["boxes"].append(box)
+            continue
+        first_line[image] = lineno
+        items[image] = {
+            "image_id": image,
+            "path": Path(image) if Path(image).is_absolute() else base / image,
+            "class_name": name,
+            "boxes": [] if box is None else [box],
+            "size": None,
+            "masks": (),
+        }
+    return list(items.values()), sorted({item["class_name"] for item in items.values()})
+
+
 def _imagenet_names(class_ids: list[int]) -> list[str]:
     from timm.data import ImageNetInfo
 
@@ -334,6 +475,45 @@ def _imagenet_names(class_ids: list[int]) -> list[str]:
     if bad:
         raise DatasetError(f"ILSVRC class ids must be ImageNet indices 0..999, got {bad[:5]}")
     return [info.index_to_description(c) for c in class_ids]
+
+
+def load_labelled(kind: str, source: str | Path, exclude: Path | None = None) -> Dataset:
+    """The images of a labelled folder or list, for ``localize --labels``: ``kind`` ``folder``
+    (``source`` holds the class folders themselves: no split folder is looked for) or ``csv``
+    (``source`` is the file). Records are in folder / file order; ``exclude``: a folder inside
+    ``source`` that is no class (the output folder). Errors as :func:`load_dataset`'s."""
+    source = Path(source).expanduser().resolve()
+    if kind == "folder":
+        if not source.is_dir():
+            raise DatasetError(f"{source}: image folder not found")
+        items, names = _load_folder(source, None, exclude)
+        return _named_dataset(kind, items, names, source, "all", source)
+    if kind == "csv":
+        if not source.is_file():
+            raise DatasetError(f"{source}: CSV list not found")
+        items, names = _load_csv(source)
+        return _named_dataset(kind, items, names, source.parent, "all", source)
+    raise DatasetError(f"labels come from 'folder' or 'csv', not {kind!r}")
+
+
+def _named_dataset(
+    kind: str, items: list[dict], class_names: list[str], root: Path, split: str, meta: Path
+) -> Dataset:
+    """A dataset whose classes are known by name: ids ``0..C-1`` in ``class_names`` order."""
+    if not items:
+        raise DatasetError(f"{meta}: no images")
+    index = {name: i for i, name in enumerate(class_names)}
+    records = [
+        Record(
+            image_id=item["image_id"],
+            path=item["path"],
+            class_id=index[item["class_name"]],
+            label=index[item["class_name"]],
+            boxes=np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4),
+        )
+        for item in items
+    ]
+    return Dataset(kind, root, split, records, list(range(len(class_names))), class_names, meta)
 
 
 def load_dataset(
@@ -347,9 +527,10 @@ def load_dataset(
     """Read one split of a dataset.
 
     Args:
-        kind: ``cub``, ``ilsvrc`` or ``wsol`` (see the module docstring).
+        kind: ``cub``, ``ilsvrc``, ``wsol``, ``folder`` or ``csv`` (see the module docstring).
         root: dataset root (CUB: the folder with ``images.txt``; wsolevaluation layout: the
-            folder the metadata paths are relative to).
+            folder the metadata paths are relative to; ``folder``: the ImageFolder root;
+            ``csv``: the CSV file).
         split: ``train`` or ``test`` (wsolevaluation layout: any folder under the metadata).
         metadata: override of the metadata folder (CUB: the folder holding the five files;
             wsolevaluation: the folder holding ``{split}/``), default ``root`` /
@@ -358,14 +539,28 @@ def load_dataset(
             small limit still covers many classes.
 
     Raises:
-        DatasetError: unknown kind or split, missing file, malformed line (file:line named).
+        DatasetError: unknown kind or split, missing file, malformed line (file:line named),
+            empty class folder, image with no class folder, duplicate CSV path.
     """
     root = Path(root).expanduser().resolve()
     meta = Path(metadata).expanduser().resolve() if metadata is not None else None
     if kind not in DATASETS:
         raise DatasetError(f"unknown dataset {kind!r}; choose one of {', '.join(DATASETS)}")
-    if not root.is_dir():
+    if kind == "csv":
+        if not root.is_file():
+            raise DatasetError(f"{root}: CSV list not found (--root is the file for csv)")
+    elif not root.is_dir():
         raise DatasetError(f"{root}: dataset root not found")
+    if kind in ("folder", "csv"):
+        if kind == "folder":
+            items, class_names = _load_folder(root, split)
+            folder = _folder_split(root, split)
+            named = _named_dataset(kind, items, class_names, folder, split, folder)
+        else:
+            items, class_names = _load_csv(root)
+            named = _named_dataset(kind, items, class_names, root.parent, split, root)
+        subset = _subset(len(named.records), limit)
+        return dataclasses.replace(named, records=[named.records[i] for i in subset])
     if kind == "cub":
         items, names = _load_cub(root, split, meta)
         class_ids = sorted(names)

@@ -50,3 +50,13 @@ class OutputError(LcarError, RuntimeError):
 
 class EngineError(LcarError, RuntimeError):
     """An engine that cannot run (e.g. Ray missing); the message says what to do."""
+
+
+class LabelsError(LcarError, ValueError):
+    """Known image classes (``localize --labels``) that do not fit the bundle: a class it does
+    not have, or a bundle without classes."""
+
+
+class ConvertError(LcarError, ValueError):
+    """A ``predictions.jsonl`` that cannot be converted: the message names the file, the line
+    and the reason."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .boxes import component_boxes, mask_to_box
 from .bundle import Bundle
 from .config import PipelineConfig, check_evaluable
 from .datasets import Dataset, Record, load_dataset
@@ -57,9 +58,35 @@ class ImageOutcome:
     error: str | None = None
 
 
+NAMED_CLASSES = ("folder", "csv")
+"""Dataset kinds whose classes are known by name only: matched to the bundle's by name."""
+
+
 def uses_gt_class(bundle: Bundle, dataset: Dataset) -> bool:
-    """Whether the bundle's class ids are the dataset's (then maps use the GT class)."""
-    return bundle.has_heads and bundle.class_dataset == DATASET_CLASSES.get(dataset.kind)
+    """Whether the bundle's class ids are the dataset's (then maps use the GT class). For a
+    dataset of :data:`NAMED_CLASSES`, whether every class name of it is one of the bundle's
+    (:func:`with_bundle_classes` then gives the records the bundle's ids)."""
+    if not bundle.has_heads:
+        return False
+    if dataset.kind in NAMED_CLASSES:
+        return set(dataset.class_names) <= set(bundle.class_names)
+    return bundle.class_dataset == DATASET_CLASSES.get(dataset.kind)
+
+
+def with_bundle_classes(dataset: Dataset, bundle: Bundle) -> Dataset:
+    """``dataset`` (classes known by name) with the bundle's class ids and table, so that the
+    GT class of each record is the bundle's class of the same name."""
+    ids = dict(zip(bundle.class_names, bundle.class_ids, strict=True))
+    used = sorted({ids[name] for name in dataset.class_names})
+    label = {cid: i for i, cid in enumerate(used)}
+    names = dict(zip(bundle.class_ids, bundle.class_names, strict=True))
+    records = []
+    for record in dataset.records:
+        cid = ids[dataset.class_names[record.label]]
+        records.append(dataclasses.replace(record, class_id=cid, label=label[cid]))
+    return dataclasses.replace(
+        dataset, records=records, class_ids=used, class_names=[names[c] for c in used]
+    )
 
 
 def evaluate_batch(
@@ -110,8 +137,10 @@ def _localize_good(
             outcome.boxes[method] = loc.box
             outcome.stage_ms.update(loc.timings_ms)
             if method == "lcar":
+                # The mask's boxes, whatever the object rule kept (wsolevaluation: a box always).
+                box = mask_to_box(loc.mask, localizer.config.sgrm.box_mode)
                 outcome.sgrm_steps = loc.sgrm_steps
-                outcome.lcar_boxes = [] if loc.box is None else [loc.box, *loc.boxes]
+                outcome.lcar_boxes = [] if box is None else [box, *component_boxes(loc.mask)]
         first = results[methods[0]][i]
         if gt_class:
             outcome.cls_correct = first.predicted_class_id == record.class_id
@@ -173,8 +202,12 @@ def run_evaluation(
     thresholds: np.ndarray | None = None,
     progress: bool = True,
     examples: int = 12,
+    box_threshold: float | None = None,
 ) -> EvalResult:
-    """Accumulate metrics, write maps.npz (streamed to disk), return the metrics."""
+    """Accumulate metrics, write maps.npz (streamed to disk), return the metrics.
+
+    ``box_threshold``: the run's own threshold (the bundle's, calibrated or not); each map
+    method also reports GT-known there (``gt_known_at_setting``), next to the sweep's best."""
     from tqdm import tqdm
 
     accs = {m: BoxAccuracyAccumulator(cam_thresholds=thresholds) for m in methods}
@@ -234,6 +267,11 @@ def run_evaluation(
     for method in methods:
         stages = STAGES[: 2 + METHODS.index(method)]
         entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
+        if entry.get("sweep") and box_threshold is not None:
+            grid = accs[method].cam_thresholds
+            index = int(np.argmin(np.abs(grid - box_threshold)))
+            entry["setting_threshold"] = float(grid[index])
+            entry["gt_known_at_setting"] = float(accs[method].accuracy_curve(50)[index])
         entry["ms_per_image"] = sum(mean_ms[s] for s in stages)
         metrics["methods"][method] = entry
     metrics["stage_ms_per_image"] = mean_ms
@@ -277,24 +315,28 @@ def report_markdown(metrics: dict, title: str) -> str:
         _count_line(metrics),
         "",
         "| method | GT(0.5) | GT(0.7) | GT(0.8) | GT(0.9) | MaxBoxAccV2 | top-1 loc | top-1 cls "
-        "| best thr | ms/image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| best thr | GT(0.5) at setting | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in metrics["methods"].items():
         if not m.get("num_images"):
             continue
         gt = m["gt"]
         thr = m.get("gt_known_threshold")
+        at = m.get("gt_known_at_setting")
+        at_text = "-" if at is None else f"{at:.1f} ({m['setting_threshold']:.2f})"
         lines.append(
             f"| {method} | {_fmt(gt['50'])} | {_fmt(gt['70'])} | {_fmt(gt['80'])} | "
             f"{_fmt(gt['90'])} | {_fmt(m['max_box_acc_v2'])} | {_fmt(m['top1_loc'])} | "
-            f"{_fmt(m['top1_cls'])} | {'mask' if thr is None else f'{thr:.2f}'} | "
+            f"{_fmt(m['top1_cls'])} | {'mask' if thr is None else f'{thr:.2f}'} | {at_text} | "
             f"{m['ms_per_image']:.0f} |"
         )
     lines += [
         "",
         "GT(d): GT-known box accuracy at IoU >= d (V1: largest contour, best threshold for map "
         "methods; LCAR at its own mask). MaxBoxAccV2: mean of V2 (all contours) at IoU 0.3/0.5/0.7.",
+        "GT(0.5) at setting: a map method at the run's own box_threshold (the bundle's, e.g. "
+        "from lcar-deploy calibrate), the one localize uses; best thr is the test-set optimum.",
     ]
     if "sgrm_mean_steps" in metrics:
         lines.append(f"SGRM mean steps to stop: {metrics['sgrm_mean_steps']:.1f}.")
@@ -428,6 +470,8 @@ def evaluate(
         notify=notify,
     )
     check_evaluable(spec.config)
+    if data.kind in NAMED_CLASSES and uses_gt_class(spec.bundle, data):
+        data = with_bundle_classes(data, spec.bundle)
     out = Path(out)
     outcomes = iter_outcomes(
         spec.bundle,
@@ -442,7 +486,9 @@ def evaluate(
         address=address,
     )
     make_dirs(out)
-    result = run_evaluation(outcomes, chosen, out, len(data), progress=progress)
+    result = run_evaluation(
+        outcomes, chosen, out, len(data), progress=progress, box_threshold=spec.config.box_threshold
+    )
     loaded = spec.bundle
     info = {
         "command": command,

@@ -6,6 +6,8 @@
   call (``.NAME.PID.RANDOM.tmp``), then renamed onto it: a reader sees the old file or the new
   one, never a part; two processes writing the same file never share a temporary file; the
   temporary file is removed when the write or the rename fails.
+- :func:`replace_folder`: a folder written whole (``convert``'s YOLO / VOC folders, a
+  calibrated bundle): built beside its target, then swapped in.
 - :func:`make_dirs`: output folders, an :class:`~lcar_deploy.errors.OutputError` when one
   cannot be made.
 - :class:`JsonlWriter`: ``predictions.jsonl``, one record per line, appended; a line is written
@@ -19,6 +21,8 @@ import errno
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +71,26 @@ def write_atomic(path: Path, save: Callable[[Path], object]) -> None:
         if exc.errno is None or exc.filename == str(path):
             raise
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def replace_folder(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a folder with ``build(tmp)`` beside ``target`` and swap it in: ``target`` holds
+    the old folder or the new one, never a part; the temporary folder goes when ``build``
+    fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = tmp.with_suffix(".old")
+    try:
+        tmp.rmdir()
+        build(tmp)
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise OutputError(f"{target}: exists and is not a folder")
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class JsonlWriter:

@@ -48,9 +48,10 @@ from typing import Any
 import numpy as np
 
 from .boxes import box_to_original, mask_to_original
+from .bundle import Bundle
 from .config import PipelineConfig
 from .engines import Mapped, map_batches
-from .errors import OutputError
+from .errors import LabelsError, OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .io import JsonlWriter, make_dirs, write_atomic
 from .names import Engine
@@ -241,16 +242,19 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def run_identity(localizer: Localizer, class_id: int | None) -> dict[str, Any]:
+def run_identity(
+    localizer: Localizer, class_id: int | None, labels: str | None = None
+) -> dict[str, Any]:
     """What makes a run's results, as ``run.json`` records it: the method, the bundle (the
     sha256 of its files; its path for the message), every resolved pipeline setting and the
-    class (None: each image's predicted class)."""
+    class (None: each image's predicted class; ``labels``: each image's known class, from
+    its class folder or a CSV list)."""
     bundle = localizer.bundle
     files = bundle.manifest["files"]
     return {
         "format_version": RUN_INFO_VERSION,
         "method": localizer.config.method,
-        "class_id": class_id,
+        "class_id": class_id if labels is None else f"labels:{labels}",
         "bundle": {
             "path": str(bundle.path),
             "backbone": bundle.backbone,
@@ -280,7 +284,9 @@ def _show(value: Any) -> str:
 def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two :func:`run_identity` values, in words (empty: the same).
 
-    The settings of :data:`EXECUTION_SETTINGS` are not compared, nor the bundle's path.
+    The settings of :data:`EXECUTION_SETTINGS` are not compared, nor the bundle's path; a
+    setting the earlier run did not record (made by a version without it) counts as its
+    default.
     """
     differences = []
     if before.get("method", _MISSING) != now["method"]:
@@ -302,7 +308,10 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     old_settings = before.get("settings")
     old = _flatten(old_settings) if isinstance(old_settings, dict) else {}
     new = _flatten(now["settings"])
+    defaults = _flatten(json.loads(json.dumps(dataclasses.asdict(PipelineConfig()))))
     for key in sorted((old.keys() | new.keys()) - ignored):
+        if key not in old and old_settings and new.get(key) == defaults.get(key, _MISSING):
+            continue  # a setting newer than the earlier run, at the value it ran with
         if old.get(key, _MISSING) != new.get(key, _MISSING):
             differences.append(
                 f"setting {key} {_show(old.get(key, _MISSING))} before, "
@@ -446,6 +455,9 @@ class RunSummary:
 class LocalizeOptions:
     """What to write: masks / overlays; which class to use (None = predicted); batch size.
 
+    labels: where the images' known classes come from (``folder`` | ``csv``, as
+    :func:`labelled_images` reads them; None: no known class); a run records it.
+
     force: delete the output's earlier results first (:func:`clear_output`), instead of
     resuming them.
     """
@@ -457,9 +469,15 @@ class LocalizeOptions:
     retry_errors: bool = False
     limit: int | None = None
     force: bool = False
+    labels: str | None = None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
 
 
 def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, method: str) -> dict:
+    """One image's ``predictions.jsonl`` line (the schema: docs/formats.md)."""
     return {
         "path": rel,
         "status": "ok",
@@ -467,11 +485,14 @@ def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, me
         "image_size": list(image.original_size),
         "class_id": result.class_id,
         "class_name": result.class_name,
-        "score": None if result.score is None else round(result.score, 5),
+        "class_score": _round(result.class_score),
+        "score": _round(result.box_score),
+        "no_object": result.no_object,
         "box": None
         if result.box is None
         else box_to_original(result.box, work, image.original_size),
         "boxes": [box_to_original(b, work, image.original_size) for b in result.boxes],
+        "box_scores": [_round(v) for v in result.box_scores],
         "sgrm_steps": result.sgrm_steps,
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
     }
@@ -506,6 +527,9 @@ def _save_files(
     return names
 
 
+LabelledImage = tuple[Path, str, int | None]
+"""(path, path relative to the input, known class id or None): one image to localize."""
+
 ImageResult = tuple[str, LoadedImage | None, Localization | None, str | None]
 """(relative path, decoded image, result, error): one per image; ``error`` set on failure."""
 
@@ -531,6 +555,7 @@ def localize_folder(
     options: LocalizeOptions,
     progress: bool = True,
     *,
+    images: Sequence[LabelledImage] | None = None,
     engine: Engine = "local",
     workers: int = 1,
     threads: int | None = None,
@@ -541,6 +566,8 @@ def localize_folder(
     ``localizer``: a built Localizer (the ``local`` engine runs it) or a spec (each engine
     builds its own). ``engine``, ``workers``, ``threads`` (in all), ``address``: where the
     images are localized (:func:`localize_results`); this function writes every output.
+    ``images``: the images to localize with their known classes (:func:`labelled_images`),
+    instead of every image under ``root``.
     Raises :class:`OutputError` when ``out`` cannot be used or written (nothing half-written
     is left), :class:`RunInterrupted` on Ctrl-C.
     """
@@ -548,7 +575,9 @@ def localize_folder(
     with output_lock(out):
         if options.force:
             clear_output(out)
-        check_run(out, run_identity(spec, options.class_id))
+        identity = run_identity(spec, options.class_id, options.labels)
+        identity["images"] = str(Path(root).resolve())  # for convert; not compared on resume
+        check_run(out, identity)
         prepare_output(out, options)
         predictions = out / PREDICTIONS
         try:
@@ -556,10 +585,17 @@ def localize_folder(
         except OSError as exc:
             raise OutputError(_stopped(exc, predictions, predictions)) from None
         summary = RunSummary()
-        todo: list[tuple[Path, str]] = []
+        todo: list[LabelledImage] = []
+        found = (
+            ((path, True, rel, class_id) for path, rel, class_id in images)
+            if images is not None
+            else (
+                (path, is_image, relative_name(path, root), None)
+                for path, is_image in iter_files(root, exclude=out)
+            )
+        )
         try:
-            for path, is_image in iter_files(root, exclude=out):
-                rel = relative_name(path, root)
+            for path, is_image, rel, class_id in found:
                 if not is_image:
                     summary.add_not_image(rel)
                 elif rel in done:
@@ -568,7 +604,7 @@ def localize_folder(
                         summary.skipped_errors += 1
                         summary.add_failed(rel)
                 else:
-                    todo.append((path, rel))
+                    todo.append((path, rel, class_id))
                     if options.limit is not None and len(todo) >= options.limit:
                         break
             results = localize_results(
@@ -592,7 +628,7 @@ def _run(
     config: PipelineConfig,
     out: Path,
     options: LocalizeOptions,
-    todo: list[tuple[Path, str]],
+    todo: list[LabelledImage],
     summary: RunSummary,
     progress: bool,
     results: Mapped[ImageResult],
@@ -690,9 +726,7 @@ class LocalizeTask:
     masks: bool
     pixels: bool
 
-    def __call__(
-        self, localizer: Localizer, batch: Sequence[tuple[Path, str]]
-    ) -> list[ImageResult]:
+    def __call__(self, localizer: Localizer, batch: Sequence[LabelledImage]) -> list[ImageResult]:
         return [self._needed(*item) for item in localize_batch(localizer, batch, self.class_id)]
 
     def _needed(
@@ -708,7 +742,7 @@ class LocalizeTask:
 
 def localize_results(
     localizer: Localizer | LocalizerSpec,
-    todo: list[tuple[Path, str]],
+    todo: list[LabelledImage],
     options: LocalizeOptions,
     *,
     engine: Engine = "local",
@@ -739,34 +773,82 @@ def localize_results(
 
 
 def localize_batch(
-    localizer: Localizer, batch: Sequence[tuple[Path, str]], class_id: int | None
+    localizer: Localizer, batch: Sequence[LabelledImage], class_id: int | None
 ) -> Iterator[ImageResult]:
-    """Decode and localize one batch of (path, relative path): one result per image, those
-    that cannot be decoded first (as they are met), then the others in order."""
-    loaded: list[tuple[str, LoadedImage]] = []
-    for path, rel in batch:
+    """Decode and localize one batch of (path, relative path, known class): one result per
+    image, those that cannot be decoded first (as they are met), then the others in order.
+    An image's map is of its known class, else of ``class_id``, else of the predicted class."""
+    loaded: list[tuple[str, LoadedImage, int | None]] = []
+    for path, rel, known in batch:
         try:
-            loaded.append((rel, load_image(path)))
+            loaded.append((rel, load_image(path), class_id if known is None else known))
         except ImageError as exc:
             yield rel, None, None, str(exc)
-    yield from _run_batch(localizer, loaded, class_id)
+    yield from _run_batch(localizer, loaded)
 
 
 def _run_batch(
-    localizer: Localizer, batch: list[tuple[str, LoadedImage]], class_id: int | None
+    localizer: Localizer, batch: list[tuple[str, LoadedImage, int | None]]
 ) -> Iterator[tuple[str, LoadedImage, Localization | None, str | None]]:
     """Results of a batch; if the batch fails as a whole, image by image with errors recorded."""
     if not batch:
         return
     try:
-        results = localizer.run([im.rgb for _, im in batch], [class_id] * len(batch))
+        results = localizer.run([im.rgb for _, im, _ in batch], [c for _, _, c in batch])
     except Exception as exc:
         if len(batch) == 1:
-            rel, image = batch[0]
+            rel, image, _ = batch[0]
             yield rel, image, None, f"{rel}: localization failed ({type(exc).__name__}: {exc})"
             return
         for item in batch:
-            yield from _run_batch(localizer, [item], class_id)
+            yield from _run_batch(localizer, [item])
         return
-    for (rel, image), result in zip(batch, results, strict=True):
+    for (rel, image, _), result in zip(batch, results, strict=True):
         yield rel, image, result, None
+
+
+def labelled_images(
+    kind: str, source: Path, bundle: Bundle, exclude: Path | None = None
+) -> list[LabelledImage]:
+    """The images of a labelled folder (``kind`` ``folder``: ``source/<class name>/...``) or
+    CSV list (``csv``: ``source`` is the file), each with the bundle's id of its class;
+    ``exclude``: the output folder, when it lies inside ``source`` (it is no class).
+
+    Raises :class:`~lcar_deploy.errors.DatasetError` for a malformed folder or list
+    (:func:`lcar_deploy.datasets.load_labelled`) and :class:`LabelsError` for a bundle without
+    heads or a class name the bundle does not have.
+    """
+    from .datasets import load_labelled
+
+    dataset = load_labelled(kind, source, exclude)
+    if not bundle.has_heads:
+        raise LabelsError(
+            f"{bundle.path}: the bundle has no trained heads, so it has no classes to match "
+            f"the labels of {source} against"
+        )
+    by_name: dict[str, list[int]] = {}
+    for name, cid in zip(bundle.class_names, bundle.class_ids, strict=True):
+        by_name.setdefault(name, []).append(cid)
+    unknown = [name for name in dataset.class_names if name not in by_name]
+    if unknown:
+        shown = some_names([repr(n) for n in unknown], len(unknown))
+        raise LabelsError(
+            f"{source}: {len(unknown)} of its {dataset.num_classes} classes are not among the "
+            f"bundle's {len(bundle.class_ids)} classes ({bundle.path}): {shown}"
+        )
+    for name in dataset.class_names:
+        if len(by_name[name]) > 1:
+            raise LabelsError(
+                f"{source}: class {name!r} names {len(by_name[name])} classes of the bundle "
+                f"(ids {', '.join(map(str, by_name[name]))}); it cannot say which"
+            )
+    ids = {name: cids[0] for name, cids in by_name.items()}
+    root = dataset.root
+    return [
+        (
+            r.path,
+            r.image_id if kind == "csv" else relative_name(r.path, root),
+            ids[dataset.class_names[r.label]],
+        )
+        for r in dataset.records
+    ]

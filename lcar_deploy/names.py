@@ -31,8 +31,26 @@ BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16")
 ExportFormat = Literal["onnx", "torchscript", "both"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
-DatasetKind = Literal["cub", "ilsvrc", "wsol"]
+DatasetKind = Literal["cub", "ilsvrc", "wsol", "folder", "csv"]
 DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
+"""Dataset layouts (:mod:`lcar_deploy.datasets`): ``folder`` is ImageFolder
+(``root/<class>/*.jpg``), ``csv`` a list of ``path,class[,x0,y0,x1,y1]`` lines."""
+
+Labels = Literal["folder", "csv"]
+LABELS: tuple[str, ...] = get_args(Labels)
+"""Where ``localize --labels`` reads each image's known class: its class folder, or a CSV list."""
+
+BoxCount = Literal["one", "all"]
+BOX_COUNTS: tuple[str, ...] = get_args(BoxCount)
+"""Boxes per image: the main object's, or every region that is an object by the same rule."""
+
+OutputFormat = Literal["coco", "yolo", "voc", "labelstudio"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+"""What ``lcar-deploy convert`` writes from ``predictions.jsonl`` (:mod:`lcar_deploy.formats`)."""
+
+CalibrateMethod = Literal["cam", "graphcut", "arm"]
+CALIBRATE_METHODS: tuple[str, ...] = get_args(CalibrateMethod)
+"""The map methods whose box threshold ``lcar-deploy calibrate`` can choose."""
 
 Augment = Literal["none", "flip", "crop"]
 AUGMENTS: tuple[str, ...] = get_args(Augment)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .boxes import (
+    Box,
+    box_scores,
     box_to_original,
     component_boxes,
     mask_to_box,
@@ -51,19 +53,22 @@ class Localization:
     """Result for one image.
 
     class_index: bundle output index used for the map (None without heads); class_id /
-        class_name / score: that class's dataset id, name and softmax probability.
+        class_name / class_score: that class's dataset id, name and softmax probability.
     predicted_class_id: the classifier's top-1 class id (differs from class_id when the map's
         class was given, e.g. the GT class in evaluation).
     map: (work_size, work_size) float32 score map in [0, 1] of the method's last stage (for
         ``lcar`` the mask as 0/1).
     mask: (work_size, work_size) bool. box / boxes: inclusive ``[x0, y0, x1, y1]`` in work
-        pixels (None: nothing found). timings_ms: per stage, this image's share of its batch.
+        pixels of the main object and of every object kept (``PipelineConfig.boxes``); box
+        None and boxes empty: no object (``no_object``). box_score / box_scores: their
+        confidences in [0, 1] (:func:`lcar_deploy.boxes.box_scores`). timings_ms: per stage,
+        this image's share of its batch.
     """
 
     class_index: int | None
     class_id: int | None
     class_name: str | None
-    score: float | None
+    class_score: float | None
     map: np.ndarray
     mask: np.ndarray
     box: tuple[int, int, int, int] | None
@@ -71,17 +76,22 @@ class Localization:
     timings_ms: dict[str, float]
     predicted_class_id: int | None = None
     sgrm_steps: int | None = None
+    box_score: float | None = None
+    box_scores: list[float] = field(default_factory=list)
+    no_object: bool = False
 
 
 @dataclass
 class Result:
     """One image localized, in the image's own pixels.
 
-    box: inclusive ``[x0, y0, x1, y1]`` of the object (the largest one for map methods and
-    SGRM's default box mode), or None when nothing was found; boxes: every object's box,
-    largest first; mask: (H, W) bool; class_id / class_name / score: the class whose map was
-    used and its probability (None for a bundle without heads); image_size: (W, H);
-    localization: the same result at work size (maps, per-stage timings).
+    box: inclusive ``[x0, y0, x1, y1]`` of the main object (the largest one for map methods and
+    SGRM's default box mode), or None when there is no object (``no_object``); score: its
+    confidence in [0, 1]; boxes / box_scores: every object kept (``boxes`` setting: ``one``
+    or ``all``), largest first, and their confidences; mask: (H, W) bool; class_id /
+    class_name / class_score: the class whose map was used and its probability (None for a
+    bundle without heads); image_size: (W, H); localization: the same result at work size
+    (maps, per-stage timings).
     """
 
     box: list[int] | None
@@ -92,6 +102,9 @@ class Result:
     score: float | None
     image_size: tuple[int, int]
     localization: Localization
+    box_scores: list[float] = field(default_factory=list)
+    class_score: float | None = None
+    no_object: bool = False
 
     @classmethod
     def from_localization(
@@ -103,9 +116,12 @@ class Result:
             mask=mask_to_original(loc.mask, image_size),
             class_id=loc.class_id,
             class_name=loc.class_name,
-            score=loc.score,
+            score=loc.box_score,
             image_size=image_size,
             localization=loc,
+            box_scores=list(loc.box_scores),
+            class_score=loc.class_score,
+            no_object=loc.no_object,
         )
 
 
@@ -182,12 +198,15 @@ class LocalizerSpec:
         settings: str | dict[str, Any] | None = None,
         device: str = "auto",
         arm_backend: str = "auto",
+        boxes: str | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> LocalizerSpec:
         """The spec of :meth:`Localizer.from_bundle`'s localizer (same arguments but
         ``threads``): the bundle loaded and the settings resolved, nothing built yet."""
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, notify)
         run = {"method": method, "arm_backend": arm_backend}
+        if boxes is not None:
+            run["boxes"] = boxes
         if device == "cuda":
             run["sgrm_device"] = "cuda"
         try:
@@ -249,12 +268,14 @@ class Localizer:
         device: str = "auto",
         threads: int | None = None,
         arm_backend: str = "auto",
+        boxes: str | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> Localizer:
         """A localizer for ``bundle`` (a folder, a loaded bundle, or None: the default bundle,
         exported on first use, ``notify`` told so). ``preset`` replaces the bundle's settings
         by a named preset; ``settings`` (JSON text or an object) go on top
-        (:func:`lcar_deploy.config.resolve_config`). Bad values raise before any image is read."""
+        (:func:`lcar_deploy.config.resolve_config`), then ``boxes`` (``one | all``, the
+        ``boxes`` setting). Bad values raise before any image is read."""
         spec = LocalizerSpec.from_bundle(
             bundle,
             method=method,
@@ -262,6 +283,7 @@ class Localizer:
             settings=settings,
             device=device,
             arm_backend=arm_backend,
+            boxes=boxes,
             notify=notify,
         )
         return spec.build(threads)
@@ -385,25 +407,31 @@ class Localizer:
                 if method == "lcar":
                     mask = sgrm_results[i].mask
                     score_map = mask.astype(np.float32)
+                    confidence = np.asarray(maps["arm"][i], dtype=np.float32)
                     box = mask_to_box(mask, cfg.sgrm.box_mode)
-                    all_boxes = component_boxes(mask)
                     steps = sgrm_results[i].steps
                 else:
                     if method not in maps:
                         raise ValueError(f"method {method!r} needs a bundle with heads")
                     score_map = np.asarray(maps[method][i], dtype=np.float32)
-                    box, all_boxes, mask = threshold_boxes(score_map, cfg.box_threshold)
+                    confidence = score_map
+                    box, _, mask = threshold_boxes(score_map, cfg.box_threshold)
                     steps = None
+                box = None if box is None else tuple(int(v) for v in box)
+                kept = objects(confidence, mask, box, cfg)
                 per_image.append(
                     Localization(
                         *classes[i][:4],
                         predicted_class_id=classes[i][4],
                         map=score_map,
                         mask=mask,
-                        box=None if box is None else tuple(int(v) for v in box),
-                        boxes=all_boxes,
+                        box=kept[0][0] if kept else None,
+                        boxes=[b for b, _ in kept],
                         timings_ms=timings,
                         sgrm_steps=steps,
+                        box_score=kept[0][1] if kept else None,
+                        box_scores=[s for _, s in kept],
+                        no_object=not kept,
                     )
                 )
             results[method] = per_image
@@ -430,6 +458,28 @@ class Localizer:
             seeds.append(result.seed)
             maps.append(result.map.astype(np.float32))
         return classes, np.stack(seeds), np.stack(maps)
+
+
+def objects(
+    confidence: np.ndarray, mask: np.ndarray, main: Box | None, config: PipelineConfig
+) -> list[tuple[Box, float]]:
+    """The (box, score) of every object of one image, main object first.
+
+    Scores come from :func:`lcar_deploy.boxes.box_scores` on the ``confidence`` map (the map
+    method's own map; ARM's for ``lcar``) and ``mask``; a box is an object when its score is
+    at least ``config.min_box_score``. ``config.boxes`` ``one``: ``main``, the method's box
+    (the one the evaluation scores), alone, if it is an object; ``all``: the box of every
+    8-connected region of the mask that is an object, largest first. Empty: no object.
+    """
+    if main is None:
+        return []
+    candidates = [main] if config.boxes == "one" else component_boxes(mask)
+    scores = box_scores(confidence, mask, candidates)
+    return [
+        (box, score)
+        for box, score in zip(candidates, scores, strict=True)
+        if score >= config.min_box_score
+    ]
 
 
 def merge_flipped(

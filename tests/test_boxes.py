@@ -195,3 +195,22 @@ def test_mask_to_original_size_and_orientation() -> None:
     assert tall.shape == (8, 2)
     np.testing.assert_array_equal(tall, [[0, 1]] * 4 + [[0, 0]] * 4)
     assert mask_to_original(mask, (4, 4)).tolist() == mask.tolist()
+
+
+def test_box_scores_rank_a_standing_out_object_above_a_speck_and_a_flat_map() -> None:
+    from lcar_deploy.boxes import box_scores
+
+    score_map = np.full((50, 50), 0.1, np.float32)
+    score_map[10:30, 10:30] = 0.9  # the object: 400 pixels
+    score_map[40:42, 40:42] = 0.9  # a speck: 4 pixels
+    mask = score_map > 0.5
+    obj, speck = box_scores(score_map, mask, [(10, 10, 29, 29), (40, 40, 41, 41)])
+    # (0.9 - 0.1) * share: 400 / 404 and 4 / 404 of the mask
+    assert obj == pytest.approx(0.8 * 400 / 404) and speck == pytest.approx(0.8 * 4 / 404)
+    assert box_scores(score_map, mask, [(0, 0, 5, 5)]) == [0.0]  # no mask pixel in the box
+    flat = np.full((50, 50), 0.5, np.float32)
+    assert box_scores(flat, flat > 0.4, [(0, 0, 49, 49)]) == [pytest.approx(0.5)]
+    assert box_scores(flat, np.zeros((50, 50), bool), [(0, 0, 1, 1)]) == [0.0]
+    faint = score_map * 0.1 + 0.45  # the same shapes, hardly above the background
+    (weak,) = box_scores(faint, mask, [(10, 10, 29, 29)])
+    assert weak == pytest.approx(obj * 0.1, rel=1e-4) and weak < 0.1

@@ -160,3 +160,100 @@ def test_wsol_layout_synthetic(tmp_path: Path) -> None:
     (split / "class_labels.txt").write_text("a/1.jpg,7\n")
     with pytest.raises(DatasetError, match=r"no class label for a/2\.jpg"):
         load_dataset("wsol", tmp_path, "test")
+
+
+def _jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(path)
+    return path
+
+
+def test_folder_classes_from_folder_names_and_shared_by_splits(tmp_path: Path) -> None:
+    for rel in ("train/cat/a.jpg", "train/dog/b.jpg", "train/dog/deep/c.png", "test/dog/d.jpg"):
+        _jpeg(tmp_path / rel)
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+    train = load_dataset("folder", tmp_path, "train")
+    test = load_dataset("folder", tmp_path, "test")
+    assert train.class_names == test.class_names == ["cat", "dog"]  # every split's folders
+    assert [(r.image_id, r.class_id, r.label) for r in train] == [
+        ("cat/a.jpg", 0, 0),
+        ("dog/b.jpg", 1, 1),
+        ("dog/deep/c.png", 1, 1),
+    ]
+    assert [(r.image_id, r.class_id) for r in test] == [("dog/d.jpg", 1)]
+    assert all(r.boxes.shape == (0, 4) for r in train)
+    # no split folder: the root holds the classes, for every split
+    flat = load_dataset("folder", tmp_path / "train", "test")
+    assert len(flat) == 3 and flat.class_names == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            ["cat/a.jpg", "loose.jpg"],
+            r"images directly in the folder \(loose.jpg\); put each image",
+        ),
+        (["cat/a.jpg", "dog/readme.txt"], r"dog: class folder 'dog' has no images"),
+        ([], r"no class folders"),
+    ],
+)
+def test_folder_errors(tmp_path: Path, files: list[str], message: str) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    for rel in files:
+        if rel.endswith(".txt"):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text("x")
+        else:
+            _jpeg(tmp_path / rel)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("folder", tmp_path, "train")
+
+
+def test_csv_list_with_header_boxes_and_several_objects(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "imgs" / "a.jpg")
+    absolute = _jpeg(tmp_path / "elsewhere" / "b.jpg")
+    lines = [
+        "path,class,x0,y0,x1,y1",
+        "imgs/a.jpg,cat,1,2,10,20",
+        "imgs/a.jpg,cat,20,2,30,20",
+        f"{absolute},dog",
+    ]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    data = load_dataset("csv", tmp_path / "list.csv")
+    assert data.class_names == ["cat", "dog"] and data.root == tmp_path
+    first, second = data.records
+    assert first.path == tmp_path / "imgs" / "a.jpg" and first.class_id == 0
+    np.testing.assert_array_equal(first.boxes, [[1, 2, 10, 20], [20, 2, 30, 20]])
+    assert second.path == absolute and second.class_id == 1 and second.boxes.shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["a.jpg,cat", "a.jpg,cat"], r"list.csv:2: duplicate path 'a.jpg' \(first on line 1\)"),
+        (["a.jpg,cat,0,0,5,5", "a.jpg,dog,1,1,5,5"], r"list.csv:2: duplicate path"),
+        (["a.jpg,cat,0,0"], r"list.csv:1: expected path,class or path,class,x0,y0,x1,y1"),
+        (["a.jpg,cat,9,0,5,5"], r"list.csv:1: box .* is not x0,y0,x1,y1"),
+        (["a.jpg,"], r"list.csv:1: empty path or class"),
+    ],
+)
+def test_csv_errors(tmp_path: Path, lines: list[str], message: str) -> None:
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("csv", tmp_path / "list.csv")
+
+
+def test_folder_view_of_real_cub(shared_data: Path, tmp_path: Path) -> None:
+    """An ImageFolder of links to the CUB test images: same images, classes from the folders."""
+    cub = load_dataset("cub", shared_data / "CUB_200_2011", "test", limit=30)
+    for record in cub:
+        link = tmp_path / "test" / record.image_id
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(record.path)
+    view = load_dataset("folder", tmp_path, "test")
+    assert sorted(r.image_id for r in view) == sorted(r.image_id for r in cub)
+    names = {r.image_id: view.class_names[r.label] for r in view}
+    assert all(names[r.image_id].split(".", 1)[1] == cub.class_names[r.label] for r in cub)

@@ -169,3 +169,67 @@ def test_bad_bundle_in_eval_and_unknown_class(
     code, _, stderr = invoke("localize", root, "--bundle", small_bundle, "--class", "99999", *FAST)
     assert code == cli.EXIT_ERROR
     assert "class id 99999 is not among the bundle's 1000 classes" in stderr
+
+
+def test_a_map_method_is_also_reported_at_the_runs_own_threshold(tmp_path: Path) -> None:
+    """A strip at 0.6 beside the object: thresholds >= 0.6 box the object alone (IoU 1),
+    lower ones box object and strip (IoU 50 / 130 < 0.5)."""
+    outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
+    low = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.5)
+    arm = low.metrics["methods"]["arm"]
+    assert arm["gt_known"] == 100.0 and arm["gt_known_threshold"] == pytest.approx(0.6)
+    assert (arm["setting_threshold"], arm["gt_known_at_setting"]) == (0.5, 0.0)
+    assert "| 0.60 | 0.0 (0.50) |" in report_markdown(low.metrics, "t")
+    outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
+    high = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.7)
+    assert high.metrics["methods"]["arm"]["gt_known_at_setting"] == 100.0
+
+
+def test_named_classes_are_matched_to_the_bundles_by_name(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lcar_deploy.datasets import load_dataset
+    from lcar_deploy.evaluation import uses_gt_class, with_bundle_classes
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "list.csv").write_text("a.png,dog,0,0,3,3\nb.png,cat,1,1,4,4\n")
+    data = load_dataset("csv", tmp_path / "list.csv")
+    assert data.class_names == ["cat", "dog"] and [r.class_id for r in data] == [1, 0]
+    bundle = SimpleNamespace(
+        has_heads=True, class_names=["bird", "dog", "cat"], class_ids=[5, 7, 9], class_dataset="csv"
+    )
+    assert uses_gt_class(bundle, data)
+    mapped = with_bundle_classes(data, bundle)
+    assert [r.class_id for r in mapped] == [7, 9]  # dog, cat: the bundle's ids
+    assert mapped.class_ids == [7, 9] and mapped.class_names == ["dog", "cat"]
+    assert [r.label for r in mapped] == [0, 1]
+    other = SimpleNamespace(**{**vars(bundle), "class_names": ["bird", "dog", "emu"]})
+    assert not uses_gt_class(other, data)  # "cat" unknown: the predicted class is used
+
+
+def test_eval_on_a_csv_list_with_boxes(small_bundle: Path, tmp_path: Path) -> None:
+    from conftest import synthetic_scene
+
+    from lcar_deploy.bundle import Bundle
+
+    name = Bundle.load(small_bundle).class_names[3]
+    lines = []
+    for seed in range(2):
+        image, mask = synthetic_scene(seed=seed)
+        Image.fromarray(image).save(tmp_path / f"s{seed}.png")
+        ys, xs = np.nonzero(mask)
+        lines.append(f's{seed}.png,"{name}",{xs.min()},{ys.min()},{xs.max()},{ys.max()}')
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    code, stdout, stderr = invoke(
+        "eval", "--dataset", "csv", "--root", tmp_path / "list.csv", "--bundle", small_bundle,
+        "--methods", "cam,arm", "--out", out, *FAST,
+    )  # fmt: skip
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["dataset"]["kind"] == "csv"
+    arm = metrics["methods"]["arm"]
+    assert arm["num_images"] == 2 and arm["setting_threshold"] == 0.5
+    assert 0.0 <= arm["gt_known_at_setting"] <= arm["gt_known"]
+    assert "GT(0.5) at setting" in stdout

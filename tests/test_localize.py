@@ -802,3 +802,88 @@ def test_avif_is_read(small_bundle: Path, small_photo: np.ndarray, tmp_path: Pat
         small_photo.shape[1],
         small_photo.shape[0],
     ]
+
+
+def test_known_labels_from_class_folders_or_a_csv_list(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
+) -> None:
+    """--labels: each image's map is of its own class (not the predicted one); unknown class
+    names are refused before the output folder is touched; --format coco follows."""
+    bundle = Bundle.load(small_bundle)
+    cat, dog = bundle.class_names[281], bundle.class_names[207]
+    root = tmp_path / "sorted"
+    image_folder(root / cat, small_photo, 2)
+    image_folder(root / dog, small_photo, 1)
+    out = tmp_path / "out"
+    base = ["--bundle", small_bundle, "--method", "cam", *FAST]
+    code, _, stderr = invoke(
+        "localize", root, "--out", out, "--labels", "folder", "--format", "coco", *base
+    )
+    assert code == 0, stderr
+    records = {r["path"]: r for r in records_of(out)}
+    assert {p: r["class_id"] for p, r in records.items()} == {
+        f"{cat}/img00.jpg": 281,
+        f"{cat}/img01.jpg": 281,
+        f"{dog}/img00.jpg": 207,
+    }
+    for r in records.values():
+        assert r["no_object"] == (r["box"] is None) and len(r["box_scores"]) == len(r["boxes"])
+        assert r["score"] is None or 0.1 <= r["score"] <= 1.0
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["images"]) == 3 and all("segmentation" in a for a in coco["annotations"])
+    assert json.loads((out / "run.json").read_text())["class_id"] == "labels:folder"
+
+    listed = tmp_path / "list.csv"
+    listed.write_text(f'sorted/{dog}/img00.jpg,"{cat}"\n')  # the name holds a comma
+    code, _, stderr = invoke(
+        "localize", listed, "--out", tmp_path / "csv", "--labels", "csv", *base
+    )
+    assert code == 0, stderr
+    (only,) = records_of(tmp_path / "csv")
+    assert (only["path"], only["class_id"]) == (f"sorted/{dog}/img00.jpg", 281)
+
+    image_folder(root / "no such class", small_photo, 1)
+    code, _, stderr = invoke(
+        "localize", root, "--out", tmp_path / "bad", "--labels", "folder", *base
+    )
+    assert code == 1 and "1 of its 3 classes are not among the bundle's 1000" in stderr
+    assert "'no such class'" in stderr and not (tmp_path / "bad").exists()
+    code, _, stderr = invoke("localize", root, "--labels", "csv", *base)
+    assert code == 1 and "not a file (with --labels csv, give the CSV list)" in stderr
+
+
+def test_boxes_all_keeps_every_object_with_its_score(
+    small_bundle: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    two = np.concatenate([photo, photo], axis=1)  # the cat twice, side by side
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(two).save(root / "two.jpg")
+    base = ["--bundle", small_bundle, "--method", "cam", *FAST]
+    code, _, stderr = invoke("localize", root, "--out", tmp_path / "one", *base)
+    assert code == 0, stderr
+    code, _, stderr = invoke("localize", root, "--out", tmp_path / "all", "--boxes", "all", *base)
+    assert code == 0, stderr
+    (one,) = records_of(tmp_path / "one")
+    (every,) = records_of(tmp_path / "all")
+    assert len(one["boxes"]) == len(one["box_scores"]) == 1 and one["boxes"][0] == one["box"]
+    assert every["boxes"] and every["box"] == every["boxes"][0]
+    assert len(every["box_scores"]) == len(every["boxes"])
+    assert all(0.1 <= s <= 1.0 for s in every["box_scores"])
+    code, _, stderr = invoke("localize", root, "--out", tmp_path / "one", "--boxes", "all", *base)
+    assert code == 1 and "setting boxes" in stderr  # a resume made differently is refused
+
+
+def test_a_setting_newer_than_the_earlier_run_counts_as_its_default() -> None:
+    from lcar_deploy.localize import identity_differences
+
+    now = {
+        "method": "arm",
+        "class_id": None,
+        "bundle": {"path": "b", "sha256": {"model.onnx": "x"}},
+        "settings": {"flip": True, "boxes": "one", "min_box_score": 0.1},
+    }
+    before = {**now, "settings": {"flip": True}}  # written before boxes existed
+    assert identity_differences(before, now) == []
+    changed = {**now, "settings": {**now["settings"], "boxes": "all"}}
+    assert identity_differences(before, changed) == ['setting boxes missing before, "all" now']

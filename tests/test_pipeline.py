@@ -86,10 +86,13 @@ def test_every_method_from_one_run(small_bundle: Path) -> None:
             assert loc.map.shape == (224, 224) and loc.map.dtype == np.float32
             assert loc.map.min() >= 0.0 and loc.map.max() <= 1.0
             assert loc.mask.shape == (224, 224) and loc.mask.dtype == bool
-            assert 0 <= loc.class_id < 1000 and 0.0 < loc.score <= 1.0
+            assert 0 <= loc.class_id < 1000 and 0.0 < loc.class_score <= 1.0
+            assert loc.no_object == (loc.box is None) == (loc.boxes == [])
+            assert len(loc.box_scores) == len(loc.boxes)
             if loc.box is not None:
                 x0, y0, x1, y1 = loc.box
                 assert 0 <= x0 <= x1 <= 223 and 0 <= y0 <= y1 <= 223
+                assert loc.box_score == loc.box_scores[0] >= 0.1
             stages = ("backbone", "cam", "graph_cut", "arm", "sgrm")
             assert tuple(loc.timings_ms) == stages[: 2 + METHODS.index(method)]
     assert all(loc.sgrm_steps >= 1 for loc in results["lcar"])
@@ -194,3 +197,22 @@ def test_blend_maps_averages_the_min_max_scaled_maps() -> None:
     assert got[0, 3, 3] == pytest.approx(0.5 * (1.0 + 0.0))
     flat = blend_maps(np.ones((1, 2, 2), np.float32), cam)  # a constant map scales to 0
     assert flat[0, 0, 0] == pytest.approx(0.5) and flat[0, 3, 3] == 0.0
+
+
+def test_objects_one_all_and_no_object() -> None:
+    from lcar_deploy.config import PipelineConfig
+    from lcar_deploy.pipeline import objects
+
+    score_map = np.full((60, 60), 0.05, np.float32)
+    score_map[5:25, 5:30] = 1.0  # the main object
+    score_map[35:55, 35:50] = 0.9  # a second object
+    score_map[2, 55] = 1.0  # a speck
+    mask = score_map > 0.5
+    main = (5, 5, 29, 24)
+    one = objects(score_map, mask, main, PipelineConfig(boxes="one"))
+    every = objects(score_map, mask, main, PipelineConfig(boxes="all"))
+    assert [b for b, _ in one] == [main]
+    assert [b for b, _ in every] == [main, (35, 35, 49, 54)]  # the speck is no object
+    assert every[0][1] == one[0][1] > every[1][1] >= 0.1
+    assert objects(score_map, mask, main, PipelineConfig(min_box_score=0.9)) == []
+    assert objects(score_map, mask, None, PipelineConfig()) == []

@@ -215,3 +215,36 @@ def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> Non
     bundle = Bundle.load(export_bundle(tmp_path / "bundle", heads_path=str(result.heads_path)))
     assert bundle.outputs[-1] == "foreground"
     assert list(tmp_path.joinpath("cache").glob("localizer-wsol-train-*.done"))
+
+
+@pytest.mark.slow
+def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
+    """ImageFolder with train/ and test/: classes from the folder names, test top-1 reported,
+    and a CSV list trains the same heads' classes."""
+    data = tmp_path / "data"
+    _synthetic_wsol(data, per_class=3)
+    folder = tmp_path / "folder"
+    names = {10: "square", 11: "disc", 12: "stripes"}
+    lines = []
+    for path in sorted((data / "img").iterdir()):
+        cls = 10 + int(path.name[1])
+        split = "test" if path.stem.endswith("_2") else "train"
+        (folder / split / names[cls]).mkdir(parents=True, exist_ok=True)
+        (folder / split / names[cls] / path.name).symlink_to(path)
+        lines.append(f"{path},{names[cls]}")
+    common = dict(
+        input_size=64, epochs=2, batch_size=4, teacher_hidden=0, val_fraction=0.0,
+        cache_dir=tmp_path / "cache", threads=1, progress=False,
+    )  # fmt: skip
+    result = train(TrainConfig(dataset="folder", root=folder, out=tmp_path / "run", **common))
+    heads, extra = load_heads(result.heads_path)
+    assert heads.config.class_names == ["disc", "square", "stripes"]
+    assert heads.config.class_ids == [0, 1, 2]
+    assert result.metrics["num_images"] == {"train": 6, "val": 0, "test": 3}
+    assert extra["dataset"]["kind"] == "folder"
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    listed = train(
+        TrainConfig(dataset="csv", root=tmp_path / "list.csv", out=tmp_path / "csv", **common)
+    )
+    assert load_heads(listed.heads_path)[0].config.class_names == ["disc", "square", "stripes"]
+    assert listed.metrics["num_images"]["train"] == 9 and listed.metrics["top1"]["test"] is None

@@ -63,7 +63,8 @@ class LocalizerConfig:
 class TrainConfig:
     """Everything a training run depends on.
 
-    dataset: ``cub``, ``ilsvrc`` or ``wsol`` (:mod:`lcar_deploy.datasets`); root: its folder;
+    dataset: ``cub``, ``ilsvrc``, ``wsol``, ``folder`` or ``csv`` (:mod:`lcar_deploy.datasets`);
+        root: its folder (csv: the file);
         metadata: metadata folder override; limit: images per split (evenly spread), for quick
         runs; test_split: split evaluated after training (``None``: none; skipped when absent).
     out: output folder.

@@ -146,7 +146,12 @@ def plot_history(history: list[dict], path: Path) -> None:
 def _test_dataset(config: TrainConfig) -> Dataset | None:
     if config.test_split is None:
         return None
-    if config.dataset != "cub":
+    if config.dataset == "csv":
+        return None
+    if config.dataset == "folder":
+        if not (Path(config.root) / config.test_split).is_dir():
+            return None
+    elif config.dataset != "cub":
         base = (
             Path(config.metadata) if config.metadata is not None else Path(config.root) / "metadata"
         )

@@ -1,0 +1,316 @@
+"""convert: every format read back by a real client (pycocotools and COCOeval, supervision's
+YOLO and VOC loaders, Label Studio's task schema), repeatable and atomic; malformed lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import supervision as sv
+from helpers import invoke
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from lcar_deploy.errors import ConvertError
+from lcar_deploy.formats import convert_predictions, read_predictions
+
+# Two images: a.jpg (80 x 60) with two objects of class 7 "cat", sub/b.png (50 x 40) with one of
+# class 3 "dog"; c.jpg has no object; d.jpg failed.
+OBJECTS = {
+    "a.jpg": [([10, 5, 29, 24], 0.9), ([50, 30, 69, 49], 0.4)],
+    "sub/b.png": [([0, 0, 19, 9], 0.7)],
+}
+SIZES = {"a.jpg": (80, 60), "sub/b.png": (50, 40), "c.jpg": (30, 30)}
+CLASSES = {"a.jpg": (7, "cat"), "sub/b.png": (3, "dog"), "c.jpg": (7, "cat")}
+
+
+def _mask(rel: str) -> np.ndarray:
+    width, height = SIZES[rel]
+    mask = np.zeros((height, width), bool)
+    for (x0, y0, x1, y1), _ in OBJECTS.get(rel, []):
+        mask[y0 + 2 : y1 - 1, x0 + 1 : x1] = True  # inside its box, a little smaller
+    return mask
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A localize output folder written by hand: images, masks, run.json, predictions.jsonl."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    (images / "sub").mkdir(parents=True)
+    (out / "masks" / "sub").mkdir(parents=True)
+    lines = []
+    for rel, (width, height) in SIZES.items():
+        Image.new("RGB", (width, height), (90, 120, 30)).save(images / rel)
+        Image.fromarray(_mask(rel).astype(np.uint8) * 255).save(out / "masks" / f"{rel}.png")
+        objects = OBJECTS.get(rel, [])
+        class_id, name = CLASSES[rel]
+        lines.append(
+            {
+                "path": rel,
+                "status": "ok",
+                "image_size": [width, height],
+                "class_id": class_id,
+                "class_name": name,
+                "score": objects[0][1] if objects else None,
+                "no_object": not objects,
+                "box": objects[0][0] if objects else None,
+                "boxes": [b for b, _ in objects],
+                "box_scores": [s for _, s in objects],
+                "mask": f"masks/{rel}.png",
+            }
+        )
+    lines.append({"path": "d.jpg", "status": "error", "error": "d.jpg: broken"})
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (out / "run.json").write_text(json.dumps({"images": str(images)}))
+    return out
+
+
+def _ground_truth(path: Path, predicted: dict) -> None:
+    """The GT of the run in COCO form: the predicted boxes and masks themselves."""
+    from pycocotools import mask as mask_utils
+
+    annotations = []
+    for image in predicted["images"]:
+        rel = image["file_name"]
+        mask = _mask(rel)
+        for box, _ in OBJECTS.get(rel, []):
+            x0, y0, x1, y1 = box
+            region = np.zeros(mask.shape, np.uint8, order="F")
+            region[y0 : y1 + 1, x0 : x1 + 1] = mask[y0 : y1 + 1, x0 : x1 + 1]
+            rle = mask_utils.encode(region)
+            category = next(
+                c["id"] for c in predicted["categories"] if c["name"] == CLASSES[rel][1]
+            )
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": category,
+                    "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
+                    "area": int(mask_utils.area(rle)),
+                    "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
+    gt = {**predicted, "annotations": annotations}
+    path.write_text(json.dumps(gt))
+
+
+def test_coco_loads_in_pycocotools_and_cocoeval_scores_it(run: Path) -> None:
+    target = convert_predictions(run / "predictions.jsonl", "coco")
+    assert target == run / "coco.json"
+    document = json.loads(target.read_text())
+    coco = COCO(str(target))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["dog", "cat"]  # by class id
+    assert len(coco.getImgIds()) == 3  # the failed image is left out, c.jpg kept without boxes
+    first = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    assert [a["bbox"] for a in first] == [[10, 5, 20, 20], [50, 30, 20, 20]]
+    assert [a["score"] for a in first] == [0.9, 0.4]
+    decoded = coco.annToMask(first[0])
+    expected = _mask("a.jpg") & (np.arange(80) <= 29)[None, :] & (np.arange(60) <= 24)[:, None]
+    np.testing.assert_array_equal(decoded.astype(bool), expected)
+    gt_path = run / "gt.json"
+    _ground_truth(gt_path, document)
+    gt = COCO(str(gt_path))
+    for kind in ("bbox", "segm"):
+        results = gt.loadRes(document["annotations"])
+        evaluator = COCOeval(gt, results, kind)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        assert evaluator.stats[0] == pytest.approx(1.0)  # AP: the predictions are the GT
+
+
+def test_cocoeval_sees_a_wrong_box(run: Path) -> None:
+    document = json.loads(convert_predictions(run / "predictions.jsonl", "coco").read_text())
+    gt_path = run / "gt.json"
+    _ground_truth(gt_path, document)
+    document["annotations"][0]["bbox"] = [40, 40, 5, 5]
+    gt = COCO(str(gt_path))
+    evaluator = COCOeval(gt, gt.loadRes(document["annotations"]), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert evaluator.stats[1] < 0.9  # AP50 drops: one of three boxes misses
+
+
+def _boxes_by_image(dataset: sv.DetectionDataset) -> dict[str, list[list[float]]]:
+    return {Path(path).name: sorted(det.xyxy.round(3).tolist()) for path, _, det in dataset}
+
+
+def _expected_xyxy() -> dict[str, list[list[float]]]:
+    """Far-edge boxes (what supervision holds) of every image, by flat file name."""
+    flat = {"a.jpg": "a.jpg", "sub/b.png": "sub__b.png", "c.jpg": "c.jpg"}
+    return {
+        flat[rel]: sorted(
+            [[x0, y0, x1 + 1, y1 + 1] for (x0, y0, x1, y1), _ in OBJECTS.get(rel, [])]
+        )
+        for rel in SIZES
+    }
+
+
+def test_yolo_loads_in_supervision_with_the_same_boxes(run: Path) -> None:
+    folder = convert_predictions(run / "predictions.jsonl", "yolo")
+    dataset = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(folder / "images"),
+        annotations_directory_path=str(folder / "labels"),
+        data_yaml_path=str(folder / "data.yaml"),
+    )
+    assert dataset.classes == ["dog", "cat"]
+    got = _boxes_by_image(dataset)
+    for name, boxes in _expected_xyxy().items():
+        np.testing.assert_allclose(got[name], boxes, atol=0.01)
+    classes = {Path(p).name: d.class_id.tolist() for p, _, d in dataset}
+    assert classes["a.jpg"] == [1, 1] and classes["sub__b.png"] == [0]
+    assert (folder / "labels" / "c.txt").read_text() == ""
+
+
+def test_voc_loads_in_supervision_with_the_same_boxes(run: Path) -> None:
+    folder = convert_predictions(run / "predictions.jsonl", "voc")
+    dataset = sv.DetectionDataset.from_pascal_voc(
+        images_directory_path=str(folder / "JPEGImages"),
+        annotations_directory_path=str(folder / "Annotations"),
+    )
+    assert sorted(dataset.classes) == ["cat", "dog"]
+    got = _boxes_by_image(dataset)
+    for name, boxes in _expected_xyxy().items():
+        np.testing.assert_allclose(got[name], boxes, atol=0.01)
+    xml = (folder / "Annotations" / "a.xml").read_text()
+    assert "<xmin>11</xmin>" in xml and "<xmax>30</xmax>" in xml  # 1-based, inclusive
+
+
+# Label Studio's import format for pre-annotated tasks (labelstud.io, "Import pre-annotated
+# data": tasks with predictions of rectanglelabels results in percent of the image).
+LABEL_STUDIO_TASKS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["data", "predictions"],
+        "properties": {
+            "data": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string"}},
+            },
+            "predictions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["result"],
+                    "properties": {
+                        "model_version": {"type": "string"},
+                        "score": {"type": "number"},
+                        "result": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["from_name", "to_name", "type", "value"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "from_name": {"const": "label"},
+                                    "to_name": {"const": "image"},
+                                    "type": {"const": "rectanglelabels"},
+                                    "original_width": {"type": "integer", "minimum": 1},
+                                    "original_height": {"type": "integer", "minimum": 1},
+                                    "image_rotation": {"type": "number"},
+                                    "score": {"type": ["number", "null"]},
+                                    "value": {
+                                        "type": "object",
+                                        "required": [
+                                            "x",
+                                            "y",
+                                            "width",
+                                            "height",
+                                            "rectanglelabels",
+                                        ],
+                                        "properties": {
+                                            **{
+                                                k: {"type": "number", "minimum": 0, "maximum": 100}
+                                                for k in ("x", "y", "width", "height")
+                                            },
+                                            "rotation": {"type": "number"},
+                                            "rectanglelabels": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                                "minItems": 1,
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_label_studio_tasks_match_its_schema_in_percent(run: Path) -> None:
+    target = convert_predictions(run / "predictions.jsonl", "labelstudio", url_prefix="/data/")
+    tasks = json.loads(target.read_text())
+    jsonschema.validate(tasks, LABEL_STUDIO_TASKS)
+    assert [t["data"]["image"] for t in tasks] == ["/data/a.jpg", "/data/sub/b.png", "/data/c.jpg"]
+    first = tasks[0]["predictions"][0]["result"][0]
+    assert first["value"]["x"] == pytest.approx(12.5) and first["value"]["width"] == 25.0
+    assert first["value"]["y"] == pytest.approx(100 * 5 / 60)
+    assert first["value"]["rectanglelabels"] == ["cat"] and first["score"] == 0.9
+    assert tasks[2]["predictions"][0]["result"] == []
+
+
+def test_min_score_and_repeatable_atomic_outputs(run: Path) -> None:
+    first = convert_predictions(run / "predictions.jsonl", "coco").read_bytes()
+    assert convert_predictions(run / "predictions.jsonl", "coco").read_bytes() == first
+    kept = json.loads(
+        convert_predictions(run / "predictions.jsonl", "coco", min_score=0.5).read_text()
+    )
+    assert [a["score"] for a in kept["annotations"]] == [0.9, 0.7]
+    folder = convert_predictions(run / "predictions.jsonl", "yolo")
+    (folder / "stale.txt").write_text("from before")
+    convert_predictions(run / "predictions.jsonl", "yolo")
+    assert not (folder / "stale.txt").exists()  # the folder is replaced whole
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", r"predictions.jsonl:2: not JSON"),
+        ('{"path": "x.jpg", "status": "ok", "image_size": [10]}', r":2: image_size \[10\]"),
+        (
+            '{"path": "x.jpg", "status": "ok", "image_size": [10, 10], "class_id": 1, '
+            '"class_name": "a", "boxes": [[0, 0, 10, 5]], "box_scores": [0.5]}',
+            r":2: box \[0, 0, 10, 5\] is not inside the 10 x 10 image",
+        ),
+        ('{"path": "a.jpg", "status": "error"}', r":2: a.jpg again \(first on line 1\)"),
+    ],
+)
+def test_malformed_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
+    good = {"path": "a.jpg", "status": "ok", "image_size": [10, 10], "boxes": []}
+    file = tmp_path / "predictions.jsonl"
+    file.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(ConvertError, match=message):
+        read_predictions(file)
+
+
+def test_yolo_needs_to_know_where_the_images_are(run: Path) -> None:
+    (run / "run.json").unlink()
+    with pytest.raises(ConvertError, match="give --images"):
+        convert_predictions(run / "predictions.jsonl", "yolo")
+    images = Path(read_predictions(run / "predictions.jsonl").folder).parent / "images"
+    assert convert_predictions(run / "predictions.jsonl", "yolo", images=images).is_dir()
+
+
+def test_cli_convert(run: Path) -> None:
+    code, stdout, _ = invoke(
+        "convert", run / "predictions.jsonl", "--to", "voc", "--out", run / "v"
+    )
+    assert code == 0 and stdout.strip() == str(run / "v")
+    code, _, stderr = invoke("convert", run / "nothing.jsonl", "--to", "coco")
+    assert code == 1 and "nothing.jsonl: predictions file not found" in stderr
