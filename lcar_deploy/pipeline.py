@@ -370,6 +370,7 @@ class Localizer:
                 cfg.sgrm,
                 device=cfg.sgrm_device,
                 seeds=[cfg.sgrm_seed] * n,
+                affinity=out["affinity"],
             )
             times["sgrm"] = time.perf_counter() - tick
 

@@ -19,6 +19,7 @@ from lcar_deploy.stages.sgrm import (
     SgrmConfig,
     batched_forward,
     cls_pixel_weights,
+    feature_channels,
     init_params,
     input_patches,
     joint_loss,
@@ -127,13 +128,45 @@ def test_joint_loss_without_reliable_object_pixels() -> None:
     assert float(joint_loss(logits, y_s, y_cls, cfg)) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kernels", [(3, 1), (3, 3), (1,)])
-def test_batched_forward_matches_module(kernels: tuple[int, ...]) -> None:
-    cfg = SgrmConfig(kernels=kernels, width=8)
+def test_feature_channels() -> None:
+    rng = np.random.default_rng(0)
+    # Two regions of the grid with different features, plus noise: the first component
+    # separates them; a rank-2 input leaves the components beyond 2 at 0.
+    affinity = np.zeros((6, 8, 5), dtype=np.float32)
+    affinity[:, :4, 0] = 1.0
+    affinity[:, 4:, 1] = 1.0
+    affinity[..., 2] = 0.1 * rng.random((6, 8))
+    channels = feature_channels(affinity, 4, (12, 16))
+    assert channels.shape == (4, 12, 16) and channels.dtype == np.float32
+    left, right = channels[0, :, :6], channels[0, :, 10:]
+    assert left.max() < 0 < right.min() or right.max() < 0 < left.min()
+    assert abs(left.mean() - right.mean()) > 0.8
+    np.testing.assert_allclose(channels[3], 0.0, atol=1e-6)
+    grid = feature_channels(affinity, 2, (6, 8))  # no resampling at the grid's own size
+    np.testing.assert_allclose(grid.reshape(2, -1).std(1), 0.5, rtol=1e-4)
+    np.testing.assert_array_equal(feature_channels(affinity, 2, (6, 8)), grid)
+    np.testing.assert_allclose(feature_channels(np.ones((4, 4, 3)), 2, (8, 8)), 0.0)
+
+
+def test_features_need_affinity() -> None:
+    image, coarse, _ = synthetic(0, size=32)
+    with pytest.raises(ValueError, match="sgrm.features"):
+        sgrm_reference(image, coarse, SgrmConfig(features=2))
+    with pytest.raises(ValueError, match="sgrm.features"):
+        sgrm_batched(image[None], coarse[None], SgrmConfig(features=2))
+
+
+@pytest.mark.parametrize(("kernels", "features"), [((3, 1), 0), ((3, 3), 0), ((1,), 0), ((3, 1), 3)])
+def test_batched_forward_matches_module(kernels: tuple[int, ...], features: int) -> None:
+    cfg = SgrmConfig(kernels=kernels, width=8, features=features)
     rng = np.random.default_rng(0)
     images = rng.random((3, 20, 24, 3), dtype=np.float32)
     refined = rng.random((3, 20, 24), dtype=np.float32)
-    x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)])
+    semantic = rng.normal(0, 0.5, (3, features, 20, 24)).astype(np.float32)
+    x = torch.stack(
+        [net_input(i, r, f) for i, r, f in zip(images, refined, semantic, strict=True)]
+    )
+    assert x.shape[1] == 4 + features
     inits = [init_params(cfg, seed) for seed in (0, 1, 2)]
     assert all(torch.equal(a, b) for a, b in zip(inits[0], init_params(cfg, 0), strict=True))
     assert not torch.equal(inits[0][0], inits[1][0])

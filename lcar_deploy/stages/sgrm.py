@@ -127,6 +127,10 @@ class SgrmConfig:
         kernels: kernel size of each hidden convolution of the Aggregation Net (each followed
             by a ReLU; then one 1x1 convolution to 2 logits): 1 to ``max_layers`` odd sizes of
             at most ``max_kernel``.
+        features: semantic input channels of the Aggregation Net (the paper's input has none:
+            RGB and the refined map only): the first ``features`` principal components of the
+            backbone's affinity features (:func:`feature_channels`), upsampled to H x W and
+            appended to the 4 input channels; 0 for none, at most ``max_features``.
         fz_scale: Felzenszwalb ``scale`` (larger -> larger superpixels), for 224 px images.
         fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma`` (0: none).
         fz_min_size: Felzenszwalb minimum superpixel size in pixels.
@@ -151,6 +155,7 @@ class SgrmConfig:
     stop_rule: StopRule = "balanced"
     width: int = 8
     kernels: tuple[int, ...] = (3, 1)
+    features: int = 8
     fz_scale: float = 64.0
     fz_sigma: float = 0.5
     fz_min_size: int = 32
@@ -160,6 +165,7 @@ class SgrmConfig:
     max_width: ClassVar[int] = 256
     max_kernel: ClassVar[int] = 15
     max_layers: ClassVar[int] = 8
+    max_features: ClassVar[int] = 64
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -178,6 +184,7 @@ class SgrmConfig:
         check_range(self, "kernels", 1, self.max_kernel)
         if any(k % 2 == 0 for k in self.kernels):
             raise SettingError("kernels", f"must be odd sizes, got {show(self.kernels)}")
+        check_range(self, "features", 0, self.max_features)
         check_range(self, "fz_scale", 0.0, low_open=True)
         check_range(self, "fz_sigma", 0.0)
         check_range(self, "fz_min_size", 1)
@@ -191,6 +198,7 @@ PAPER_CUB = SgrmConfig(
     w2=0.1,
     stop_error=0.1,
     stop_rule="pooled",
+    features=0,
     mask_vote=False,
 )
 """The paper's CUB settings where the defaults depart from them (see the module docstring)."""
@@ -346,25 +354,78 @@ def reliable_error(pred: torch.Tensor, y_cls: torch.Tensor, rule: StopRule) -> t
 # --------------------------------------------------------------------------------------------
 
 
-def net_input(image: np.ndarray, refined: np.ndarray) -> torch.Tensor:
-    """Aggregation Net input from an image and its refined map.
+def feature_channels(affinity: np.ndarray, count: int, size: tuple[int, int]) -> np.ndarray:
+    """Semantic input channels of the Aggregation Net from the backbone's affinity features.
+
+    The h x w cells' D-d features are L2-normalised and centred over the image; their first
+    ``count`` principal components (right singular vectors, each signed so that its largest
+    loading is positive, which makes the result deterministic) are scaled to a standard
+    deviation of 0.5 over the cells (the spread of the [-1, 1] RGB inputs) and upsampled
+    bilinearly (``align_corners=False``) to ``size``. Components beyond the rank (singular
+    value under 1e-6 sqrt(h w)) are 0.
+
+    Args:
+        affinity: (h, w, D) float affinity features (the bundle's ``affinity`` output).
+        count: number of components (``SgrmConfig.features``).
+        size: ``(H, W)`` of the Aggregation Net's input.
+
+    Returns:
+        (count, H, W) float32.
+    """
+    h, w, dim = affinity.shape
+    x = affinity.reshape(-1, dim).astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = x - x.mean(0)
+    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    comps = np.zeros((count, dim))
+    n = min(count, int((singular > 1e-6 * np.sqrt(len(x))).sum()))  # unit rows: s <= sqrt(n)
+    comps[:n] = vt[:n] * np.sign(vt[np.arange(n), np.abs(vt[:n]).argmax(1)])[:, None]
+    proj = x @ comps.T
+    proj = 0.5 * proj / np.maximum(proj.std(0), 1e-12)
+    grid = torch.from_numpy(proj.T.reshape(1, count, h, w).astype(np.float32))
+    return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def net_input(
+    image: np.ndarray, refined: np.ndarray, features: np.ndarray | None = None
+) -> torch.Tensor:
+    """Aggregation Net input from an image, its refined map and its semantic channels.
 
     Args:
         image: (H, W, 3) float RGB in [0, 1].
         refined: (H, W) float in [0, 1].
+        features: (K, H, W) :func:`feature_channels`, or None (K = 0).
 
     Returns:
-        (4, H, W) float32 in [-1, 1]: RGB then the refined map.
+        (4 + K, H, W) float32: RGB then the refined map, mapped to [-1, 1], then the K
+        semantic channels as they are.
     """
     x = np.concatenate([image, refined[..., None]], axis=-1).astype(np.float32)
-    return torch.from_numpy(x).permute(2, 0, 1).mul(2.0).sub(1.0).contiguous()
+    x = torch.from_numpy(x).permute(2, 0, 1).mul(2.0).sub(1.0)
+    if features is not None and len(features):
+        x = torch.cat([x, torch.from_numpy(np.asarray(features, dtype=np.float32))])
+    return x.contiguous()
 
 
 def layer_shapes(cfg: SgrmConfig) -> list[tuple[int, int, int]]:
     """``(out_channels, in_channels, kernel)`` of every convolution of the Aggregation Net."""
-    in_channels = [4] + [cfg.width] * (len(cfg.kernels) - 1)
+    in_channels = [4 + cfg.features] + [cfg.width] * (len(cfg.kernels) - 1)
     shapes = [(cfg.width, c, k) for c, k in zip(in_channels, cfg.kernels, strict=True)]
     return [*shapes, (2, cfg.width, 1)]
+
+
+def _semantic(
+    affinity: np.ndarray | None, cfg: SgrmConfig, size: tuple[int, int]
+) -> np.ndarray | None:
+    """:func:`feature_channels` for ``cfg.features`` > 0 (then ``affinity`` is required)."""
+    if cfg.features == 0:
+        return None
+    if affinity is None:
+        raise ValueError(
+            f"sgrm.features = {cfg.features} needs the backbone's affinity features; "
+            "pass affinity, or set sgrm.features to 0"
+        )
+    return feature_channels(np.asarray(affinity), cfg.features, size)
 
 
 def init_params(cfg: SgrmConfig, seed: int) -> list[torch.Tensor]:
@@ -445,6 +506,7 @@ def sgrm_reference(
     cfg: SgrmConfig | None = None,
     seed: int = 0,
     segments: np.ndarray | None = None,
+    affinity: np.ndarray | None = None,
 ) -> SgrmResult:
     """SGRM on one image, written to follow the paper step by step (CPU).
 
@@ -454,6 +516,7 @@ def sgrm_reference(
         cfg: settings (default: the paper's).
         seed: seed of the Aggregation Net's initial weights.
         segments: (H, W) int superpixel ids, computed with :func:`superpixels` when None.
+        affinity: (h, w, D) backbone affinity features, for ``cfg.features`` > 0.
 
     Returns:
         The mask, its box, the number of updates and whether the stop rule was met.
@@ -470,7 +533,7 @@ def sgrm_reference(
 
     net = AggregationNet(init_params(cfg, seed))
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    x = net_input(image, refined)[None]
+    x = net_input(image, refined, _semantic(affinity, cfg, refined.shape))[None]
 
     steps, converged = 0, False
     while True:
@@ -611,6 +674,7 @@ def sgrm_batched(
     device: torch.device | str = "cpu",
     seeds: Sequence[int] | None = None,
     segments: Sequence[np.ndarray] | None = None,
+    affinity: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> list[SgrmResult]:
     """SGRM on several images at once, each with its own Aggregation Net and SGD state.
 
@@ -629,6 +693,7 @@ def sgrm_batched(
         seeds: per-image init seeds (default 0 for every image, as :func:`sgrm_reference`, so
             an image's result does not depend on its place in the batch).
         segments: per-image (H, W) superpixel ids; computed with :func:`superpixels` when None.
+        affinity: per-image (h, w, D) backbone affinity features, for ``cfg.features`` > 0.
 
     Returns:
         One :class:`SgrmResult` per image, in input order.
@@ -652,7 +717,13 @@ def sgrm_batched(
     seg = np.stack([s.reshape(-1) + o for s, o in zip(segments, offsets[:-1], strict=True)])
     seg = all_seg = torch.from_numpy(seg).to(device).long()
     sizes = torch.bincount(seg.reshape(-1), minlength=int(offsets[-1]))
-    x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)]).to(device)
+    affinities = [None] * n_images if affinity is None else list(affinity)
+    x = torch.stack(
+        [
+            net_input(i, r, _semantic(a, cfg, (height, width)))
+            for i, r, a in zip(images, refined, affinities, strict=True)
+        ]
+    ).to(device)
     patches = input_patches(x, cfg.kernels[0])
 
     inits = [init_params(cfg, s) for s in seeds]
