@@ -131,6 +131,10 @@ class SgrmConfig:
             RGB and the refined map only): the first ``features`` principal components of the
             backbone's affinity features (:func:`feature_channels`), upsampled to H x W and
             appended to the 4 input channels; 0 for none, at most ``max_features``.
+        train_stride: the net is trained on the pixels of every ``train_stride``-th row and
+            column (from ``train_stride // 2``; :func:`training_pixels`): labels, vote, losses
+            and stop rule are taken over those pixels only, the mask is the trained net's
+            argmax at every pixel. 1: every pixel (the paper's); at most ``max_train_stride``.
         fz_scale: Felzenszwalb ``scale`` (larger -> larger superpixels), for 224 px images.
         fz_sigma: Felzenszwalb Gaussian pre-smoothing ``sigma`` (0: none).
         fz_min_size: Felzenszwalb minimum superpixel size in pixels.
@@ -156,6 +160,7 @@ class SgrmConfig:
     width: int = 8
     kernels: tuple[int, ...] = (3, 1)
     features: int = 8
+    train_stride: int = 2
     fz_scale: float = 64.0
     fz_sigma: float = 0.5
     fz_min_size: int = 32
@@ -166,6 +171,7 @@ class SgrmConfig:
     max_kernel: ClassVar[int] = 15
     max_layers: ClassVar[int] = 8
     max_features: ClassVar[int] = 64
+    max_train_stride: ClassVar[int] = 8
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -185,6 +191,7 @@ class SgrmConfig:
         if any(k % 2 == 0 for k in self.kernels):
             raise SettingError("kernels", f"must be odd sizes, got {show(self.kernels)}")
         check_range(self, "features", 0, self.max_features)
+        check_range(self, "train_stride", 1, self.max_train_stride)
         check_range(self, "fz_scale", 0.0, low_open=True)
         check_range(self, "fz_sigma", 0.0)
         check_range(self, "fz_min_size", 1)
@@ -199,6 +206,7 @@ PAPER_CUB = SgrmConfig(
     stop_error=0.1,
     stop_rule="pooled",
     features=0,
+    train_stride=1,
     mask_vote=False,
 )
 """The paper's CUB settings where the defaults depart from them (see the module docstring)."""
@@ -322,6 +330,19 @@ def revise(y_pred: torch.Tensor, y_s_star: torch.Tensor) -> torch.Tensor:
         (...) int64 in {0, 1}.
     """
     return torch.where(y_s_star == IGNORE, y_pred, y_s_star)
+
+
+def training_pixels(height: int, width: int, stride: int) -> torch.Tensor:
+    """Flat indices of the pixels SGRM trains on: rows and columns ``stride // 2``, then every
+    ``stride``-th (all pixels for 1).
+
+    Returns:
+        (M,) int64 indices into the H * W pixels, row-major.
+    """
+    start = stride // 2
+    rows = torch.arange(start, height, stride)
+    cols = torch.arange(start, width, stride)
+    return (rows[:, None] * width + cols[None, :]).reshape(-1)
 
 
 def reliable_error(pred: torch.Tensor, y_cls: torch.Tensor, rule: StopRule) -> torch.Tensor:
@@ -528,8 +549,11 @@ def sgrm_reference(
     height, width = refined.shape
     seg = torch.from_numpy(segments).reshape(-1).long()
     sizes = torch.bincount(seg)
-    y_cls = torch.from_numpy(y_cls_np).reshape(-1).long()
-    y_s_star = torch.from_numpy(y_s_star_np).reshape(-1).long()
+    train = training_pixels(height, width, cfg.train_stride)
+    seg_t = seg[train]
+    sizes_t = torch.bincount(seg_t, minlength=len(sizes))  # pixels per segment that vote
+    y_cls = torch.from_numpy(y_cls_np).reshape(-1).long()[train]
+    y_s_star = torch.from_numpy(y_s_star_np).reshape(-1).long()[train]
 
     net = AggregationNet(init_params(cfg, seed))
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -539,13 +563,14 @@ def sgrm_reference(
     while True:
         logits = net(x)[0].reshape(2, -1).t()  # (H*W, 2)
         pred = logits.argmax(1)
-        if float(reliable_error(pred[None], y_cls[None], cfg.stop_rule)) < cfg.stop_error:
+        logits_t, pred_t = logits[train], pred[train]
+        if float(reliable_error(pred_t[None], y_cls[None], cfg.stop_rule)) < cfg.stop_error:
             converged = True
             break
         if steps == cfg.max_steps:
             break
-        y_s = revise(vote(pred, seg, sizes), y_s_star)  # eq. 13
-        loss = joint_loss(logits, y_s, y_cls, cfg)  # eqs. 14-16
+        y_s = revise(vote(pred_t, seg_t, sizes_t), y_s_star)  # eq. 13
+        loss = joint_loss(logits_t, y_s, y_cls, cfg)  # eqs. 14-16
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -701,21 +726,25 @@ def sgrm_batched(
     cfg = cfg or SgrmConfig()
     device = torch.device(device)
     n_images, height, width = refined.shape
-    n_pixels = height * width
     seeds = [0] * n_images if seeds is None else list(seeds)
     if segments is None:
         segments = [superpixels(image, cfg) for image in images]
 
-    # Labels on the CPU, then everything on the device as (B, N) rows, N = H * W.
+    # Labels on the CPU, then everything on the device as (B, M) rows over the M training
+    # pixels (training_pixels; M = H * W for train_stride 1).
+    train = training_pixels(height, width, cfg.train_stride).to(device)
     labels = [sgrm_labels(r, s, cfg) for r, s in zip(refined, segments, strict=True)]
     y_cls = torch.from_numpy(np.stack([lab[0] for lab in labels])).reshape(n_images, -1)
     y_s_star = torch.from_numpy(np.stack([lab[1] for lab in labels])).reshape(n_images, -1)
-    y_cls, y_s_star = y_cls.to(device).long(), y_s_star.to(device).long()
+    y_cls = y_cls.to(device).long()[:, train]
+    y_s_star = y_s_star.to(device).long()[:, train]
     w_pos, w_neg = cls_pixel_weights(y_cls, cfg)
     # Segment ids made disjoint across images; ids of dropped images simply stay unused.
     offsets = np.cumsum([0] + [int(s.max()) + 1 for s in segments])
-    seg = np.stack([s.reshape(-1) + o for s, o in zip(segments, offsets[:-1], strict=True)])
-    seg = all_seg = torch.from_numpy(seg).to(device).long()
+    all_seg = np.stack([s.reshape(-1) + o for s, o in zip(segments, offsets[:-1], strict=True)])
+    all_seg = torch.from_numpy(all_seg).to(device).long()
+    all_sizes = torch.bincount(all_seg.reshape(-1), minlength=int(offsets[-1]))
+    seg = all_seg[:, train]
     sizes = torch.bincount(seg.reshape(-1), minlength=int(offsets[-1]))
     affinities = [None] * n_images if affinity is None else list(affinity)
     x = torch.stack(
@@ -724,32 +753,40 @@ def sgrm_batched(
             for i, r, a in zip(images, refined, affinities, strict=True)
         ]
     ).to(device)
-    patches = input_patches(x, cfg.kernels[0])
+    all_patches = input_patches(x, cfg.kernels[0])
+    # With 1x1 later layers every pixel is computed alone: train on the training pixels' patches
+    # only. A later k x k layer needs the full grid: compute it, then take the training pixels.
+    pointwise = all(k == 1 for k in cfg.kernels[1:])
+    patches = all_patches[:, :, train] if pointwise else all_patches
+    n_train = len(train)
 
     inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
     buffers = [torch.zeros_like(p) for p in params]
 
-    masks = torch.zeros(n_images, n_pixels, dtype=torch.bool, device=device)
+    final: list[list[torch.Tensor]] = [[] for _ in range(n_images)]  # each net's last weights
     steps = [cfg.max_steps] * n_images
     converged = [False] * n_images
     index = list(range(n_images))  # original index of each row still training
-    index_t = torch.arange(n_images, device=device)
     for step in range(cfg.max_steps + 1):
         diff = batched_forward(patches, params, (height, width))
+        if not pointwise:
+            diff = diff[:, train]
         pred = (diff.detach() > 0).long()
-        masks[index_t] = pred.bool()
         done = reliable_error(pred, y_cls, cfg.stop_rule) < cfg.stop_error
         done_list = done.tolist()  # the one host-device sync per step
-        for i, finished in zip(index, done_list, strict=True):
+        last = step == cfg.max_steps or all(done_list)
+        for row, (i, finished) in enumerate(zip(index, done_list, strict=True)):
             if finished:
                 steps[i], converged[i] = step, True
-        if step == cfg.max_steps or all(done_list):
+            if finished or last:
+                final[i] = [p.detach()[row].clone() for p in params]
+        if last:
             break
         keep = ~done
         y_s = revise(vote(pred.reshape(-1), seg.reshape(-1), sizes), y_s_star.reshape(-1))
         grad_diff = joint_loss_grad(
-            diff.detach(), y_s.reshape(pred.shape), w_pos, w_neg, cfg.w3 / n_pixels
+            diff.detach(), y_s.reshape(pred.shape), w_pos, w_neg, cfg.w3 / n_train
         )
         grads = torch.autograd.grad(diff, params, grad_diff * keep[:, None])
         with torch.no_grad():
@@ -758,13 +795,16 @@ def sgrm_batched(
                 p.sub_(cfg.lr * buf)
         if any(done_list):  # drop the finished images from the batch
             index = [i for i, finished in zip(index, done_list, strict=True) if not finished]
-            index_t, patches, seg = index_t[keep], patches[keep], seg[keep]
+            patches, seg = patches[keep], seg[keep]
             y_cls, y_s_star, w_pos, w_neg = y_cls[keep], y_s_star[keep], w_pos[keep], w_neg[keep]
             params = [p.detach()[keep].requires_grad_() for p in params]
             buffers = [buf[keep] for buf in buffers]
 
+    with torch.no_grad():  # every net's argmax at every pixel
+        weights = [torch.stack(p) for p in zip(*final, strict=True)]
+        masks = batched_forward(all_patches, weights, (height, width)) > 0
     if cfg.mask_vote:
-        masks = vote(masks.reshape(-1).long(), all_seg.reshape(-1), sizes).bool()
+        masks = vote(masks.reshape(-1).long(), all_seg.reshape(-1), all_sizes).bool()
     masks_np = masks.reshape(n_images, height, width).cpu().numpy()
     return [
         SgrmResult(mask, mask_to_box(mask, cfg.box_mode), n_steps, done_)
