@@ -38,13 +38,21 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
 
 - *Aggregation Net*: hidden convolutions of ``width`` channels with kernel sizes ``kernels``,
   each followed by a ReLU, then a 1x1 convolution to 2 logits; default a 3x3 then a 1x1
-  convolution of 8 channels (a per-pixel MLP over 3x3 x 4-channel patches; why this size:
+  convolution of 8 channels (a per-pixel MLP over 3x3 patches; why this size:
   docs/method.md). Replicate padding: zero padding makes the border pixels look different, and the
   net then marks them as object. No normalisation layers, so every image's net is independent
-  and the batched path is exact. Inputs are mapped from [0, 1] to [-1, 1]. Initialisation is
+  and the batched path is exact. Inputs: RGB and the refined map mapped from [0, 1] to [-1, 1],
+  then ``features`` semantic channels (:func:`feature_channels`: principal components of the
+  backbone's affinity features, upsampled); with RGB and the map alone the net can only
+  re-threshold the map it is trained to reproduce, the semantic channels let it tell object
+  from background where their colours are alike. Initialisation is
   PyTorch's default for ``nn.Conv2d`` (weights and biases uniform in +-1/sqrt(fan_in)), drawn
   from a ``torch.Generator`` seeded per image, so the reference and the batched path start
   from identical weights.
+- *Training pixels*: the labels, the vote, the losses and the stop rule use the pixels of every
+  ``train_stride``-th row and column (:func:`training_pixels`; default 2, a quarter of the
+  pixels, as good masks at about half the cost); the mask is the trained net's argmax at every
+  pixel, voted inside the full superpixels.
 - *Losses*: ``L_spix`` is the mean cross-entropy over all H x W pixels (eq. 14); ``L_cls+`` /
   ``L_cls-`` are the cross-entropy over the pixels with ``y_cls`` = 1 / 0, by default averaged
   over those pixels (``cls_norm="class"``; 0 when there are none), or summed and divided by
@@ -155,7 +163,7 @@ class SgrmConfig:
     lr: float = 0.05
     momentum: float = 0.9
     max_steps: int = 200
-    stop_error: float = 0.005
+    stop_error: float = 0.02
     stop_rule: StopRule = "balanced"
     width: int = 8
     kernels: tuple[int, ...] = (3, 1)
