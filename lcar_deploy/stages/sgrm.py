@@ -2,8 +2,9 @@
 
 For each image a fresh, small convolutional *Aggregation Net* is trained from scratch on that
 image alone. Its input is the image's RGB in [0, 1] and the refined map (the ARM output) in
-[0, 1], 4 channels at H x W; its output is 2-class (background / object) logits per pixel. It is
-supervised by
+[0, 1], 4 channels at H x W (the paper's input), by default followed by ``features`` semantic
+channels from the backbone's affinity features (:func:`feature_channels`); its output is
+2-class (background / object) logits per pixel. It is supervised by
 
 - ``y_cls`` (eq. 12): the refined map thresholded at ``gamma_l1`` / ``gamma_h1`` (0 = background,
   1 = object, 255 = ignored), through the classification loss ``w1 L_cls+ + w2 L_cls-`` (eq. 15);
@@ -11,7 +12,7 @@ supervised by
   (``y_pred``) and overridden where the superpixel-averaged refined map ``E_s`` is reliable
   (``y_s*``, eq. 12), through the superpixel consistency loss ``w3 L_spix`` (eq. 14).
 
-Training is SGD (lr 0.05, momentum 0.9) and stops as soon as under 10% (paper; default 0.5%) of
+Training is SGD (lr 0.05, momentum 0.9) and stops as soon as under 10% (paper; default 2%) of
 the reliable pixels of ``y_cls`` disagree with the net's argmax, or after 200 steps. The output
 mask is that argmax, by default voted inside the superpixels (``y_pred``); the box is the
 bounding box of its largest 8-connected component (or of all foreground pixels).
