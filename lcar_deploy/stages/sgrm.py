@@ -107,8 +107,9 @@ ClsNorm = Literal["class", "image"]
 @dataclass(frozen=True)
 class SgrmConfig:
     """Settings of SGRM; defaults are the paper's (CUB) where it gives them, except
-    ``gamma_l1``, ``gamma_h1``, ``gamma_l2``, ``gamma_h2``, ``w2``, ``stop_error`` and
-    ``mask_vote`` (see the module docstring; the paper's values are :data:`PAPER_CUB`).
+    ``gamma_l1``, ``gamma_h1``, ``gamma_l2``, ``gamma_h2``, ``w2``, ``stop_error``,
+    ``features``, ``train_stride`` and ``mask_vote`` (see the module docstring; the paper's
+    values are :data:`PAPER_CUB`).
 
     Attributes:
         gamma_l1: ``gamma_l1``, eq. 12: refined map below it -> ``y_cls`` = 0 (background).
