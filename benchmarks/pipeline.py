@@ -52,7 +52,7 @@ def main() -> None:
     )
 
     stage_ms = dict.fromkeys(STAGES, 0.0)
-    refined, steps = [], []
+    refined, affinity, steps = [], [], []
     start = time.perf_counter()
     for i in range(0, len(images), args.batch_size):
         batch = images[i : i + args.batch_size]
@@ -63,6 +63,8 @@ def main() -> None:
             steps.append(loc.sgrm_steps)
         refined.extend(loc.map for loc in results["arm"])
     wall = time.perf_counter() - start
+    for i in range(0, len(images), args.batch_size):  # SGRM's semantic input, for the check below
+        affinity.extend(localizer.backbone_outputs(images[i : i + args.batch_size])["affinity"])
     n = len(images)
     print(f"\nms/image per stage (all methods in one pass: {1000 * wall / n:.0f} ms/image wall)")
     print(" ".join(f"{s:>10}" for s in STAGES))
@@ -92,7 +94,10 @@ def main() -> None:
     rgb = np.stack([resize_rgb(im, work) for im in images]).astype(np.float32) / 255.0
     maps = np.stack(refined).astype(np.float32)
     start = time.perf_counter()
-    ref = [sgrm_reference(rgb[i], maps[i], config.sgrm, seed=config.sgrm_seed) for i in range(n)]
+    ref = [
+        sgrm_reference(rgb[i], maps[i], config.sgrm, seed=config.sgrm_seed, affinity=affinity[i])
+        for i in range(n)
+    ]
     t_ref = (time.perf_counter() - start) / n
     start = time.perf_counter()
     fast = []
@@ -102,6 +107,7 @@ def main() -> None:
             maps[i : i + args.batch_size],
             config.sgrm,
             seeds=[config.sgrm_seed] * len(maps[i : i + args.batch_size]),
+            affinity=affinity[i : i + args.batch_size],
         )
     t_fast = (time.perf_counter() - start) / n
     ious = [

@@ -140,7 +140,7 @@ def settings_of(config: PipelineConfig) -> dict[str, Any]:
 def _classifier() -> PipelineConfig:
     base = PipelineConfig()
     bands = {"gamma_l1": 0.25, "gamma_l2": 0.25, "gamma_h1": 0.5, "gamma_h2": 0.5}
-    return replace(base, sgrm=replace(base.sgrm, **bands, box_mode="all"))
+    return replace(base, sgrm=replace(base.sgrm, **bands, stop_error=0.005, box_mode="all"))
 
 
 def _paper() -> PipelineConfig:

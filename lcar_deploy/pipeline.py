@@ -336,14 +336,10 @@ class Localizer:
             return {m: [] for m in methods}
         class_ids = class_ids or [None] * n
         times = dict.fromkeys(STAGES, 0.0)
-        size, work = self.bundle.input_size, cfg.work_size
+        work = cfg.work_size
 
         tick = time.perf_counter()
-        net_in = np.stack([to_chw_float(resize_rgb(im, size)) for im in images])
-        out = self.session.run(net_in)
-        if cfg.flip:
-            # A second run of B rather than one of 2B: the same peak memory as without flip.
-            out = merge_flipped(out, self.session.run(np.ascontiguousarray(net_in[..., ::-1])))
+        out = self.backbone_outputs(images)
         work_rgb = np.stack([resize_rgb(im, work) for im in images])
         times["backbone"] = time.perf_counter() - tick
 
@@ -395,6 +391,7 @@ class Localizer:
                 cfg.sgrm,
                 device=cfg.sgrm_device,
                 seeds=[cfg.sgrm_seed] * n,
+                affinity=out["affinity"],
             )
             times["sgrm"] = time.perf_counter() - tick
 
@@ -436,6 +433,17 @@ class Localizer:
                 )
             results[method] = per_image
         return results
+
+    def backbone_outputs(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The bundle's outputs for a batch of (H, W, 3) uint8 RGB images, averaged with the
+        mirrored run's when ``flip`` is on (what every stage reads)."""
+        size = self.bundle.input_size
+        net_in = np.stack([to_chw_float(resize_rgb(im, size)) for im in images])
+        out = self.session.run(net_in)
+        if self.config.flip:
+            # A second run of B rather than one of 2B: the same peak memory as without flip.
+            out = merge_flipped(out, self.session.run(np.ascontiguousarray(net_in[..., ::-1])))
+        return out
 
     def _cam_stage(
         self, out: dict[str, np.ndarray], class_ids: list[int | None]

@@ -76,6 +76,10 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"sgrm": {"w1": -1}}, "sgrm.w1", ">= 0"),
     ({"sgrm": {"w3": math.nan}}, "sgrm.w3", "finite"),
     ({"sgrm": {"width": 0}}, "sgrm.width", "in [1, 256], got 0"),
+    ({"sgrm": {"features": -1}}, "sgrm.features", "in [0, 64], got -1"),
+    ({"sgrm": {"features": 2.5}}, "sgrm.features", "must be an integer"),
+    ({"sgrm": {"train_stride": 0}}, "sgrm.train_stride", "in [1, 8], got 0"),
+    ({"sgrm": {"train_stride": 9}}, "sgrm.train_stride", "in [1, 8]"),
     ({"sgrm": {"width": 100000}}, "sgrm.width", "in [1, 256]"),
     ({"sgrm": {"kernels": [3, 2]}}, "sgrm.kernels", "odd"),
     ({"sgrm": {"kernels": []}}, "sgrm.kernels", "1 to 8 entries"),
@@ -190,13 +194,14 @@ def test_presets_round_trip_and_a_merged_relation_is_checked() -> None:
     assert "method" not in classifier and "size" not in classifier["cam"]
     config = PipelineConfig.from_settings(classifier, method="arm")
     assert config.sgrm == SgrmConfig(
-        gamma_l1=0.25, gamma_l2=0.25, gamma_h1=0.5, gamma_h2=0.5, box_mode="all"
+        gamma_l1=0.25, gamma_l2=0.25, gamma_h1=0.5, gamma_h2=0.5, stop_error=0.005, box_mode="all"
     )
     for name in PRESETS:
         assert PipelineConfig.from_settings(settings_of(preset(name))) == preset(name)
     paper = preset("paper")
     assert paper.sgrm == PAPER_CUB and paper.arm_input == "graphcut" and not paper.flip
     assert PAPER_CUB.gamma_l1 == 0.1 and PAPER_CUB.stop_error == 0.1
+    assert PAPER_CUB.features == 0 and PAPER_CUB.train_stride == 1  # RGB + map, every pixel
     with pytest.raises(ValueError, match=r"setting preset: must be one of default"):
         preset("fast")
     # --settings merges key by key into the bundle's table: 0.6 is above its gamma_h1 of 0.5.

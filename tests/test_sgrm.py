@@ -19,6 +19,7 @@ from lcar_deploy.stages.sgrm import (
     SgrmConfig,
     batched_forward,
     cls_pixel_weights,
+    feature_channels,
     init_params,
     input_patches,
     joint_loss,
@@ -32,6 +33,7 @@ from lcar_deploy.stages.sgrm import (
     superpixel_mean,
     superpixels,
     threshold_labels,
+    training_pixels,
     vote,
 )
 
@@ -127,13 +129,45 @@ def test_joint_loss_without_reliable_object_pixels() -> None:
     assert float(joint_loss(logits, y_s, y_cls, cfg)) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kernels", [(3, 1), (3, 3), (1,)])
-def test_batched_forward_matches_module(kernels: tuple[int, ...]) -> None:
-    cfg = SgrmConfig(kernels=kernels, width=8)
+def test_feature_channels() -> None:
+    rng = np.random.default_rng(0)
+    # Two regions of the grid with different features, plus noise: the first component
+    # separates them; a rank-2 input leaves the components beyond 2 at 0.
+    affinity = np.zeros((6, 8, 5), dtype=np.float32)
+    affinity[:, :4, 0] = 1.0
+    affinity[:, 4:, 1] = 1.0
+    affinity[..., 2] = 0.1 * rng.random((6, 8))
+    channels = feature_channels(affinity, 4, (12, 16))
+    assert channels.shape == (4, 12, 16) and channels.dtype == np.float32
+    left, right = channels[0, :, :6], channels[0, :, 10:]
+    assert left.max() < 0 < right.min() or right.max() < 0 < left.min()
+    assert abs(left.mean() - right.mean()) > 0.8
+    np.testing.assert_allclose(channels[3], 0.0, atol=1e-6)
+    grid = feature_channels(affinity, 2, (6, 8))  # no resampling at the grid's own size
+    np.testing.assert_allclose(grid.reshape(2, -1).std(1), 0.5, rtol=1e-4)
+    np.testing.assert_array_equal(feature_channels(affinity, 2, (6, 8)), grid)
+    np.testing.assert_allclose(feature_channels(np.ones((4, 4, 3)), 2, (8, 8)), 0.0)
+
+
+def test_features_need_affinity() -> None:
+    image, coarse, _ = synthetic(0, size=32)
+    with pytest.raises(ValueError, match=r"sgrm\.features"):
+        sgrm_reference(image, coarse, SgrmConfig(features=2))
+    with pytest.raises(ValueError, match=r"sgrm\.features"):
+        sgrm_batched(image[None], coarse[None], SgrmConfig(features=2))
+
+
+@pytest.mark.parametrize(
+    ("kernels", "features"), [((3, 1), 0), ((3, 3), 0), ((1,), 0), ((3, 1), 3)]
+)
+def test_batched_forward_matches_module(kernels: tuple[int, ...], features: int) -> None:
+    cfg = SgrmConfig(kernels=kernels, width=8, features=features)
     rng = np.random.default_rng(0)
     images = rng.random((3, 20, 24, 3), dtype=np.float32)
     refined = rng.random((3, 20, 24), dtype=np.float32)
-    x = torch.stack([net_input(i, r) for i, r in zip(images, refined, strict=True)])
+    semantic = rng.normal(0, 0.5, (3, features, 20, 24)).astype(np.float32)
+    x = torch.stack([net_input(i, r, f) for i, r, f in zip(images, refined, semantic, strict=True)])
+    assert x.shape[1] == 4 + features
     inits = [init_params(cfg, seed) for seed in (0, 1, 2)]
     assert all(torch.equal(a, b) for a, b in zip(inits[0], init_params(cfg, 0), strict=True))
     assert not torch.equal(inits[0][0], inits[1][0])
@@ -203,6 +237,40 @@ def test_synthetic_reference_and_batched_recover_shape() -> None:
         assert ref.box == mask_to_box(ref.mask, "largest")
 
 
+def synthetic_affinity(shape: np.ndarray, seed: int, cell: int = 8) -> np.ndarray:
+    """Backbone-like affinity features of a synthetic image: one grid cell per ``cell`` px,
+    16-d, the cell's object share along one direction plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w = shape.shape[0] // cell, shape.shape[1] // cell
+    share = cv2.resize(shape.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    direction = rng.normal(size=16)
+    return (share[..., None] * direction + rng.normal(0, 0.3, (h, w, 16))).astype(np.float32)
+
+
+def test_train_stride_and_features_reference_matches_batched() -> None:
+    """Training on every 2nd row and column with semantic channels: the two loops agree, and
+    the mask (the trained net at every pixel) still recovers the shape."""
+    torch.set_num_threads(1)
+    cfg = replace(PAPER_CUB, stop_rule="balanced", stop_error=0.01, train_stride=2, features=4)
+    data = [synthetic(seed, size=96) for seed in (0, 1)]
+    images = np.stack([d[0] for d in data])
+    coarse = np.stack([d[1] for d in data])
+    affinity = np.stack([synthetic_affinity(d[2], seed) for seed, d in enumerate(data)])
+    seeds = [3, 4]
+    batched = sgrm_batched(images, coarse, cfg, seeds=seeds, affinity=affinity)
+    for i, (fast, seed) in enumerate(zip(batched, seeds, strict=True)):
+        ref = sgrm_reference(images[i], coarse[i], cfg, seed=seed, affinity=affinity[i])
+        assert ref.steps == fast.steps > 0 and ref.converged == fast.converged
+        assert iou(fast.mask, ref.mask) >= 0.98
+        assert iou(ref.mask, data[i][2]) >= 0.85
+
+
+def test_train_stride_pixels() -> None:
+    np.testing.assert_array_equal(training_pixels(4, 5, 2), [6, 8, 16, 18])
+    np.testing.assert_array_equal(training_pixels(2, 3, 1), np.arange(6))
+    np.testing.assert_array_equal(training_pixels(7, 7, 3), [8, 11, 29, 32])
+
+
 def test_mask_vote_is_superpixel_vote_of_argmax() -> None:
     """``mask_vote`` only post-processes: the same training, then ``y_pred`` of the argmax."""
     torch.set_num_threads(1)
@@ -252,10 +320,14 @@ def test_batched_matches_reference_on_real_images(shared_data: Path) -> None:
     seeds = [10, 11, 12, 13]
     images = np.stack([d[0] for d in data])
     coarse = np.stack([d[1] for d in data])
-    batched = sgrm_batched(images, coarse, cfg, seeds=seeds)
+    # Stand-in affinity features: the blurred box at 14 x 14, plus noise.
+    rng = np.random.default_rng(0)
+    grid = np.stack([cv2.resize(c, (14, 14), interpolation=cv2.INTER_AREA) for c in coarse])
+    affinity = grid[..., None] * rng.normal(size=32) + rng.normal(0, 0.2, (4, 14, 14, 32))
+    batched = sgrm_batched(images, coarse, cfg, seeds=seeds, affinity=affinity)
     ious = []
-    for (image, refined), fast, seed in zip(data, batched, seeds, strict=True):
-        ref = sgrm_reference(image, refined, cfg, seed=seed)
+    for (image, refined), fast, seed, aff in zip(data, batched, seeds, affinity, strict=True):
+        ref = sgrm_reference(image, refined, cfg, seed=seed, affinity=aff)
         ious.append(iou(fast.mask, ref.mask))
     assert np.mean(ious) >= 0.95, ious
 
@@ -263,7 +335,7 @@ def test_batched_matches_reference_on_real_images(shared_data: Path) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batched_cuda_matches_cpu() -> None:
-    cfg = SgrmConfig()
+    cfg = SgrmConfig(features=0)
     data = [synthetic(seed) for seed in (0, 1)]
     images = np.stack([d[0] for d in data])
     coarse = np.stack([d[1] for d in data])
