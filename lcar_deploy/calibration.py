@@ -216,6 +216,8 @@ def calibrate(
                 sweeps[m].add_scoremap(loc.map, gt)
         arm_maps = np.stack([loc.map for loc in results["arm"]]).astype(np.float32)
         rgb = np.stack([resize_rgb(im, work) for im in images]).astype(np.float32) / 255.0
+        # SGRM's semantic channels read the backbone's affinity features (one more backbone run)
+        affinity = localizer.backbone_outputs(images)["affinity"] if base.sgrm.features else None
         for band in bands:
             sgrm_cfg = _band_config(base, band).sgrm
             masks = sgrm_batched(
@@ -224,6 +226,7 @@ def calibrate(
                 sgrm_cfg,
                 device=base.sgrm_device,
                 seeds=[base.sgrm_seed] * len(images),
+                affinity=affinity,
             )
             for result, gt in zip(masks, gts, strict=True):
                 box = mask_to_box(result.mask, sgrm_cfg.box_mode)
