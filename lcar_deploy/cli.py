@@ -703,7 +703,7 @@ def train(
         typer.Option(
             "--foreground/--no-foreground",
             help="Self-train the foreground head, the learned class-agnostic localizer "
-            "(default: on for cub, off for ilsvrc).",
+            "(default: on).",
         ),
     ] = None,
     foreground_rounds: Annotated[

@@ -117,6 +117,7 @@ def test_training_overfits_tiny_set_and_exports_with_parity(tmp_path: Path) -> N
         checkpoint_every=20,
         threads=1,
         progress=False,
+        foreground=False,
     )
     result = train(config)
     history = result.metrics["history"]
@@ -248,3 +249,12 @@ def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
     )
     assert load_heads(listed.heads_path)[0].config.class_names == ["disc", "square", "stripes"]
     assert listed.metrics["num_images"]["train"] == 9 and listed.metrics["top1"]["test"] is None
+
+
+def test_bundle_settings_pick_arm_input_by_dataset() -> None:
+    assert TrainConfig("ilsvrc", "r", "o").bundle_settings == {"arm_input": "foreground_cam"}
+    assert TrainConfig("ilsvrc", "r", "o", foreground=False).bundle_settings == {}
+    assert TrainConfig("cub", "r", "o").bundle_settings == {}
+    assert TrainConfig("cub", "r", "o", arm_input="cam").bundle_settings == {"arm_input": "cam"}
+    with pytest.raises(ValueError, match="arm_input must be one of"):
+        TrainConfig("cub", "r", "o", arm_input="edges")

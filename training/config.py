@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..names import ARM_INPUTS
+
 if TYPE_CHECKING:
     from ..models.backbones import BackboneConfig
 
@@ -89,13 +91,15 @@ class TrainConfig:
     checkpoint_every: save heads every this many epochs (0: only the final ``heads.pt``).
     progress: show tqdm progress bars.
     foreground: also self-train the foreground head, the learned class-agnostic localizer
-        (:mod:`.localizer`), on the train split; ``None``: on for ``cub`` (single objects), off
-        for ILSVRC (several objects per image, where it does worse); why: docs/method.md,
-        section 7; the numbers: docs/accuracy.md.
+        (:mod:`.localizer`), on the train split (why: docs/method.md, section 7; the numbers:
+        docs/accuracy.md, "The learned localizer").
     foreground_pseudo: its round-0 map, ``imagenet`` (embedded classifier's top-5 CAM) or
         ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
     foreground_rounds: its self-training rounds after round 0 (``None``: the
-        :class:`~.localizer.LocalizerConfig` default).
+        :class:`LocalizerConfig` default).
+    arm_input: the coarse map the bundle's ARM refines (``lcar_deploy.config.PipelineConfig``);
+        ``None``: ``foreground_cam`` on ``ilsvrc`` (several objects per image: the class CAM
+        says which one, measured in docs/accuracy.md), else the pipeline's ``auto``.
     max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
         while they are at most this share of a split; more is an error.
     """
@@ -129,9 +133,10 @@ class TrainConfig:
     threads: int | None = None
     checkpoint_every: int = 0
     progress: bool = True
-    foreground: bool | None = None
+    foreground: bool = True
     foreground_pseudo: str | None = None
     foreground_rounds: int | None = None
+    arm_input: str | None = None
     max_bad_share: float = 0.01
 
     def __post_init__(self) -> None:
@@ -152,6 +157,10 @@ class TrainConfig:
                 self.teacher_hidden is None or self.teacher_hidden >= 0,
                 "teacher_hidden must be >= 0",
             ),
+            (
+                self.arm_input is None or self.arm_input in ARM_INPUTS,
+                f"arm_input must be one of {', '.join(ARM_INPUTS)}, got {self.arm_input!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -166,14 +175,21 @@ class TrainConfig:
     def resolved_foreground(self) -> LocalizerConfig | None:
         from ..models.backbones import backbone_spec
 
-        use = self.foreground if self.foreground is not None else self.dataset == "cub"
-        if not use:
+        if not self.foreground:
             return None
         pseudo = self.foreground_pseudo or (
             "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
         )
         rounds = {} if self.foreground_rounds is None else {"rounds": self.foreground_rounds}
         return LocalizerConfig(cam_source=pseudo, **rounds)
+
+    @property
+    def bundle_settings(self) -> dict[str, Any]:
+        """Settings the trained heads carry into their bundle (over the preset's)."""
+        arm_input = self.arm_input
+        if arm_input is None and self.foreground and self.dataset == "ilsvrc":
+            arm_input = "foreground_cam"
+        return {} if arm_input is None else {"arm_input": arm_input}
 
     @property
     def resolved_teacher_hidden(self) -> int:

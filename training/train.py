@@ -364,7 +364,12 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     save_heads(
         heads.cpu(),
         heads_path,
-        extra={"metrics": summary, "dataset": dataset_info, "training": training_info},
+        extra={
+            "metrics": summary,
+            "dataset": dataset_info,
+            "training": training_info,
+            "settings": config.bundle_settings,
+        },
     )
     plot_path = out / "loss.png"
     plot_history(history, plot_path)
