@@ -30,12 +30,12 @@ from lcar_deploy.image_io import load_image
 from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
 from lcar_deploy.models.backbones import build_backbone, default_config
 from lcar_deploy.models.heads import ForegroundHead
-from lcar_deploy.stages.arm import refine
 from lcar_deploy.training.config import LocalizerConfig
 from lcar_deploy.training.localizer import (
     TrainSplitMaps,
     empty_head,
     predict,
+    refined_maps,
     self_train,
     train_split_maps,
 )
@@ -56,16 +56,6 @@ def upsampled(maps: np.ndarray) -> np.ndarray:
                        mode="bilinear", align_corners=False)[:, 0].numpy()  # fmt: skip
     lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
     return (up - lo) / np.maximum(hi - lo, 1e-12)
-
-
-def arm_refined(maps: np.ndarray, data: TrainSplitMaps, threads: int) -> np.ndarray:
-    arm = preset("default").arm
-    out = []
-    for start in range(0, len(maps), 32):
-        rgb = np.asarray(data.images[start : start + 32], np.float32) / 255.0
-        chw = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
-        out.append(np.asarray(refine(maps[start : start + 32], chw, arm, num_threads=threads)))
-    return np.concatenate(out)
 
 
 def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
@@ -118,9 +108,10 @@ def main() -> None:
     def score_round(round_index: int, fitted: ForegroundHead) -> None:
         maps = predict(fitted, test_maps.features)
         table[f"round {round_index} head"] = scores(upsampled(maps), test)
-        table[f"round {round_index} head+arm"] = scores(
-            arm_refined(maps, test_maps, args.threads), test
+        refined = refined_maps(
+            maps, test_maps.images, preset("default").arm, args.threads, at_grid=False
         )
+        table[f"round {round_index} head+arm"] = scores(refined, test)
         print(f"round {round_index}: head {table[f'round {round_index} head']}, head+arm "
               f"{table[f'round {round_index} head+arm']} ({time.perf_counter() - start:.0f} s)",
               flush=True)  # fmt: skip

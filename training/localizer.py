@@ -250,15 +250,22 @@ def predict(head: ForegroundHead, features: np.ndarray, chunk: int = 64) -> np.n
 
 
 def refined_maps(
-    maps: np.ndarray, images: np.ndarray, arm: ArmConfig, threads: int | None, chunk: int = 32
+    maps: np.ndarray,
+    images: np.ndarray,
+    arm: ArmConfig,
+    threads: int | None,
+    *,
+    at_grid: bool = True,
+    chunk: int = 32,
 ) -> np.ndarray:
-    """ARM refinement (as the pipeline runs it on the foreground map), back at the grid."""
+    """ARM refinement (as the pipeline runs it on the foreground map), at the work size of
+    ``images`` or, with ``at_grid``, back at the grid of ``maps``."""
     out = []
     for start in range(0, len(maps), chunk):
         rgb = np.asarray(images[start : start + chunk], dtype=np.float32) / 255.0
         chw = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
-        refined = refine(maps[start : start + chunk], chw, arm, num_threads=threads)
-        out.append(_to_grid(np.asarray(refined), maps.shape[-1]))
+        refined = np.asarray(refine(maps[start : start + chunk], chw, arm, num_threads=threads))
+        out.append(_to_grid(refined, maps.shape[-1]) if at_grid else refined)
     return np.concatenate(out)
 
 
