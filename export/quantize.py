@@ -99,3 +99,40 @@ def quantize_int8(model: Path, images: list[np.ndarray]) -> dict[str, Any]:
         )
         quantized.replace(model)
     return {"kind": "int8", "method": METHOD, "calibration_images": len(images)}
+
+
+def quantize_bundle(
+    source: Path,
+    out: Path,
+    calibration_dir: Path,
+    count: int = DEFAULT_CALIBRATION_COUNT,
+) -> Path:
+    """An int8 copy at ``out`` of the float32 bundle ``source`` (same outputs, classes and
+    settings), calibrated on ``count`` images of ``calibration_dir``."""
+    import json
+    import shutil
+
+    from ..bundle import MANIFEST, Bundle, BundleError, sha256_file
+
+    bundle = Bundle.load(source)
+    if bundle.quantization is not None:
+        raise QuantizationError(f"{bundle.path}: is already quantized ({bundle.quantization})")
+    if "model.onnx" not in bundle.manifest["files"]:
+        raise QuantizationError(f"{bundle.path}: has no model.onnx to quantize")
+    out = Path(out)
+    if out.exists():
+        raise BundleError(f"{out}: exists; choose another folder for the int8 copy")
+    images = calibration_images(calibration_dir, bundle.input_size, count)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(bundle.path / "model.onnx", tmp / "model.onnx")
+        manifest = dict(bundle.manifest)
+        manifest["quantization"] = quantize_int8(tmp / "model.onnx", images)
+        manifest["files"] = {"model.onnx": {"sha256": sha256_file(tmp / "model.onnx")}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

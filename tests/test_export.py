@@ -469,3 +469,22 @@ def test_cli_exports_an_int8_bundle(calibration_folder: Path, tmp_path: Path) ->
     assert bundle.quantization["calibration_images"] == 2
     out = bundle.session(device="cpu").run(np.zeros((1, 3, 64, 64), np.float32))
     assert out["cams"].shape == (1, 1000, 2, 2)
+
+
+@pytest.mark.slow
+def test_int8_copy_of_a_float32_bundle(
+    float_and_int8: tuple[Bundle, Bundle], calibration_folder: Path, tmp_path: Path
+) -> None:
+    from lcar_deploy.errors import QuantizationError
+    from lcar_deploy.export.quantize import quantize_bundle
+
+    float32, _ = float_and_int8
+    copy = Bundle.load(quantize_bundle(float32.path, tmp_path / "int8", calibration_folder, 3))
+    assert copy.quantization["calibration_images"] == 3
+    assert copy.manifest["classes"] == float32.manifest["classes"]
+    assert copy.session(device="cpu").run(np.zeros((2, 3, 64, 64), np.float32))["logits"].shape == (
+        2,
+        1000,
+    )
+    with pytest.raises(QuantizationError, match="already quantized"):
+        quantize_bundle(copy.path, tmp_path / "again", calibration_folder)
