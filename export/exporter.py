@@ -14,10 +14,12 @@ import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from ..config import merge_settings, preset, resolve_config, settings_of
+from ..errors import QuantizationError
 from ..models.backbones import BackboneConfig, backbone_spec, default_config
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
-from ..names import EXPORT_FORMATS
+from ..names import EXPORT_FORMATS, QUANTIZE
+from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_int8
 
 
 def export_onnx(model: LcarModel, input_size: int, path: Path, opset: int = 18) -> None:
@@ -98,11 +100,18 @@ def write_bundle(
     settings: dict[str, Any] | None = None,
     heads_info: dict[str, Any] | None = None,
     preset: str | None = None,
+    calibration: list[Any] | None = None,
 ) -> Path:
     """Export ``model`` into the bundle folder ``out``, atomically (temp folder + rename).
-    ``settings``: the full stage settings the bundle runs with, written from ``preset``."""
+    ``settings``: the full stage settings the bundle runs with, written from ``preset``.
+    ``calibration``: preprocessed images (:func:`calibration_images`) to quantize the ONNX
+    graph to int8 on (None: float32)."""
     if formats not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {formats!r}")
+    if calibration is not None and formats != "onnx":
+        raise QuantizationError(
+            f"--quantize int8 quantizes the ONNX graph only; use --format onnx, not {formats!r}"
+        )
     out = Path(out)
     check_bundle_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +121,9 @@ def write_bundle(
         if formats in ("onnx", "both"):
             export_onnx(model, config.input_size, tmp / "model.onnx", opset)
             files.append("model.onnx")
+        quantization = None
+        if calibration is not None:
+            quantization = quantize_int8(tmp / "model.onnx", calibration)
         if formats in ("torchscript", "both"):
             export_torchscript(model, config.input_size, tmp / "model.ts")
             files.append("model.ts")
@@ -139,6 +151,7 @@ def write_bundle(
             "settings": settings or {},
             "preset": preset,
             "opset": opset,
+            **({"quantization": quantization} if quantization else {}),
             "files": {name: {"sha256": sha256_file(tmp / name)} for name in files},
             "versions": _versions(),
         }
@@ -167,8 +180,14 @@ def export_bundle(
     opset: int = 18,
     random_init: bool = False,
     settings: dict[str, Any] | None = None,
+    quantize: str = "none",
+    calibration_dir: Path | None = None,
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT,
 ) -> Path:
     """Build the model from names and files, then :func:`write_bundle`.
+
+    ``quantize="int8"``: static int8 quantization of the ONNX graph, calibrated on
+    ``calibration_count`` images of the folder ``calibration_dir``, evenly spread.
 
     With ``heads_path``, the backbone's input size and layers come from the heads file
     (``input_size``, if given, must agree).
@@ -194,6 +213,17 @@ def export_bundle(
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
     name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"
     settings = settings_of(resolve_config(settings_of(preset(name)), settings=settings or {}))
+    calibration = None
+    if quantize not in QUANTIZE:
+        raise QuantizationError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "int8":
+        if calibration_dir is None:
+            raise QuantizationError("--quantize int8 needs --calibration-images DIR")
+        if formats != "onnx":
+            raise QuantizationError(
+                f"--quantize int8 quantizes the ONNX graph only; use --format onnx, not {formats!r}"
+            )
+        calibration = calibration_images(calibration_dir, config.input_size, calibration_count)
     model = build_model(config, weights, heads, random_init=random_init)
     return write_bundle(
         model,
@@ -204,4 +234,5 @@ def export_bundle(
         settings=settings,
         heads_info=heads_info,
         preset=name,
+        calibration=calibration,
     )

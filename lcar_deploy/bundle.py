@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
-from .names import DEVICES
+from .names import DEVICES, QUANTIZE, QUANTIZE_METHODS
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -178,6 +178,30 @@ def _files_problem(files: object) -> str | None:
     return None
 
 
+QUANTIZATION_KEYS = ("kind", "method", "calibration_images")
+
+
+def _quantization_problem(quantization: object) -> str | None:
+    """An int8 bundle's record: exactly kind, method and the calibration image count."""
+    if not isinstance(quantization, dict) or set(quantization) != set(QUANTIZATION_KEYS):
+        return (
+            f"'quantization' must be an object with exactly {', '.join(QUANTIZATION_KEYS)}, "
+            f"got {_show(quantization)}"
+        )
+    kinds = [k for k in QUANTIZE if k != "none"]
+    if quantization["kind"] not in kinds:
+        return f"'quantization.kind' must be one of {kinds}, got {_show(quantization['kind'])}"
+    if quantization["method"] not in QUANTIZE_METHODS:
+        return (
+            f"'quantization.method' must be one of {list(QUANTIZE_METHODS)}, "
+            f"got {_show(quantization['method'])}"
+        )
+    count = quantization["calibration_images"]
+    if not (_is_int(count) and count >= 1):
+        return f"'quantization.calibration_images' must be an integer >= 1, got {_show(count)}"
+    return None
+
+
 def manifest_problem(manifest: object) -> str | None:
     """What is wrong with a parsed manifest (the first thing found), or None."""
     if not isinstance(manifest, dict):
@@ -216,6 +240,12 @@ def manifest_problem(manifest: object) -> str | None:
         grid = manifest.get(f"{key}_size")
         if grid is not None and key in outputs and grid != outputs[key][1:3]:
             return f"'{key}_size' {_show(grid)} disagrees with output {key!r} {outputs[key]}"
+    if "quantization" in manifest:
+        problem = _quantization_problem(manifest["quantization"])
+        if problem:
+            return problem
+        if "model.onnx" not in manifest["files"]:
+            return "'quantization' is recorded but the bundle lists no model.onnx"
     for key in ("settings", "heads", "versions"):
         if not isinstance(manifest.get(key, {}), dict):
             return f"{key!r} must be a JSON object, got {_show(manifest[key])}"
@@ -398,6 +428,12 @@ class Bundle:
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest.get("classes", {}).get("names", []))
+
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """The int8 record (kind, method, calibration_images), or None for float32."""
+        value = self.manifest.get("quantization")
+        return dict(value) if value else None
 
     @property
     def settings(self) -> dict[str, Any]:

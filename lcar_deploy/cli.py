@@ -56,6 +56,7 @@ Backbone = choices("Backbone", names.BACKBONES)
 
 
 ExportFormat = choices("ExportFormat", names.EXPORT_FORMATS)
+Quantize = choices("Quantize", names.QUANTIZE)
 
 
 Device = choices("Device", names.DEVICES)
@@ -79,7 +80,9 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
         "# needs the extra: pip install 'lcar-deploy\\[backbones]'\n\n"
         "  lcar-deploy export --heads runs/cub/heads.pt --out bundles/cub --format both\n\n"
         "  lcar-deploy export --backbone dino_vits16 --weights dino_deitsmall16_pretrain.pth "
-        "--heads heads.pt --out bundles/dino"
+        "--heads heads.pt --out bundles/dino\n\n"
+        "  lcar-deploy export --heads runs/cub/heads.pt --quantize int8 "
+        "--calibration-images calib/ --out bundles/cub-int8"
     )
 )
 def export(
@@ -108,6 +111,23 @@ def export(
     ] = None,
     format: Annotated[ExportFormat, typer.Option(help="Model files to write.")] = ExportFormat.onnx,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    quantize: Annotated[
+        Quantize,
+        typer.Option(
+            help="int8: onnxruntime static quantization of the ONNX graph (QDQ, per-channel "
+            "weights), calibrated on --calibration-images."
+        ),
+    ] = Quantize.none,
+    calibration_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of images (sub-folders too) to calibrate --quantize int8 on: "
+            "--calibration-count of them, evenly spread. Use images like the ones to localize."
+        ),
+    ] = None,
+    calibration_count: Annotated[
+        int, typer.Option(min=1, help="How many calibration images --quantize int8 uses.")
+    ] = 64,
     random_init: Annotated[
         bool, typer.Option(hidden=True, help="Random backbone weights (tests only).")
     ] = False,
@@ -131,6 +151,9 @@ def export(
                 formats=format.value,
                 opset=opset,
                 random_init=random_init,
+                quantize=quantize.value,
+                calibration_dir=calibration_images,
+                calibration_count=calibration_count,
             )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None

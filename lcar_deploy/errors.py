@@ -60,3 +60,8 @@ class LabelsError(LcarError, ValueError):
 class ConvertError(LcarError, ValueError):
     """A ``predictions.jsonl`` that cannot be converted: the message names the file, the line
     and the reason."""
+
+
+class QuantizationError(LcarError, ValueError):
+    """An int8 export that cannot be made: a calibration folder that is missing or holds no
+    decodable image, or a format that has no ONNX graph to quantize."""

@@ -63,3 +63,12 @@ ENGINES: tuple[str, ...] = get_args(Engine)
 Preset = Literal["default", "classifier", "paper"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Named pipeline settings (:mod:`lcar_deploy.config`)."""
+
+Quantize = Literal["none", "int8"]
+QUANTIZE: tuple[str, ...] = get_args(Quantize)
+"""``lcar-deploy export --quantize``: keep float32, or int8 static quantization of the graph."""
+
+QuantizeMethod = Literal["static-qdq-per-channel-minmax"]
+QUANTIZE_METHODS: tuple[str, ...] = get_args(QuantizeMethod)
+"""How an int8 graph was made (the manifest's ``quantization.method``): onnxruntime static
+quantization, QDQ format, int8 weights per output channel, uint8 activations, min/max calibration."""

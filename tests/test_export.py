@@ -314,3 +314,177 @@ def test_export_refuses_bad_heads_and_weights(tmp_path: Path) -> None:
         assert "Traceback" not in stderr
     assert not marker.exists()
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five synthetic scenes and one file that is not an image (skipped)."""
+    from conftest import synthetic_scene
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("calibration")
+    for seed in range(5):
+        Image.fromarray(synthetic_scene((90, 110), seed=seed)[0]).save(folder / f"{seed}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def float_and_int8(
+    tmp_path_factory: pytest.TempPathFactory, calibration_folder: Path
+) -> tuple[Bundle, Bundle]:
+    """The same random-weights model at input size 64, as float32 and as int8."""
+    root = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    float32 = export_bundle(root / "float32", input_size=64, random_init=True)
+    torch.manual_seed(0)
+    int8 = export_bundle(
+        root / "int8",
+        input_size=64,
+        random_init=True,
+        quantize="int8",
+        calibration_dir=calibration_folder,
+        calibration_count=4,
+    )
+    return Bundle.load(float32), Bundle.load(int8)
+
+
+@pytest.mark.slow
+def test_int8_bundle_loads_runs_and_stays_close(
+    float_and_int8: tuple[Bundle, Bundle], calibration_folder: Path
+) -> None:
+    float32, int8 = float_and_int8
+    assert int8.quantization == {
+        "kind": "int8",
+        "method": "static-qdq-per-channel-minmax",
+        "calibration_images": 4,
+    }
+    assert float32.quantization is None
+    assert int8.manifest["outputs"] == float32.manifest["outputs"]
+    images = _batch(sorted(calibration_folder.glob("*.png")), 64)
+    expected = float32.session(device="cpu").run(images)
+    got = int8.session(device="cpu").run(images)
+    assert list(got) == list(expected)
+    for name, value in expected.items():
+        assert got[name].shape == value.shape and got[name].dtype == np.float32
+        # uint8 activations: 256 steps over each tensor's calibrated range, rounding at every
+        # one of the ~17 quantized layers. The error measured here is 5-8 % RMS of the float
+        # output (correlation > 0.99); 15 % and 0.98 leave room without letting a broken
+        # graph (correlation near 0) through.
+        error = np.sqrt(np.mean((got[name] - value) ** 2)) / np.sqrt(np.mean(value**2))
+        assert error < 0.15, name
+        assert np.corrcoef(got[name].ravel(), value.ravel())[0, 1] > 0.98, name
+
+
+def test_int8_manifest_record_is_checked_strictly(
+    float_and_int8: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    import shutil
+
+    _, int8 = float_and_int8
+    bad_records = [
+        (
+            {"kind": "int4", "method": "static-qdq-per-channel-minmax", "calibration_images": 4},
+            "quantization.kind",
+        ),
+        ({"kind": "int8", "method": "dynamic", "calibration_images": 4}, "quantization.method"),
+        (
+            {"kind": "int8", "method": "static-qdq-per-channel-minmax", "calibration_images": 0},
+            "calibration_images",
+        ),
+        (
+            {
+                "kind": "int8",
+                "method": "static-qdq-per-channel-minmax",
+                "calibration_images": 4,
+                "extra": 1,
+            },
+            "exactly",
+        ),
+        ("int8", "exactly"),
+    ]
+    for i, (record, reason) in enumerate(bad_records):
+        copy = shutil.copytree(int8.path, tmp_path / str(i))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["quantization"] = record
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=re.escape(reason)):
+            Bundle.load(copy)
+
+
+def test_bad_calibration_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from lcar_deploy.errors import QuantizationError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.jpg").write_bytes(b"not an image")
+    for folder, reason in [
+        (empty, "no decodable image"),
+        (tmp_path / "nope", "calibration image folder not found"),
+    ]:
+        with pytest.raises(QuantizationError, match=re.escape(f"{folder}: ") + reason):
+            export_bundle(
+                tmp_path / "out",
+                input_size=64,
+                random_init=True,
+                quantize="int8",
+                calibration_dir=folder,
+            )
+        code, _, stderr = invoke(
+            "export",
+            "--input-size",
+            "64",
+            "--random-init",
+            "--quantize",
+            "int8",
+            "--calibration-images",
+            folder,
+            "--out",
+            tmp_path / "out",
+        )
+        assert code == 1 and str(folder) in stderr and reason in stderr
+    assert not (tmp_path / "out").exists()
+    code, _, stderr = invoke("export", "--quantize", "int8", "--out", tmp_path / "out")
+    assert code == 1 and "--calibration-images" in stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_an_int8_bundle(calibration_folder: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = invoke(
+        "export",
+        "--input-size",
+        "64",
+        "--random-init",
+        "--quantize",
+        "int8",
+        "--calibration-images",
+        calibration_folder,
+        "--calibration-count",
+        "2",
+        "--out",
+        tmp_path / "int8",
+    )
+    assert code == 0, stderr
+    bundle = Bundle.load(stdout.strip())
+    assert bundle.quantization["calibration_images"] == 2
+    out = bundle.session(device="cpu").run(np.zeros((1, 3, 64, 64), np.float32))
+    assert out["cams"].shape == (1, 1000, 2, 2)
+
+
+@pytest.mark.slow
+def test_int8_copy_of_a_float32_bundle(
+    float_and_int8: tuple[Bundle, Bundle], calibration_folder: Path, tmp_path: Path
+) -> None:
+    from lcar_deploy.errors import QuantizationError
+    from lcar_deploy.export.quantize import quantize_bundle
+
+    float32, _ = float_and_int8
+    copy = Bundle.load(quantize_bundle(float32.path, tmp_path / "int8", calibration_folder, 3))
+    assert copy.quantization["calibration_images"] == 3
+    assert copy.manifest["classes"] == float32.manifest["classes"]
+    assert copy.session(device="cpu").run(np.zeros((2, 3, 64, 64), np.float32))["logits"].shape == (
+        2,
+        1000,
+    )
+    with pytest.raises(QuantizationError, match="already quantized"):
+        quantize_bundle(copy.path, tmp_path / "again", calibration_folder)
