@@ -126,8 +126,13 @@ def export(
         ),
     ] = None,
     calibration_count: Annotated[
-        int, typer.Option(min=1, help="How many calibration images --quantize int8 uses.")
-    ] = 64,
+        int | None,
+        typer.Option(
+            min=1,
+            help="How many calibration images --quantize int8 uses (default: "
+            "lcar_deploy.export.quantize.DEFAULT_CALIBRATION_COUNT).",
+        ),
+    ] = None,
     random_init: Annotated[
         bool, typer.Option(hidden=True, help="Random backbone weights (tests only).")
     ] = False,
@@ -153,7 +158,7 @@ def export(
                 random_init=random_init,
                 quantize=quantize.value,
                 calibration_dir=calibration_images,
-                calibration_count=calibration_count,
+                **({} if calibration_count is None else {"calibration_count": calibration_count}),
             )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
