@@ -140,18 +140,24 @@ def _weights_identity(weights: str | Path | None) -> str:
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def dataset_identity(dataset: Dataset) -> list[str]:
+    """What a cache of ``dataset``'s images depends on: kind, root, metadata folder, split and a
+    hash of the image ids."""
+    ids = hashlib.sha256("\n".join(r.image_id for r in dataset).encode()).hexdigest()
+    return [dataset.kind, str(dataset.root), str(dataset.metadata), dataset.split, ids]
+
+
 def cache_key(
     dataset: Dataset, backbone: BackboneConfig, weights: str | Path | None, views: ViewSpec
 ) -> str:
     """Hash of everything the cached features depend on (module docstring)."""
-    ids = hashlib.sha256("\n".join(r.image_id for r in dataset).encode()).hexdigest()
     key = {
         "version": CACHE_FORMAT_VERSION,
         "backbone": backbone.name,
         "input_size": backbone.input_size,
         "grid_layer": backbone.grid_layer,
         "weights": _weights_identity(weights),
-        "dataset": [dataset.kind, str(dataset.root), str(dataset.metadata), dataset.split, ids],
+        "dataset": dataset_identity(dataset),
         "views": [views.augment, views.crop_views if views.augment == "crop" else 0, views.seed],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

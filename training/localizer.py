@@ -56,7 +56,9 @@ class TrainSplitMaps:
     images: np.ndarray
 
 
-def empty_head(backbone: nn.Module, config: BackboneConfig, layers: tuple[str, ...] | None):
+def empty_head(
+    backbone: nn.Module, config: BackboneConfig, layers: tuple[str, ...] | None
+) -> ForegroundHead:
     """An untrained :class:`ForegroundHead` fitting ``backbone`` (widths from a dummy forward)."""
     spec = backbone_spec(config.name)
     layers = layers or spec.foreground_layers
@@ -73,15 +75,21 @@ def _mirror(x: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.flip(x, dims=(axis,))
 
 
-def _cache_key(dataset: Dataset, config: BackboneConfig, weights, head, cfg, work: int) -> str:
-    from .features import _weights_identity
+def _cache_key(
+    dataset: Dataset,
+    config: BackboneConfig,
+    weights: str | Path | None,
+    head: ForegroundHead,
+    cfg: LocalizerConfig,
+    work: int,
+) -> str:
+    from .features import _weights_identity, dataset_identity
 
-    ids = hashlib.sha256("\n".join(r.image_id for r in dataset).encode()).hexdigest()
     key = {
         "version": LOCALIZER_CACHE_VERSION,
         "backbone": asdict(config),
         "weights": _weights_identity(weights),
-        "dataset": [dataset.kind, str(dataset.root), str(dataset.metadata), dataset.split, ids],
+        "dataset": dataset_identity(dataset),
         "layers": list(head.layers),
         "grid": head.grid,
         "cam": [cfg.cam_source, cfg.top_k],
@@ -131,7 +139,16 @@ def train_split_maps(
 
 
 def _compute_maps(
-    dataset, model, config, heads, head, cfg, paths, work_size, batch_size, progress
+    dataset: Dataset,
+    model: nn.Module,
+    config: BackboneConfig,
+    heads: Heads | None,
+    head: ForegroundHead,
+    cfg: LocalizerConfig,
+    paths: dict[str, Path],
+    work_size: int,
+    batch_size: int,
+    progress: bool,
 ) -> None:
     cache = paths["features"].parent
     cache.mkdir(parents=True, exist_ok=True)
