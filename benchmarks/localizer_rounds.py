@@ -5,7 +5,7 @@
 
 Runs the same code as ``lcar-deploy train`` (:mod:`lcar_deploy.training.localizer`, features
 cached in the same place) on the train split, then scores every round's map on the test split,
-alone (``head``) and refined by ARM with the pipeline's settings (``head+arm``), with the
+alone (``head``) and refined by ARM as a trained bundle runs it (``head+arm``), with the
 evaluation's own scorer (GT-known, GT@70, GT@90, MaxBoxAccV2). The CAM map of round 0 is scored
 too. ``--train-dataset kind=root`` (repeatable) trains on several train splits together (the
 generic localizer of the default bundle). The end-to-end numbers of a trained bundle come from
@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from lcar_deploy.bundle import cache_dir
-from lcar_deploy.config import preset
+from lcar_deploy.config import preset, resolve_config, settings_of
 from lcar_deploy.datasets import Dataset, load_dataset
 from lcar_deploy.image_io import load_image
 from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
 from lcar_deploy.models.backbones import build_backbone, default_config
 from lcar_deploy.models.heads import ForegroundHead
-from lcar_deploy.training.config import LocalizerConfig
+from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
 from lcar_deploy.training.localizer import (
-    TrainSplitMaps,
+    concatenated,
     empty_head,
     predict,
     refined_maps,
@@ -56,16 +56,6 @@ def upsampled(maps: np.ndarray) -> np.ndarray:
                        mode="bilinear", align_corners=False)[:, 0].numpy()  # fmt: skip
     lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
     return (up - lo) / np.maximum(hi - lo, 1e-12)
-
-
-def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
-    if len(parts) == 1:
-        return parts[0]
-    return TrainSplitMaps(
-        np.concatenate([np.asarray(p.features) for p in parts]),
-        np.concatenate([p.cams for p in parts]),
-        np.concatenate([np.asarray(p.images) for p in parts]),
-    )
 
 
 def main() -> None:
@@ -104,13 +94,14 @@ def main() -> None:
     test_maps = train_split_maps(test, backbone, config, None, None, head, cfg, cache, work)
     table = {"cam (round-0 labels)": scores(upsampled(test_maps.cams), test)}
     start = time.perf_counter()
+    # Each round's map is refined as a trained bundle refines it (the default preset with the
+    # foreground map's settings).
+    arm = resolve_config(settings_of(preset("default")), settings=MAP_SETTINGS["foreground"]).arm
 
     def score_round(round_index: int, fitted: ForegroundHead) -> None:
         maps = predict(fitted, test_maps.features)
         table[f"round {round_index} head"] = scores(upsampled(maps), test)
-        refined = refined_maps(
-            maps, test_maps.images, preset("default").arm, args.threads, at_grid=False
-        )
+        refined = refined_maps(maps, test_maps.images, arm, args.threads, at_grid=False)
         table[f"round {round_index} head+arm"] = scores(refined, test)
         print(f"round {round_index}: head {table[f'round {round_index} head']}, head+arm "
               f"{table[f'round {round_index} head+arm']} ({time.perf_counter() - start:.0f} s)",

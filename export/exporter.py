@@ -16,9 +16,11 @@ from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from ..config import merge_settings, preset, resolve_config, settings_of
 from ..errors import QuantizationError
 from ..models.backbones import BackboneConfig, backbone_spec, default_config
+from ..models.generic_localizer import generic_localizer_info
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
 from ..names import EXPORT_FORMATS, QUANTIZE
+from ..training.config import MAP_SETTINGS
 from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_int8
 
 
@@ -183,8 +185,13 @@ def export_bundle(
     quantize: str = "none",
     calibration_dir: Path | None = None,
     calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+    generic_localizer: bool = True,
 ) -> Path:
     """Build the model from names and files, then :func:`write_bundle`.
+
+    Without ``heads_path``, the embedded classifier is the bundle's heads, with the generic
+    localizer and its settings (``MAP_SETTINGS["foreground_cam"]``) when one is shipped for
+    the backbone and input size and ``generic_localizer`` is on.
 
     ``quantize="int8"``: static int8 quantization of the ONNX graph, calibrated on
     ``calibration_count`` images of the folder ``calibration_dir``, evenly spread.
@@ -212,7 +219,8 @@ def export_bundle(
         config = default_config(backbone, input_size)
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
     name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"
-    settings = settings_of(resolve_config(settings_of(preset(name)), settings=settings or {}))
+    base = settings_of(preset(name))
+    resolved = settings_of(resolve_config(base, settings=settings or {}))
     calibration = None
     if quantize not in QUANTIZE:
         raise QuantizationError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
@@ -224,14 +232,22 @@ def export_bundle(
                 f"--quantize int8 quantizes the ONNX graph only; use --format onnx, not {formats!r}"
             )
         calibration = calibration_images(calibration_dir, config.input_size, calibration_count)
-    model = build_model(config, weights, heads, random_init=random_init)
+    model = build_model(
+        config, weights, heads, random_init=random_init, generic_localizer=generic_localizer
+    )
+    if heads is None and model.heads is not None and model.heads.foreground is not None:
+        heads_info = {"kind": "classifier", "localizer": generic_localizer_info(config)}
+        # ARM refines the mean of the localizer's map and the class CAM, which picks the object.
+        generic = {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
+        generic = merge_settings(generic, settings or {})
+        resolved = settings_of(resolve_config(base, settings=generic))
     return write_bundle(
         model,
         config,
         out,
         formats=formats,
         opset=opset,
-        settings=settings,
+        settings=resolved,
         heads_info=heads_info,
         preset=name,
         calibration=calibration,

@@ -67,9 +67,10 @@ def cache_dir() -> Path:
     return Path(base) / "lcar-deploy"
 
 
-# Names the default bundle's backbone and input size, so that a cached default bundle from an
-# older default is not reused after the default changes (tests/test_export.py checks it).
-DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384"
+# Names the default bundle's backbone, input size and generic localizer, so that a cached
+# default bundle from an older default is not reused after the default changes
+# (tests/test_export.py checks it).
+DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384-localizer"
 
 
 def default_bundle_dir() -> Path:
@@ -96,7 +97,7 @@ def load_bundle(
         say = notify or (lambda _: None)
         say(
             "first run: exporting the embedded EfficientNet-Lite0 with its ImageNet classifier "
-            f"to ONNX in {target} (once, about half a minute) ..."
+            f"and generic localizer to ONNX in {target} (once, about half a minute) ..."
         )
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):

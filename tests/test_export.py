@@ -28,7 +28,12 @@ from lcar_deploy.models.backbones import (
     default_config,
     read_checkpoint,
 )
-from lcar_deploy.models.heads import Heads, HeadsConfig, save_heads
+from lcar_deploy.models.generic_localizer import (
+    generic_localizer_path,
+    load_generic_localizer,
+    save_generic_localizer,
+)
+from lcar_deploy.models.heads import Heads, HeadsConfig, HeadsError, save_heads
 from lcar_deploy.models.model import build_model
 
 
@@ -65,6 +70,10 @@ def test_manifest_describes_the_bundle(default_bundle: Bundle) -> None:
     assert "tabby" in m["classes"]["names"][281]
     assert {"torch", "timm", "onnx"} <= set(m["versions"])
     assert m["outputs"]["cams"] == ["batch", 1000, 12, 12]
+    # The generic localizer shipped for Lite0 at 384, and the settings that use it.
+    assert m["outputs"]["foreground"] == ["batch", 48, 48]
+    assert m["heads"]["kind"] == "classifier" and m["heads"]["localizer"]["kind"] == "generic"
+    assert m["settings"]["arm_input"] == "foreground_cam"
 
 
 @pytest.mark.slow
@@ -249,7 +258,31 @@ def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_
 @pytest.mark.slow
 def test_default_bundle_folder_names_the_default_backbone() -> None:
     config = default_config("efficientnet_lite0")
-    assert default_bundle_dir().name == f"default-{config.name}-{config.input_size}"
+    assert generic_localizer_path(config.name, config.input_size).is_file()
+    name = f"default-{config.name}-{config.input_size}-localizer"
+    assert default_bundle_dir().name == name
+
+
+def test_generic_localizer_is_shipped_checked_and_optional(tmp_path: Path) -> None:
+    config = default_config("efficientnet_lite0")
+    loaded = load_generic_localizer(config.name, config.input_size)
+    assert loaded is not None
+    head, info = loaded
+    assert head.layers == ("blocks.2", "blocks.4", "blocks.6") and head.grid == 48
+    assert {d["dataset"] for d in info["trained_on"]} == {"cub", "ilsvrc"}
+    assert load_generic_localizer(config.name, 320) is None  # none shipped at that size
+    other = tmp_path / "other.pt"
+    save_generic_localizer(head, "efficientnet_lite2", 384, other, {})
+    with pytest.raises(HeadsError, match="expected"):
+        load_generic_localizer(config.name, config.input_size, other)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a torch file")
+    with pytest.raises(HeadsError, match=r"broken\.pt"):
+        load_generic_localizer(config.name, config.input_size, broken)
+    plain = build_model(config, generic_localizer=False)
+    assert plain.heads.foreground is None and "foreground" not in plain.output_names
+    custom = build_model(config, random_init=True)  # not the weights it was trained on
+    assert custom.heads.foreground is None
 
 
 @pytest.mark.slow

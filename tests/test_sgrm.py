@@ -24,6 +24,7 @@ from lcar_deploy.stages.sgrm import (
     input_patches,
     joint_loss,
     joint_loss_grad,
+    keep_reliable,
     net_input,
     reliable_error,
     revise,
@@ -286,6 +287,29 @@ def test_mask_vote_is_superpixel_vote_of_argmax() -> None:
     assert voted.steps == raw.steps
     np.testing.assert_array_equal(voted.mask.reshape(-1), expected.astype(bool))
     assert iou(fast.mask, voted.mask) >= 0.98
+
+
+def test_keep_reliable_restores_the_reliable_labels() -> None:
+    mask = np.array([[True, False, True], [False, True, False]])
+    y_cls = np.array([[0, 1, IGNORE], [IGNORE, 0, 1]], dtype=np.uint8)
+    expected = np.array([[False, True, True], [False, False, True]])
+    np.testing.assert_array_equal(keep_reliable(mask, y_cls), expected)
+
+
+def test_keep_reliable_masks_both_loops() -> None:
+    image, coarse, _ = synthetic(0)
+    segments = superpixels(image, PAPER_CUB)
+    cfg = replace(PAPER_CUB, keep_reliable=True)
+    y_cls, _ = sgrm_labels(coarse, segments, cfg)
+    plain = sgrm_reference(image, coarse, PAPER_CUB, seed=2, segments=segments)
+    kept = sgrm_reference(image, coarse, cfg, seed=2, segments=segments)
+    (fast,) = sgrm_batched(image[None], coarse[None], cfg, seeds=[2], segments=[segments])
+    assert kept.steps == plain.steps
+    np.testing.assert_array_equal(kept.mask, keep_reliable(plain.mask, y_cls))
+    for result in (kept, fast):
+        assert result.mask[y_cls == 1].all() and not result.mask[y_cls == 0].any()
+        assert result.box == mask_to_box(result.mask, cfg.box_mode)
+    assert iou(fast.mask, kept.mask) >= 0.98
 
 
 def cub_images(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 
 from lcar_deploy.bundle import Bundle
+from lcar_deploy.config import preset, resolve_config, settings_of
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.image_io import load_rgb
 from lcar_deploy.models.backbones import BackboneConfig
 from lcar_deploy.models.heads import load_heads
 from lcar_deploy.models.model import build_model
+from lcar_deploy.training.config import MAP_SETTINGS
 from lcar_deploy.training.features import ViewSpec, make_view
 from lcar_deploy.training.losses import SdLossConfig, distillation_kl, sd_losses
 from lcar_deploy.training.train import TrainConfig, stratified_split, train
@@ -252,9 +254,12 @@ def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
 
 
 def test_bundle_settings_pick_arm_input_by_dataset() -> None:
-    assert TrainConfig("ilsvrc", "r", "o").bundle_settings == {"arm_input": "foreground_cam"}
+    ilsvrc = TrainConfig("ilsvrc", "r", "o").bundle_settings
+    assert ilsvrc == {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
     assert TrainConfig("ilsvrc", "r", "o", foreground=False).bundle_settings == {}
-    assert TrainConfig("cub", "r", "o").bundle_settings == {}
+    assert TrainConfig("cub", "r", "o").bundle_settings == MAP_SETTINGS["foreground"]
     assert TrainConfig("cub", "r", "o", arm_input="cam").bundle_settings == {"arm_input": "cam"}
+    for settings in MAP_SETTINGS.values():  # every value is a valid pipeline setting
+        resolve_config(settings_of(preset("default")), settings=settings)
     with pytest.raises(ValueError, match="arm_input must be one of"):
         TrainConfig("cub", "r", "o", arm_input="edges")

@@ -18,6 +18,27 @@ if TYPE_CHECKING:
 
 CAM_SOURCES = ("imagenet", "heads")
 
+MAP_SETTINGS: dict[str, dict[str, Any]] = {
+    "foreground": {
+        "arm": {"iterations": 20},
+        "box_threshold": 0.3,
+        "sgrm": {
+            "gamma_l1": 0.2,
+            "gamma_h1": 0.45,
+            "gamma_l2": 0.2,
+            "gamma_h2": 0.45,
+            "keep_reliable": True,
+        },
+    },
+    "foreground_cam": {},
+}
+"""Settings (over the preset's) for ARM and SGRM on a learned localizer's maps, by the
+bundle's ``arm_input``: a bundle with a foreground head records them (trained heads, and the
+default bundle's generic localizer). The head's maps are sharper than a CAM: ARM's paper
+``k`` = 50 blurs them, and the best box threshold of the refined map is lower; blended with
+the CAM (``foreground_cam``) they are not. Measurements: docs/accuracy.md, "ARM and
+SGRM on the learned localizer's maps"."""
+
 
 @dataclass(frozen=True)
 class LocalizerConfig:
@@ -185,11 +206,15 @@ class TrainConfig:
 
     @property
     def bundle_settings(self) -> dict[str, Any]:
-        """Settings the trained heads carry into their bundle (over the preset's)."""
+        """Settings the trained heads carry into their bundle (over the preset's): the ARM
+        input and, with the foreground head, ARM's iterations on its maps."""
         arm_input = self.arm_input
         if arm_input is None and self.foreground and self.dataset == "ilsvrc":
             arm_input = "foreground_cam"
-        return {} if arm_input is None else {"arm_input": arm_input}
+        settings: dict[str, Any] = {} if arm_input is None else {"arm_input": arm_input}
+        if self.foreground:
+            settings.update(MAP_SETTINGS.get(arm_input or "foreground", {}))
+        return settings
 
     @property
     def resolved_teacher_hidden(self) -> int:

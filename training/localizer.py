@@ -56,6 +56,17 @@ class TrainSplitMaps:
     images: np.ndarray
 
 
+def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
+    """Several train splits as one (read into memory when there are several)."""
+    if len(parts) == 1:
+        return parts[0]
+    return TrainSplitMaps(
+        np.concatenate([np.asarray(p.features) for p in parts]),
+        np.concatenate([p.cams for p in parts]),
+        np.concatenate([np.asarray(p.images) for p in parts]),
+    )
+
+
 def empty_head(
     backbone: nn.Module, config: BackboneConfig, layers: tuple[str, ...] | None
 ) -> ForegroundHead:
@@ -296,7 +307,11 @@ def self_train(
     checkpoint: Callable[[int, ForegroundHead], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; per-round stats."""
+    """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; per-round stats.
+
+    ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
+    with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels
+    (docs/accuracy.md, "ARM and SGRM on the learned localizer's maps")."""
     history = []
     labels = bands(data.cams, cfg.cam_high, cfg.cam_low, strict=True)
     for round_index in tqdm(range(cfg.rounds + 1), desc="foreground rounds", disable=not progress):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneConfig, backbone_spec, build_backbone
-from .heads import Heads, HeadsConfig, HeadsError, classifier_heads
+from .heads import Heads, HeadsConfig, HeadsError, classifier_heads, with_foreground
 
 FEATURE_OUTPUTS = ("global", "grid", "affinity")
 HEAD_OUTPUTS = ("logits", "cam_logits", "cams")
@@ -89,8 +89,11 @@ def build_model(
     heads: Heads | None = None,
     *,
     random_init: bool = False,
+    generic_localizer: bool = True,
 ) -> LcarModel:
-    """Backbone + heads; without heads, the backbone's own classifier when it has one."""
+    """Backbone + heads; without heads, the backbone's own classifier when it has one, with
+    the generic localizer shipped for the embedded weights at this input size when there is
+    one and ``generic_localizer`` is on (:mod:`.generic_localizer`)."""
     backbone = build_backbone(config, weights, random_init=random_init)
     if heads is not None:
         check_heads_fit(heads.config, config, backbone)
@@ -106,4 +109,10 @@ def build_model(
             teacher_input="global",
         )
         heads = classifier_heads(backbone.model.classifier, heads_cfg)
+        if generic_localizer and weights is None and not random_init:
+            from .generic_localizer import load_generic_localizer
+
+            shipped = load_generic_localizer(config.name, config.input_size)
+            if shipped is not None:
+                heads = with_foreground(heads, shipped[0])
     return LcarModel(backbone, heads).eval()

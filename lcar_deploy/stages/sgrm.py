@@ -154,6 +154,10 @@ class SgrmConfig:
             ``"all"``: box of all foreground pixels.
         mask_vote: return the superpixel majority vote ``y_pred`` (eq. 13) of the final
             argmax as the mask (False: the raw argmax, the paper's output).
+        keep_reliable: the returned mask keeps ``y_cls``'s reliable pixels (eq. 12) as they
+            are, object above ``gamma_h1`` and background below ``gamma_l1``, so the net
+            re-predicts the ignored band only (:func:`keep_reliable`; False: the paper's
+            output, where up to ``stop_error`` of the reliable pixels may flip).
     """
 
     gamma_l1: float = 0.6
@@ -178,6 +182,7 @@ class SgrmConfig:
     fz_min_size: int = 32
     box_mode: BoxMode = "largest"
     mask_vote: bool = True
+    keep_reliable: bool = False
 
     max_width: ClassVar[int] = 256
     max_kernel: ClassVar[int] = 15
@@ -312,6 +317,12 @@ def sgrm_labels(
     y_cls = threshold_labels(refined, cfg.gamma_l1, cfg.gamma_h1)
     y_s_star = threshold_labels(superpixel_mean(refined, segments), cfg.gamma_l2, cfg.gamma_h2)
     return y_cls, y_s_star
+
+
+def keep_reliable(mask: np.ndarray, y_cls: np.ndarray) -> np.ndarray:
+    """The mask with ``y_cls``'s reliable pixels restored: True where ``y_cls`` is 1, False
+    where it is 0, the mask elsewhere (``SgrmConfig.keep_reliable``). (H, W) bool."""
+    return np.where(y_cls == IGNORE, mask, y_cls == 1)
 
 
 def vote(pred: torch.Tensor, segments: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
@@ -591,6 +602,8 @@ def sgrm_reference(
     if cfg.mask_vote:
         pred = vote(pred, seg, sizes)
     mask = pred.reshape(height, width).numpy().astype(bool)
+    if cfg.keep_reliable:
+        mask = keep_reliable(mask, y_cls_np)
     return SgrmResult(mask, mask_to_box(mask, cfg.box_mode), steps, converged)
 
 
@@ -818,6 +831,10 @@ def sgrm_batched(
     if cfg.mask_vote:
         masks = vote(masks.reshape(-1).long(), all_seg.reshape(-1), all_sizes).bool()
     masks_np = masks.reshape(n_images, height, width).cpu().numpy()
+    if cfg.keep_reliable:
+        masks_np = np.stack(
+            [keep_reliable(m, lab[0]) for m, lab in zip(masks_np, labels, strict=True)]
+        )
     return [
         SgrmResult(mask, mask_to_box(mask, cfg.box_mode), n_steps, done_)
         for mask, n_steps, done_ in zip(masks_np, steps, converged, strict=True)
