@@ -30,13 +30,24 @@ MAP_SETTINGS: dict[str, dict[str, Any]] = {
             "keep_reliable": True,
         },
     },
-    "foreground_cam": {},
+    "foreground_cam": {
+        "sgrm": {
+            "gamma_l1": 0.4,
+            "gamma_h1": 0.6,
+            "gamma_l2": 0.4,
+            "gamma_h2": 0.6,
+            "stop_error": 0.02,
+            "box_mode": "largest",
+            "keep_reliable": True,
+        },
+    },
 }
 """Settings (over the preset's) for ARM and SGRM on a learned localizer's maps, by the
 bundle's ``arm_input``: a bundle with a foreground head records them (trained heads, and the
-default bundle's generic localizer). The head's maps are sharper than a CAM: ARM's paper
-``k`` = 50 blurs them, and the best box threshold of the refined map is lower; blended with
-the CAM (``foreground_cam``) they are not. Measurements: docs/accuracy.md, "ARM and
+default bundle's generic localizer, over the ``classifier`` preset). The head's maps are
+sharper than a CAM: ARM's paper ``k`` = 50 blurs them, and the best box threshold of the
+refined map is lower; blended with the CAM (``foreground_cam``) ARM keeps its ``k``. SGRM's
+label bands sit around each map's best threshold, and its mask keeps the reliable pixels. Measurements: docs/accuracy.md, "ARM and
 SGRM on the learned localizer's maps"."""
 
 
