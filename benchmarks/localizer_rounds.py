@@ -15,6 +15,7 @@ generic localizer of the default bundle). The end-to-end numbers of a trained bu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -72,12 +73,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = LocalizerConfig(rounds=args.rounds, **json.loads(args.settings))
     config = default_config("efficientnet_lite0")
-    built: list[torch.nn.Module] = []
-
-    def backbone() -> torch.nn.Module:
-        if not built:
-            built.append(build_backbone(config))
-        return built[0]
+    backbone = functools.cache(lambda: build_backbone(config))  # built once, on first use
 
     head = empty_head(backbone(), config, cfg.layers)
     cache = cache_dir() / "features"

@@ -133,6 +133,14 @@ def export(
             "lcar_deploy.export.quantize.DEFAULT_CALIBRATION_COUNT).",
         ),
     ] = None,
+    localizer: Annotated[
+        bool,
+        typer.Option(
+            help="Without --heads: also export the generic class-agnostic localizer shipped "
+            "for the embedded weights (EfficientNet-Lite0 at 384), which ARM then refines "
+            "with the class CAM (docs/accuracy.md, 'A generic localizer for the default bundle')."
+        ),
+    ] = True,
     random_init: Annotated[
         bool, typer.Option(hidden=True, help="Random backbone weights (tests only).")
     ] = False,
@@ -156,6 +164,7 @@ def export(
                 formats=format.value,
                 opset=opset,
                 random_init=random_init,
+                generic_localizer=localizer,
                 quantize=quantize.value,
                 calibration_dir=calibration_images,
                 **({} if calibration_count is None else {"calibration_count": calibration_count}),

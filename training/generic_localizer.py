@@ -14,6 +14,7 @@ default export attaches (``--out``, default: the package's own file for the back
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -44,13 +45,7 @@ def make_generic_localizer(
     if threads is not None:
         torch.set_num_threads(threads)
     config = default_config(backbone)
-    built: list[torch.nn.Module] = []
-
-    def build() -> torch.nn.Module:
-        if not built:
-            built.append(build_backbone(config))
-        return built[0]
-
+    build = functools.cache(lambda: build_backbone(config))  # built once, on first use
     head = empty_head(build(), config, cfg.layers)
     pipeline = preset("default")
     parts, used = [], []
