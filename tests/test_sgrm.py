@@ -17,6 +17,9 @@ from lcar_deploy.stages.sgrm import (
     PAPER_CUB,
     AggregationNet,
     SgrmConfig,
+    _pointwise_argmax,
+    _replicate_pad,
+    _strided_patches,
     batched_forward,
     cls_pixel_weights,
     feature_channels,
@@ -32,6 +35,7 @@ from lcar_deploy.stages.sgrm import (
     sgrm_reference,
     superpixel_mean,
     superpixels,
+    superpixels_fast,
     threshold_labels,
     training_pixels,
     vote,
@@ -68,6 +72,36 @@ def test_sgrm_labels_eq12() -> None:
     np.testing.assert_array_equal(y_s_star, [[1, 1, 0], [1, 0, IGNORE]])
     y_cls, y_s_star = sgrm_labels(refined, segments, replace(PAPER_CUB, gamma_h2=0.6))  # ILSVRC
     np.testing.assert_array_equal(y_s_star, [[IGNORE, IGNORE, 0], [IGNORE, 0, IGNORE]])
+
+
+def test_superpixels_fast_equals_scikit_image() -> None:
+    """The C++ graph merge gives scikit-image's segments label for label: on a textured image,
+    on flat ones (every edge cost tied at 0), on one-pixel-wide ones and with other settings."""
+    rng = np.random.default_rng(0)
+    images = [synthetic(0, size=96)[0], synthetic(1, size=64)[0]]
+    images += [np.full((20, 30, 3), 0.5, np.float32), rng.random((1, 17, 3), dtype=np.float32)]
+    images += [rng.random((23, 1, 3), dtype=np.float32), rng.random((40, 40, 3), dtype=np.float32)]
+    for cfg in (SgrmConfig(), PAPER_CUB, SgrmConfig(fz_scale=8.0, fz_sigma=0.0, fz_min_size=3)):
+        for image in images:
+            np.testing.assert_array_equal(superpixels_fast(image, cfg), superpixels(image, cfg))
+
+
+def test_superpixels_fast_without_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lcar_deploy.stages.sgrm as sgrm
+
+    image = synthetic(0, size=48)[0]
+    monkeypatch.setattr(sgrm, "_native", lambda: None)
+    np.testing.assert_array_equal(
+        superpixels_fast(image, SgrmConfig()), superpixels(image, SgrmConfig())
+    )
+
+
+@pytest.mark.slow
+def test_superpixels_fast_on_real_images(shared_data: Path) -> None:
+    for image, _ in cub_images(shared_data, 6):
+        np.testing.assert_array_equal(
+            superpixels_fast(image, SgrmConfig()), superpixels(image, SgrmConfig())
+        )
 
 
 def test_vote_majority_ties_to_background() -> None:
@@ -177,6 +211,27 @@ def test_batched_forward_matches_module(kernels: tuple[int, ...], features: int)
     for i, init in enumerate(inits):
         logits = AggregationNet(init)(x[i : i + 1])[0].reshape(2, -1)
         torch.testing.assert_close(diff[i], logits[1] - logits[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "k"), [(1, 3), (2, 3), (3, 1), (2, 5)])
+def test_strided_patches_are_input_patches_of_those_pixels(stride: int, k: int) -> None:
+    x = torch.randn(2, 5, 13, 11, generator=torch.Generator().manual_seed(0))
+    full = input_patches(x, k)
+    padded = _replicate_pad(x, k)
+    for row in range(stride):
+        for col in range(stride):
+            pixels = torch.arange(row, 13, stride)[:, None] * 11 + torch.arange(col, 11, stride)
+            part = _strided_patches(padded, k, stride, row, col, (13, 11))
+            assert torch.equal(part, full[:, :, pixels.reshape(-1)])
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_pointwise_argmax_equals_the_full_forward(stride: int) -> None:
+    cfg = SgrmConfig(features=2, kernels=(3, 1))
+    x = torch.randn(3, 6, 17, 19, generator=torch.Generator().manual_seed(1))
+    params = [torch.stack(p) for p in zip(*(init_params(cfg, s) for s in range(3)), strict=True)]
+    expected = batched_forward(input_patches(x, 3), params, (17, 19)) > 0
+    assert torch.equal(_pointwise_argmax(x, params, 3, stride), expected)
 
 
 # ------------------------------------------------------------------------------ training loops
