@@ -263,6 +263,27 @@ py::array_t<int64_t> felzenszwalb(const DoubleArray& image, double scale, int64_
   }
   return labels;
 }
+
+void strided_patches(const FloatArray& padded, py::array_t<float, py::array::c_style> out,
+                     int64_t k, int64_t stride, int64_t row, int64_t col, int64_t rows,
+                     int64_t cols, int num_threads) {
+  if (padded.ndim() != 4) throw std::invalid_argument("padded must be (A, C, Hp, Wp)");
+  const int64_t A = padded.shape(0), C = padded.shape(1), Hp = padded.shape(2);
+  const int64_t Wp = padded.shape(3);
+  if (k < 1 || stride < 1 || row < 0 || col < 0 || rows < 0 || cols < 0 ||
+      (rows > 0 && row + k + stride * (rows - 1) > Hp) ||
+      (cols > 0 && col + k + stride * (cols - 1) > Wp)) {
+    throw std::invalid_argument("the patches do not lie inside padded");
+  }
+  if (out.ndim() != 3 || out.shape(0) != A || out.shape(1) != C * k * k ||
+      out.shape(2) != rows * cols) {
+    throw std::invalid_argument("out must be (A, C k k, rows cols) float32, C order");
+  }
+  const float* in = padded.data();
+  float* o = out.mutable_data();
+  py::gil_scoped_release release;
+  lcar::strided_patches_cpu(in, o, A, C, Hp, Wp, k, stride, row, col, rows, cols, num_threads);
+}
 #endif
 
 }  // namespace
@@ -302,5 +323,11 @@ PYBIND11_MODULE(LCAR_MODULE_NAME, m) {
   m.def("felzenszwalb", &felzenszwalb, py::arg("image"), py::arg("scale"), py::arg("min_size"),
         "SGRM's superpixels: Felzenszwalb segments (H, W) int64 of a smoothed image (H, W, C), "
         "as scikit-image's felzenszwalb after its smoothing (csrc/sgrm_cpu.h)");
+  m.def("strided_patches", &strided_patches, py::arg("padded"), py::arg("out"), py::arg("k"),
+        py::arg("stride"), py::arg("row"), py::arg("col"), py::arg("rows"), py::arg("cols"),
+        py::arg("num_threads"),
+        "SGRM's input patches: padded (A, C, Hp, Wp) -> out (A, C k k, rows cols) float32 "
+        "(written in place), F.unfold's layout, at the pixels (row + stride i, col + stride j); "
+        "num_threads <= 0: all");
 #endif
 }

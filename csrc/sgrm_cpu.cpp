@@ -2,9 +2,14 @@
 #include "sgrm_cpu.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#ifdef LCAR_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 namespace lcar {
 
@@ -39,34 +44,40 @@ inline void join_trees(int64_t* forest, int64_t n, int64_t m) {
   set_root(forest, m, root);
 }
 
-// Order of the (non-negative, so ordered as their bit patterns) costs: LSD radix sort over
-// 11-bit digits, stable, passes whose digit is the same for every key skipped.
-std::vector<int64_t> sorted_order(const std::vector<double>& costs) {
-  const int64_t n = static_cast<int64_t>(costs.size());
-  std::vector<uint64_t> keys(n);
-  std::memcpy(keys.data(), costs.data(), n * sizeof(double));
-  std::vector<int64_t> order(n), scratch(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
+// One edge of the grid: its cost's bits (costs are non-negative, so they order as their bit
+// patterns) and its index in scikit-image's edge list.
+struct Edge {
+  uint64_t key;
+  int64_t index;
+};
+
+// Sorts edges by cost, equal costs by index: LSD radix sort over 11-bit digits (stable; all
+// histograms from one read), passes whose digit is the same for every edge skipped.
+void sort_edges(std::vector<Edge>& edges) {
   constexpr int kBits = 11;
   constexpr int kBuckets = 1 << kBits;
-  std::vector<int64_t> count(kBuckets);
-  for (int shift = 0; shift < 64; shift += kBits) {
-    std::fill(count.begin(), count.end(), 0);
-    for (int64_t i = 0; i < n; ++i) ++count[(keys[i] >> shift) & (kBuckets - 1)];
-    if (n == 0 || count[(keys[0] >> shift) & (kBuckets - 1)] == n) continue;
-    int64_t total = 0;
-    for (int b = 0; b < kBuckets; ++b) {
-      const int64_t c = count[b];
-      count[b] = total;
-      total += c;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t e = order[i];
-      scratch[count[(keys[e] >> shift) & (kBuckets - 1)]++] = e;
-    }
-    order.swap(scratch);
+  constexpr int kPasses = (64 + kBits - 1) / kBits;
+  const size_t n = edges.size();
+  if (n < 2) return;
+  std::vector<std::array<size_t, kBuckets>> count(kPasses);
+  for (auto& c : count) c.fill(0);
+  for (const Edge& e : edges) {
+    for (int p = 0; p < kPasses; ++p) ++count[p][(e.key >> (p * kBits)) & (kBuckets - 1)];
   }
-  return order;
+  std::vector<Edge> scratch(n);
+  for (int p = 0; p < kPasses; ++p) {
+    auto& c = count[p];
+    const int shift = p * kBits;
+    if (c[(edges[0].key >> shift) & (kBuckets - 1)] == n) continue;
+    size_t total = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      const size_t k = c[b];
+      c[b] = total;
+      total += k;
+    }
+    for (const Edge& e : edges) scratch[c[(e.key >> shift) & (kBuckets - 1)]++] = e;
+    edges.swap(scratch);
+  }
 }
 
 }  // namespace
@@ -74,14 +85,30 @@ std::vector<int64_t> sorted_order(const std::vector<double>& costs) {
 int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, double scale,
                          int64_t min_size, int64_t* labels) {
   const int64_t n_pixels = H * W;
-  // Edges (a, b) and their costs in scikit-image's order: right, down, down-right, up-right.
-  std::vector<int64_t> ea, eb;
-  std::vector<double> costs;
-  const int64_t n_edges = H * (W - 1) + (H - 1) * W + 2 * (H - 1) * (W - 1);
-  ea.reserve(n_edges);
-  eb.reserve(n_edges);
-  costs.reserve(n_edges);
-  auto add = [&](int64_t a, int64_t b) {
+  // The edges in scikit-image's order: right (a = p + 1, b = p), down (p + W, p), down-right
+  // (p + W + 1, p), each over its pixels p row-major, then up-right (r W + c + 1, (r + 1) W + c).
+  const int64_t n_right = H * (W - 1), n_down = (H - 1) * W, n_diag = (H - 1) * (W - 1);
+  const int64_t n_edges = n_right + n_down + 2 * n_diag;
+  auto ends = [&](int64_t e, int64_t& a, int64_t& b) {
+    if (e < n_right) {
+      b = (e / (W - 1)) * W + e % (W - 1);
+      a = b + 1;
+    } else if ((e -= n_right) < n_down) {
+      b = e;
+      a = b + W;
+    } else if ((e -= n_down) < n_diag) {
+      b = (e / (W - 1)) * W + e % (W - 1);
+      a = b + W + 1;
+    } else {
+      e -= n_diag;
+      a = (e / (W - 1)) * W + e % (W - 1) + 1;
+      b = a - 1 + W;
+    }
+  };
+  std::vector<Edge> edges(n_edges);
+  for (int64_t e = 0; e < n_edges; ++e) {
+    int64_t a, b;
+    ends(e, a, b);
     const double* pa = image + a * C;
     const double* pb = image + b * C;
     double sum = 0.0;
@@ -89,53 +116,39 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
       const double d = pa[c] - pb[c];
       sum += d * d;
     }
-    ea.push_back(a);
-    eb.push_back(b);
-    costs.push_back(std::sqrt(sum));
-  };
-  for (int64_t r = 0; r < H; ++r)
-    for (int64_t c = 0; c + 1 < W; ++c) add(r * W + c + 1, r * W + c);
-  for (int64_t r = 0; r + 1 < H; ++r)
-    for (int64_t c = 0; c < W; ++c) add((r + 1) * W + c, r * W + c);
-  for (int64_t r = 0; r + 1 < H; ++r)
-    for (int64_t c = 0; c + 1 < W; ++c) add((r + 1) * W + c + 1, r * W + c);
-  for (int64_t r = 0; r + 1 < H; ++r)
-    for (int64_t c = 0; c + 1 < W; ++c) add(r * W + c + 1, (r + 1) * W + c);
-  const std::vector<int64_t> order = sorted_order(costs);
-  {  // the edges in that order, so that both passes below read them in sequence
-    std::vector<int64_t> sa(n_edges), sb(n_edges);
-    std::vector<double> sc(n_edges);
-    for (int64_t i = 0; i < n_edges; ++i) {
-      sa[i] = ea[order[i]];
-      sb[i] = eb[order[i]];
-      sc[i] = costs[order[i]];
-    }
-    ea.swap(sa);
-    eb.swap(sb);
-    costs.swap(sc);
+    const double cost = std::sqrt(sum);
+    std::memcpy(&edges[e].key, &cost, sizeof(double));
+    edges[e].index = e;
   }
+  sort_edges(edges);
 
   std::vector<int64_t> forest(n_pixels), size(n_pixels, 1);
   std::vector<double> cint(n_pixels, 0.0);
   for (int64_t i = 0; i < n_pixels; ++i) forest[i] = i;
   int64_t* f = forest.data();
   const double k = scale / 255.0;
-  for (int64_t e = 0; e < n_edges; ++e) {
-    const int64_t s0 = find_root(f, ea[e]);
-    const int64_t s1 = find_root(f, eb[e]);
+  for (const Edge& edge : edges) {
+    int64_t a, b;
+    ends(edge.index, a, b);
+    const int64_t s0 = find_root(f, a);
+    const int64_t s1 = find_root(f, b);
     if (s0 == s1) continue;
+    double cost;
+    std::memcpy(&cost, &edge.key, sizeof(double));
     const float inner0 = static_cast<float>(cint[s0] + k / static_cast<double>(size[s0]));
     const float inner1 = static_cast<float>(cint[s1] + k / static_cast<double>(size[s1]));
-    if (costs[e] < static_cast<double>(std::min(inner0, inner1))) {
+    if (cost < static_cast<double>(std::min(inner0, inner1))) {
       join_trees(f, s0, s1);
       const int64_t merged = find_root(f, s0);
       size[merged] = size[s0] + size[s1];
-      cint[merged] = costs[e];
+      cint[merged] = cost;
     }
   }
-  for (int64_t e = 0; e < n_edges; ++e) {
-    const int64_t s0 = find_root(f, ea[e]);
-    const int64_t s1 = find_root(f, eb[e]);
+  for (const Edge& edge : edges) {
+    int64_t a, b;
+    ends(edge.index, a, b);
+    const int64_t s0 = find_root(f, a);
+    const int64_t s1 = find_root(f, b);
     if (s0 == s1) continue;
     if (size[s0] < min_size || size[s1] < min_size) {
       join_trees(f, s0, s1);
@@ -152,6 +165,29 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
     labels[i] = id[root];
   }
   return n_segments;
+}
+
+void strided_patches_cpu(const float* padded, float* out, int64_t A, int64_t C, int64_t Hp,
+                         int64_t Wp, int64_t k, int64_t stride, int64_t row, int64_t col,
+                         int64_t rows, int64_t cols, int num_threads) {
+  const int64_t n_rows = A * C * k * k;
+  const int64_t n_pixels = rows * cols;
+#ifdef LCAR_HAVE_OPENMP
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(threads) schedule(static)
+#else
+  (void)num_threads;
+#endif
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const int64_t kj = r % k, ki = (r / k) % k, plane = r / (k * k);  // plane = a C + c
+    const float* src = padded + plane * Hp * Wp + (row + ki) * Wp + col + kj;
+    float* dst = out + r * n_pixels;
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* line = src + stride * i * Wp;
+      float* to = dst + i * cols;
+      for (int64_t j = 0; j < cols; ++j) to[j] = line[stride * j];
+    }
+  }
 }
 
 }  // namespace lcar

@@ -16,4 +16,13 @@ namespace lcar {
 int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, double scale,
                          int64_t min_size, int64_t* labels);
 
+// The k x k patches of padded inputs (A, C, Hp, Wp) at the pixels (row + stride i, col + stride j),
+// i < rows, j < cols (their top-left corners in the padded grid): out (A, C k k, rows cols), row
+// c k k + ki k + kj of image a holding padded[a, c, row + ki + stride i, col + kj + stride j] (the
+// layout of torch's F.unfold). The caller checks that the pixels lie inside. OpenMP over the
+// output rows (num_threads <= 0: all).
+void strided_patches_cpu(const float* padded, float* out, int64_t A, int64_t C, int64_t Hp,
+                         int64_t Wp, int64_t k, int64_t stride, int64_t row, int64_t col,
+                         int64_t rows, int64_t cols, int num_threads);
+
 }  // namespace lcar

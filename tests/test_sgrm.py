@@ -17,6 +17,7 @@ from lcar_deploy.stages.sgrm import (
     PAPER_CUB,
     AggregationNet,
     SgrmConfig,
+    _keep_rows,
     _pointwise_argmax,
     _replicate_pad,
     _strided_patches,
@@ -232,6 +233,32 @@ def test_pointwise_argmax_equals_the_full_forward(stride: int) -> None:
     params = [torch.stack(p) for p in zip(*(init_params(cfg, s) for s in range(3)), strict=True)]
     expected = batched_forward(input_patches(x, 3), params, (17, 19)) > 0
     assert torch.equal(_pointwise_argmax(x, params, 3, stride), expected)
+    # The training pixels' argmax, when given, is taken as it is (here: deliberately wrong).
+    train = training_pixels(17, 19, stride)
+    known = ~expected[:, train]
+    got = _pointwise_argmax(x, params, 3, stride, known, torch.empty(10))
+    assert torch.equal(got[:, train], known)
+    rest = torch.ones(17 * 19, dtype=torch.bool)
+    rest[train] = False
+    assert torch.equal(got[:, rest], expected[:, rest])
+
+
+def test_keep_rows_in_place() -> None:
+    rows = torch.arange(24.0).reshape(4, 2, 3)
+    expected = rows[torch.tensor([1, 3])].clone()
+    kept = _keep_rows(rows, torch.tensor([False, True, False, True]))
+    assert torch.equal(kept, expected) and kept.data_ptr() == rows.data_ptr()
+
+
+def test_strided_patches_refuses_pixels_outside() -> None:
+    module = pytest.importorskip("lcar_deploy._arm_cpu")
+    padded = np.zeros((1, 2, 6, 6), np.float32)
+    out = np.zeros((1, 18, 4), np.float32)
+    module.strided_patches(padded, out, 3, 2, 1, 1, 2, 2, 1)  # padded rows 1..5: inside
+    with pytest.raises(ValueError, match="inside"):
+        module.strided_patches(padded, out, 3, 2, 2, 0, 2, 2, 1)  # rows 2..6 of 0..5
+    with pytest.raises(ValueError, match="out must be"):
+        module.strided_patches(padded, np.zeros((1, 18, 9), np.float32), 3, 2, 0, 0, 2, 2, 1)
 
 
 # ------------------------------------------------------------------------------ training loops

@@ -650,7 +650,13 @@ def input_patches(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _strided_patches(
-    padded: torch.Tensor, k: int, stride: int, row: int, col: int, size: tuple[int, int]
+    padded: torch.Tensor,
+    k: int,
+    stride: int,
+    row: int,
+    col: int,
+    size: tuple[int, int],
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`input_patches` of the pixels in rows ``row``, ``row + stride``, ... and columns
     ``col``, ``col + stride``, ... only: the same values, in row-major order of those pixels.
@@ -658,40 +664,73 @@ def _strided_patches(
     Args:
         padded: (A, C, H + k - 1, W + k - 1) inputs, replicate-padded (``_replicate_pad``).
         size: ``(H, W)``.
+        buffer: float32 CPU storage of at least the result's size to write them into (fresh
+            memory is slow to touch, and these are tens of MB).
 
     Returns:
-        (A, C k^2, ceil((H - row) / stride) * ceil((W - col) / stride)).
+        (A, C k^2, ceil((H - row) / stride) * ceil((W - col) / stride)), a view of ``buffer``
+        when given and used.
     """
     height, width = size
     n_nets, channels = padded.shape[:2]
     rows, cols = -(-(height - row) // stride), -(-(width - col) // stride)
-    if padded.device.type != "cpu":
+    shape = (n_nets, channels * k * k, rows * cols)
+    module = _native()
+    if padded.device.type != "cpu" or module is None:  # F.unfold's im2col: slower on CPU
         return F.unfold(padded[:, :, row:, col:], k, stride=stride)
-    # A strided copy of a window view: F.unfold's im2col is several times slower on CPU.
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded.numpy()[:, :, row:, col:], (k, k), axis=(2, 3)
-    )[:, :, ::stride, ::stride][:, :, :rows, :cols]
-    patches = np.ascontiguousarray(windows.transpose(0, 1, 4, 5, 2, 3))
-    return torch.from_numpy(patches).reshape(n_nets, channels * k * k, rows * cols)
+    if buffer is None:
+        out = torch.empty(shape)
+    else:
+        out = buffer.reshape(-1)[: shape[0] * shape[1] * shape[2]].view(shape)
+    module.strided_patches(
+        padded.numpy(), out.numpy(), k, stride, row, col, rows, cols, torch.get_num_threads()
+    )
+    return out
+
+
+def _keep_rows(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``rows[keep]`` for a contiguous tensor, moved to the front of its own memory (a view;
+    ``rows`` is overwritten): no fresh memory to touch."""
+    kept = torch.nonzero(keep).flatten().tolist()
+    for new, old in enumerate(kept):
+        if new != old:
+            rows[new].copy_(rows[old])
+    return rows[: len(kept)]
 
 
 def _pointwise_argmax(
-    x: torch.Tensor, params: Sequence[torch.Tensor], k: int, stride: int
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    k: int,
+    stride: int,
+    known: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``batched_forward(input_patches(x, k), params, size) > 0`` for nets whose later layers
     are all 1x1, without the full grid's patches: the pixels go through in ``stride`` x
     ``stride`` interleaved sub-grids (each pixel's logits are its own patch's; the same sums).
+    ``known``: (A, M) the argmax at the training pixels (:func:`training_pixels`), already
+    computed with these weights; that sub-grid is then not computed again. ``buffer``: float32
+    CPU storage the patches may be written into (:func:`_strided_patches`).
 
     Returns:
         (A, H * W) bool.
     """
-    n_nets, _, height, width = x.shape
+    n_nets, channels, height, width = x.shape
     padded = _replicate_pad(x, k)
     out = torch.empty(n_nets, height, width, dtype=torch.bool, device=x.device)
+    largest = n_nets * channels * k * k * -(-height // stride) * -(-width // stride)
+    if x.device.type != "cpu":
+        buffer = None
+    elif buffer is None or buffer.numel() < largest:
+        buffer = torch.empty(largest)
     for row in range(stride):
         for col in range(stride):
             sub = out[:, row::stride, col::stride]
-            patches = _strided_patches(padded, k, stride, row, col, (height, width))
+            if known is not None and row == col == stride // 2:
+                sub.copy_(known.reshape(sub.shape))
+                continue
+            patches = _strided_patches(padded, k, stride, row, col, (height, width), buffer)
             diff = batched_forward(patches, params, (sub.shape[1], sub.shape[2]))
             sub.copy_((diff > 0).reshape(sub.shape))
     return out.reshape(n_nets, -1)
@@ -862,12 +901,14 @@ def sgrm_batched(
         else input_patches(x, cfg.kernels[0])
     )
     n_train = len(train)
+    storage = patches  # the training patches' memory, reused for the final argmax's
 
     inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
     buffers = [torch.zeros_like(p) for p in params]
 
     final: list[list[torch.Tensor]] = [[] for _ in range(n_images)]  # each net's last weights
+    final_pred: list[torch.Tensor] = [torch.empty(0)] * n_images  # and their training argmax
     steps = [cfg.max_steps] * n_images
     converged = [False] * n_images
     index = list(range(n_images))  # original index of each row still training
@@ -884,6 +925,7 @@ def sgrm_batched(
                 steps[i], converged[i] = step, True
             if finished or last:
                 final[i] = [p.detach()[row].clone() for p in params]
+                final_pred[i] = pred[row] > 0
         if last:
             break
         keep = ~done
@@ -898,7 +940,7 @@ def sgrm_batched(
                 p.sub_(cfg.lr * buf)
         if any(done_list):  # drop the finished images from the batch
             index = [i for i, finished in zip(index, done_list, strict=True) if not finished]
-            patches, seg = patches[keep], seg[keep]
+            patches, seg = _keep_rows(patches, keep), seg[keep]
             y_cls, y_s_star, w_pos, w_neg = y_cls[keep], y_s_star[keep], w_pos[keep], w_neg[keep]
             params = [p.detach()[keep].requires_grad_() for p in params]
             buffers = [buf[keep] for buf in buffers]
@@ -906,7 +948,8 @@ def sgrm_batched(
     with torch.no_grad():  # every net's argmax at every pixel
         weights = [torch.stack(p) for p in zip(*final, strict=True)]
         if pointwise:
-            masks = _pointwise_argmax(x, weights, cfg.kernels[0], stride)
+            known = torch.stack(final_pred)
+            masks = _pointwise_argmax(x, weights, cfg.kernels[0], stride, known, storage)
         else:
             full = input_patches(x, cfg.kernels[0])
             masks = batched_forward(full, weights, (height, width)) > 0
