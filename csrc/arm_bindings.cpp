@@ -243,23 +243,26 @@ py::array_t<float> refine(const FloatArray& e_h, const FloatArray& images,
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
-py::array_t<int64_t> felzenszwalb(const DoubleArray& image, double scale, int64_t min_size) {
-  if (image.ndim() != 3 || image.shape(0) < 1 || image.shape(1) < 1 || image.shape(2) < 1) {
-    throw std::invalid_argument("image must be (H, W, C) with no empty dimension");
+py::array_t<int64_t> felzenszwalb(const DoubleArray& images, double scale, int64_t min_size,
+                                  int num_threads) {
+  if (images.ndim() != 4 || images.shape(0) < 1 || images.shape(1) < 1 || images.shape(2) < 1 ||
+      images.shape(3) < 1) {
+    throw std::invalid_argument("images must be (B, H, W, C) with no empty dimension");
   }
   if (!(scale > 0.0) || min_size < 1) {
     throw std::invalid_argument("scale must be > 0 and min_size >= 1");
   }
-  const py::ssize_t H = image.shape(0), W = image.shape(1), C = image.shape(2);
-  const double* p = image.data();
-  for (py::ssize_t i = 0; i < image.size(); ++i) {
-    if (!std::isfinite(p[i])) throw std::invalid_argument("image contains NaN or inf");
+  const py::ssize_t B = images.shape(0), H = images.shape(1), W = images.shape(2);
+  const py::ssize_t C = images.shape(3);
+  const double* p = images.data();
+  for (py::ssize_t i = 0; i < images.size(); ++i) {
+    if (!std::isfinite(p[i])) throw std::invalid_argument("images contain NaN or inf");
   }
-  py::array_t<int64_t> labels({H, W});
+  py::array_t<int64_t> labels({B, H, W});
   int64_t* out = labels.mutable_data();
   {
     py::gil_scoped_release release;
-    lcar::felzenszwalb_cpu(p, H, W, C, scale, min_size, out);
+    lcar::felzenszwalb_batch_cpu(p, B, H, W, C, scale, min_size, out, num_threads);
   }
   return labels;
 }
@@ -320,9 +323,11 @@ PYBIND11_MODULE(LCAR_MODULE_NAME, m) {
         py::arg("num_threads"),
         "Eqs. 7-9 then min-max: e_h (B, H, W), images (B, 3, H, W) -> (B, H, W) in [0, 1]; "
         "num_threads <= 0: all");
-  m.def("felzenszwalb", &felzenszwalb, py::arg("image"), py::arg("scale"), py::arg("min_size"),
-        "SGRM's superpixels: Felzenszwalb segments (H, W) int64 of a smoothed image (H, W, C), "
-        "as scikit-image's felzenszwalb after its smoothing (csrc/sgrm_cpu.h)");
+  m.def("felzenszwalb", &felzenszwalb, py::arg("images"), py::arg("scale"), py::arg("min_size"),
+        py::arg("num_threads"),
+        "SGRM's superpixels: Felzenszwalb segments (B, H, W) int64 of smoothed images "
+        "(B, H, W, C), as scikit-image's felzenszwalb after its smoothing (csrc/sgrm_cpu.h); "
+        "num_threads <= 0: all");
   m.def("strided_patches", &strided_patches, py::arg("padded"), py::arg("out"), py::arg("k"),
         py::arg("stride"), py::arg("row"), py::arg("col"), py::arg("rows"), py::arg("cols"),
         py::arg("num_threads"),

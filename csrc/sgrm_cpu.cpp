@@ -167,6 +167,19 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
   return n_segments;
 }
 
+void felzenszwalb_batch_cpu(const double* images, int64_t B, int64_t H, int64_t W, int64_t C,
+                            double scale, int64_t min_size, int64_t* labels, int num_threads) {
+#ifdef LCAR_HAVE_OPENMP
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+#else
+  (void)num_threads;
+#endif
+  for (int64_t b = 0; b < B; ++b) {
+    felzenszwalb_cpu(images + b * H * W * C, H, W, C, scale, min_size, labels + b * H * W);
+  }
+}
+
 void strided_patches_cpu(const float* padded, float* out, int64_t A, int64_t C, int64_t Hp,
                          int64_t Wp, int64_t k, int64_t stride, int64_t row, int64_t col,
                          int64_t rows, int64_t cols, int num_threads) {

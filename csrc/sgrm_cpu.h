@@ -16,6 +16,11 @@ namespace lcar {
 int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, double scale,
                          int64_t min_size, int64_t* labels);
 
+// felzenszwalb_cpu on each of B images (B, H, W, C) -> labels (B, H * W); OpenMP over the images
+// (num_threads <= 0: all).
+void felzenszwalb_batch_cpu(const double* images, int64_t B, int64_t H, int64_t W, int64_t C,
+                            double scale, int64_t min_size, int64_t* labels, int num_threads);
+
 // The k x k patches of padded inputs (A, C, Hp, Wp) at the pixels (row + stride i, col + stride j),
 // i < rows, j < cols (their top-left corners in the padded grid): out (A, C k k, rows cols), row
 // c k k + ki k + kj of image a holding padded[a, c, row + ki + stride i, col + kj + stride j] (the

@@ -36,6 +36,7 @@ from lcar_deploy.stages.sgrm import (
     sgrm_reference,
     superpixel_mean,
     superpixels,
+    superpixels_batch,
     superpixels_fast,
     threshold_labels,
     training_pixels,
@@ -85,6 +86,13 @@ def test_superpixels_fast_equals_scikit_image() -> None:
     for cfg in (SgrmConfig(), PAPER_CUB, SgrmConfig(fz_scale=8.0, fz_sigma=0.0, fz_min_size=3)):
         for image in images:
             np.testing.assert_array_equal(superpixels_fast(image, cfg), superpixels(image, cfg))
+
+
+def test_superpixels_batch_on_two_threads() -> None:
+    images = np.stack([synthetic(seed, size=64)[0] for seed in (0, 1, 2)])
+    batch = superpixels_batch(images, SgrmConfig(), threads=2)
+    for image, segments in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(segments, superpixels(image, SgrmConfig()))
 
 
 def test_superpixels_fast_without_the_module(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -277,22 +277,26 @@ def _native() -> ModuleType | None:
 
 
 def superpixels_fast(image: np.ndarray, cfg: SgrmConfig) -> np.ndarray:
-    """:func:`superpixels`, label for label, about three times faster: scikit-image's own
+    """:func:`superpixels`, label for label, about four times faster: scikit-image's own
     Gaussian smoothing, then the graph merge in C++ (``csrc/sgrm_cpu.h``); :func:`superpixels`
     itself where the C++ module is not built."""
+    return superpixels_batch(image[None], cfg)[0]
+
+
+def superpixels_batch(images: np.ndarray, cfg: SgrmConfig, threads: int = 1) -> list[np.ndarray]:
+    """:func:`superpixels_fast` of each of (B, H, W, 3) images, the graph merges on ``threads``
+    threads."""
     module = _native()
     if module is None:
-        return superpixels(image, cfg)
+        return [superpixels(image, cfg) for image in images]
     from skimage.filters import gaussian
     from skimage.util import img_as_float64
 
-    smooth = gaussian(
-        img_as_float64(image),
-        sigma=[cfg.fz_sigma, cfg.fz_sigma, 0],
-        mode="reflect",
-        channel_axis=-1,
+    sigma = [cfg.fz_sigma, cfg.fz_sigma, 0]
+    smooth = np.stack(
+        [gaussian(img_as_float64(i), sigma=sigma, mode="reflect", channel_axis=-1) for i in images]
     )
-    return module.felzenszwalb(smooth, cfg.fz_scale, cfg.fz_min_size)
+    return list(module.felzenszwalb(smooth, cfg.fz_scale, cfg.fz_min_size, threads))
 
 
 def superpixel_mean(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -858,7 +862,7 @@ def sgrm_batched(
     n_images, height, width = refined.shape
     seeds = [0] * n_images if seeds is None else list(seeds)
     if segments is None:
-        segments = [superpixels_fast(image, cfg) for image in images]
+        segments = superpixels_batch(images, cfg, torch.get_num_threads())
 
     # Labels on the CPU, then everything on the device as (B, M) rows over the M training
     # pixels (training_pixels; M = H * W for train_stride 1).
