@@ -192,7 +192,7 @@ def map_batches(
             busy = dict.fromkeys((STAGE_PREPARE, STAGE_FINISH), 0.0)
             results = _pipelined(cast(SplitTask, task), batches, local, torch_threads, busy)
             return Mapped(results, list(local.providers), busy)
-        return Mapped(_in_this_process(task, batches, local), list(local.providers))
+        return Mapped(_in_this_process(task, batches, local, threads), list(local.providers))
     workers = max(1, min(workers, len(batches)))
     providers: list[str] = []
     if run_on == "process":
@@ -203,11 +203,33 @@ def map_batches(
     return Mapped(results, providers)
 
 
+@contextlib.contextmanager
+def compute_threads(count: int | None) -> Iterator[None]:
+    """torch's threads and those of the BLAS and OpenMP libraries loaded (threadpoolctl) at
+    ``count`` for the block, then as they were (None: unchanged). On a busy machine a pool
+    larger than the cores it gets waits for its slowest thread at every operation: SGRM ran
+    several times slower with 2 threads than with 1 on a loaded 2-core machine."""
+    if count is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(count):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _in_this_process(
-    task: Task[B, R], batches: Sequence[B], localizer: Localizer
+    task: Task[B, R], batches: Sequence[B], localizer: Localizer, threads: int | None
 ) -> Generator[R, None, None]:
-    for batch in batches:
-        yield task(localizer, batch)
+    with compute_threads(threads):
+        for batch in batches:
+            yield task(localizer, batch)
 
 
 _DONE = object()
@@ -232,12 +254,10 @@ def _pipelined(
     busy: dict[str, float],
 ) -> Generator[R, None, None]:
     """``task`` on every batch in order: a prefetch thread runs ``prepare`` (at most
-    :data:`PREFETCHED` batches ahead), this thread ``finish`` with ``torch_threads`` torch
-    threads (restored at the end). An exception of ``prepare`` is raised here, in turn; on an
+    :data:`PREFETCHED` batches ahead), this thread ``finish`` with ``torch_threads`` threads
+    (:func:`compute_threads`). An exception of ``prepare`` is raised here, in turn; on an
     exception here, Ctrl-C or ``close()``, the prefetch thread stops after its current batch
     and is joined before this returns."""
-    import torch
-
     handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=PREFETCHED)
     stop = threading.Event()
 
@@ -256,28 +276,26 @@ def _pipelined(
             return
         _offer(handoff, (True, _DONE), stop)
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
-    thread = threading.Thread(target=prefetch, name="lcar-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, prepared = handoff.get()
-            if not ok:
-                raise prepared
-            if prepared is _DONE:
-                return
-            tick = time.perf_counter()
-            result = task.finish(localizer, prepared)
-            busy[STAGE_FINISH] += time.perf_counter() - tick
-            yield result
-    finally:
-        stop.set()
-        while thread.is_alive():  # it may be waiting for room: make some
-            with contextlib.suppress(queue.Empty):
-                handoff.get_nowait()
-            thread.join(timeout=0.05)
-        torch.set_num_threads(previous)
+    with compute_threads(torch_threads):
+        thread = threading.Thread(target=prefetch, name="lcar-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                ok, prepared = handoff.get()
+                if not ok:
+                    raise prepared
+                if prepared is _DONE:
+                    return
+                tick = time.perf_counter()
+                result = task.finish(localizer, prepared)
+                busy[STAGE_FINISH] += time.perf_counter() - tick
+                yield result
+        finally:
+            stop.set()
+            while thread.is_alive():  # it may be waiting for room: make some
+                with contextlib.suppress(queue.Empty):
+                    handoff.get_nowait()
+                thread.join(timeout=0.05)
 
 
 class _Worker:
