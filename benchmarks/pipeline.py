@@ -1,11 +1,16 @@
-"""Per-stage speed of every method, and SGRM's reference loop vs its fast path, in one run.
+"""Per-stage speed of every method, SGRM's reference loop vs its fast path, and localize's
+throughput with and without the pipelined engine, in one run.
 
     python benchmarks/pipeline.py [--bundle DIR] [--images 50] [--threads 2] [--batch-size 8]
 
 Runs on the first N CUB test images of ../shared/data (or $LCAR_SHARED_DATA), all methods
-sharing one pass (the stages they have in common run once, as in `lcar-deploy eval`), then
-times SGRM alone on the same refined maps: reference loop (one image at a time) vs batched,
-and the backbone + CAM stages with and without the test-time flip (PipelineConfig.flip).
+sharing one pass (the stages they have in common run once, as in `lcar-deploy eval`), and
+prints ms/image of each stage, of each method, and ``lcar`` over the backbone with the
+test-time flip (the ``backbone`` stage). Then times SGRM alone on the same refined maps
+(reference loop, one image at a time, vs batched; masks compared), the backbone + CAM stages
+with and without the flip (PipelineConfig.flip), and `localize`'s steady-state throughput
+(method lcar, from the second batch's result on) with the plain loop and pipelined
+(lcar_deploy.engines: decoding and the backbone of the next batch on a second thread).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from lcar_deploy.bundle import load_bundle
 from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb
+from lcar_deploy.localize import LocalizeOptions, localize_results
 from lcar_deploy.names import METHODS, STAGES
-from lcar_deploy.pipeline import Localizer
+from lcar_deploy.pipeline import Localizer, LocalizerSpec
 from lcar_deploy.stages.sgrm import sgrm_batched, sgrm_reference
 
 
@@ -74,6 +80,12 @@ def main() -> None:
         stages = STAGES[: 2 + METHODS.index(method)]
         print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}")
     print(f"SGRM mean steps to stop: {np.mean(steps):.1f}")
+    lcar_ms = sum(stage_ms[s] for s in STAGES[: 2 + METHODS.index("lcar")]) / n
+    backbone_ms = stage_ms["backbone"] / n
+    print(
+        f"lcar / backbone with flip: {lcar_ms:.1f} / {backbone_ms:.1f} = "
+        f"{lcar_ms / backbone_ms:.2f}"
+    )
 
     cam_ms = {}
     for flip in (False, True):
@@ -114,10 +126,30 @@ def main() -> None:
         (a.mask & b.mask).sum() / max((a.mask | b.mask).sum(), 1)
         for a, b in zip(ref, fast, strict=True)
     ]
+    same = sum(np.array_equal(a.mask, b.mask) for a, b in zip(ref, fast, strict=True))
     print(
         f"\nSGRM reference {1000 * t_ref:.0f} ms/image, fast path {1000 * t_fast:.0f} ms/image, "
-        f"speed-up {t_ref / t_fast:.1f}x, mask IoU fast vs reference {np.mean(ious):.3f}"
+        f"speed-up {t_ref / t_fast:.1f}x, mask IoU fast vs reference {np.mean(ious):.3f} "
+        f"({same} of {n} masks equal)"
     )
+
+    spec = LocalizerSpec(bundle, replace(config, method="lcar"), "cpu")
+    todo = [(r.path, r.path.name, None) for r in data]
+    options = LocalizeOptions(batch_size=args.batch_size)
+    print(f"\nlocalize, method lcar, {n} images, {args.threads} threads (steady state)")
+    print(f"{'engine local':<22}{'img/s':>8}{'ms/image':>10}   busy")
+    for overlap in (False, True):
+        results = localize_results(spec, todo, options, threads=args.threads, overlap=overlap)
+        start = time.perf_counter()
+        first = start
+        for count, _ in enumerate(results, 1):
+            if count == args.batch_size:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        rate = (n - args.batch_size) / (end - first)
+        busy = ", ".join(f"{k} {100 * v / (end - start):.0f}%" for k, v in results.busy.items())
+        name = "pipelined" if overlap else "plain loop"
+        print(f"{name:<22}{rate:>8.2f}{1000 / rate:>10.1f}   {busy or '-'}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@
 #include <cmath>
 
 #include "arm_cpu.h"
+#include "sgrm_cpu.h"
 #define LCAR_MODULE_NAME _arm_cpu
 #endif
 
@@ -239,6 +240,53 @@ py::array_t<float> refine(const FloatArray& e_h, const FloatArray& images,
   }
   return out;
 }
+
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::array_t<int64_t> felzenszwalb(const DoubleArray& images, double scale, int64_t min_size,
+                                  int num_threads) {
+  if (images.ndim() != 4 || images.shape(0) < 1 || images.shape(1) < 1 || images.shape(2) < 1 ||
+      images.shape(3) < 1) {
+    throw std::invalid_argument("images must be (B, H, W, C) with no empty dimension");
+  }
+  if (!(scale > 0.0) || min_size < 1) {
+    throw std::invalid_argument("scale must be > 0 and min_size >= 1");
+  }
+  const py::ssize_t B = images.shape(0), H = images.shape(1), W = images.shape(2);
+  const py::ssize_t C = images.shape(3);
+  const double* p = images.data();
+  for (py::ssize_t i = 0; i < images.size(); ++i) {
+    if (!std::isfinite(p[i])) throw std::invalid_argument("images contain NaN or inf");
+  }
+  py::array_t<int64_t> labels({B, H, W});
+  int64_t* out = labels.mutable_data();
+  {
+    py::gil_scoped_release release;
+    lcar::felzenszwalb_batch_cpu(p, B, H, W, C, scale, min_size, out, num_threads);
+  }
+  return labels;
+}
+
+void strided_patches(const FloatArray& padded, py::array_t<float, py::array::c_style> out,
+                     int64_t k, int64_t stride, int64_t row, int64_t col, int64_t rows,
+                     int64_t cols, int num_threads) {
+  if (padded.ndim() != 4) throw std::invalid_argument("padded must be (A, C, Hp, Wp)");
+  const int64_t A = padded.shape(0), C = padded.shape(1), Hp = padded.shape(2);
+  const int64_t Wp = padded.shape(3);
+  if (k < 1 || stride < 1 || row < 0 || col < 0 || rows < 0 || cols < 0 ||
+      (rows > 0 && row + k + stride * (rows - 1) > Hp) ||
+      (cols > 0 && col + k + stride * (cols - 1) > Wp)) {
+    throw std::invalid_argument("the patches do not lie inside padded");
+  }
+  if (out.ndim() != 3 || out.shape(0) != A || out.shape(1) != C * k * k ||
+      out.shape(2) != rows * cols) {
+    throw std::invalid_argument("out must be (A, C k k, rows cols) float32, C order");
+  }
+  const float* in = padded.data();
+  float* o = out.mutable_data();
+  py::gil_scoped_release release;
+  lcar::strided_patches_cpu(in, o, A, C, Hp, Wp, k, stride, row, col, rows, cols, num_threads);
+}
 #endif
 
 }  // namespace
@@ -274,6 +322,17 @@ PYBIND11_MODULE(LCAR_MODULE_NAME, m) {
   m.def("refine", &refine, py::arg("e_h"), py::arg("images"), py::arg("params"),
         py::arg("num_threads"),
         "Eqs. 7-9 then min-max: e_h (B, H, W), images (B, 3, H, W) -> (B, H, W) in [0, 1]; "
+        "num_threads <= 0: all");
+  m.def("felzenszwalb", &felzenszwalb, py::arg("images"), py::arg("scale"), py::arg("min_size"),
+        py::arg("num_threads"),
+        "SGRM's superpixels: Felzenszwalb segments (B, H, W) int64 of smoothed images "
+        "(B, H, W, C), as scikit-image's felzenszwalb after its smoothing (csrc/sgrm_cpu.h); "
+        "num_threads <= 0: all");
+  m.def("strided_patches", &strided_patches, py::arg("padded"), py::arg("out"), py::arg("k"),
+        py::arg("stride"), py::arg("row"), py::arg("col"), py::arg("rows"), py::arg("cols"),
+        py::arg("num_threads"),
+        "SGRM's input patches: padded (A, C, Hp, Wp) -> out (A, C k k, rows cols) float32 "
+        "(written in place), F.unfold's layout, at the pixels (row + stride i, col + stride j); "
         "num_threads <= 0: all");
 #endif
 }

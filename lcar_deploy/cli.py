@@ -235,6 +235,10 @@ ENGINE_HELP = (
 )
 WORKERS_HELP = "Worker processes or Ray actors; more than 1 with --engine local means process."
 THREADS_HELP = "CPU threads in all, split over the workers (default: all cores; ray: 1 per actor)."
+OVERLAP_HELP = (
+    "Engine local, 2 threads or more: decode and run the backbone of the next batch on a second "
+    "thread while this one finishes the current batch (same results); --no-overlap: one loop."
+)
 
 
 def run_engine(engine: Engine, workers: int, device: Device) -> tuple[str, Device]:
@@ -285,6 +289,7 @@ def localize(
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     save_masks: Annotated[bool, typer.Option(help="Write OUT/masks/*.png.")] = False,
     overlays: Annotated[bool, typer.Option(help="Write OUT/overlays/*.jpg (box + mask).")] = False,
     class_id: Annotated[
@@ -334,6 +339,7 @@ def localize(
     import signal
     import threading
 
+    from .engines import stage_threads
     from .image_io import IMAGE_EXTENSIONS, image_extensions
     from .localize import (
         LocalizeOptions,
@@ -366,7 +372,7 @@ def localize(
             spec.bundle.class_index(class_id)
         known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle, out)
         # The local session is built now: its errors come before the output folder is touched.
-        localizer = spec.build(threads) if run_on == "local" else spec
+        localizer = spec.build(stage_threads(threads, overlap)[0]) if run_on == "local" else spec
     except LcarError as exc:
         raise fail(str(exc)) from None
     options = LocalizeOptions(
@@ -400,6 +406,7 @@ def localize(
             workers=workers,
             threads=threads,
             address=address,
+            overlap=overlap,
         )
     except (LcarError, ConnectionError) as exc:
         raise fail(str(exc)) from None
@@ -431,6 +438,11 @@ def localize(
         f"{stats['images_per_second'] or 0:.2f} img/s",
         f"providers {summary.providers}",
         f"mean ms/stage {stats['mean_ms_per_stage']}",
+        *(
+            ["busy " + ", ".join(f"{k} {v:.0f}%" for k, v in summary.busy_percent.items())]
+            if summary.busy_percent
+            else []
+        ),
         f"results in {out / 'predictions.jsonl'}",
     ]
     typer.echo("; ".join(parts), err=True)
@@ -533,6 +545,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     workers: Annotated[int, typer.Option(min=1, help=WORKERS_HELP)] = 1,
     threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
@@ -570,6 +583,7 @@ def evaluate(
             workers=workers,
             threads=threads,
             address=address,
+            overlap=overlap,
             progress=not quiet,
             command=" ".join(sys.argv),
             notify=notify,

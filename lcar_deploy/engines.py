@@ -13,6 +13,13 @@ to do with one batch) over a list of batches and yields one result per batch, in
   node needs lcar-deploy installed and must see the bundle and the images at the driver's
   paths. Ray is imported only when this engine runs (extra ``lcar-deploy[distributed]``).
 
+The ``local`` engine pipelines a task that comes in two halves (``prepare``: decoding and
+the backbone; ``finish``: the stages after it), when it has two threads or more: a second
+thread prepares the next batches (at most :data:`PREFETCHED` ahead, so memory stays flat) while
+this one finishes the current batch. onnxruntime, the C++ stages and torch release the GIL, so
+the two run at once; the results are those of the plain loop, in the same order. Its
+:attr:`Mapped.busy` says how long each half ran.
+
 Batches and results cross process boundaries pickled as they are. A bounded number of batches
 is in flight (submitted, or done and waiting for their turn), so memory stays flat however
 many batches there are. ``threads`` is the CPU threads in all, split over the workers.
@@ -28,8 +35,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -47,6 +57,11 @@ R_co = TypeVar("R_co", covariant=True)
 B_contra = TypeVar("B_contra", contravariant=True)
 
 RAY_MISSING = "the ray engine needs Ray, which is not installed: install lcar-deploy[distributed]"
+PREFETCHED = 1
+"""Batches the ``local`` engine's prefetch thread may hold prepared beyond the one being
+finished (and the one it is preparing)."""
+STAGE_PREPARE = "decode+backbone"
+STAGE_FINISH = "post-processing"
 IN_FLIGHT_PER_WORKER = 2
 """Batches submitted or waiting for their turn, per worker: enough to keep every worker busy
 while the next result in order is still being computed."""
@@ -62,17 +77,34 @@ class Task(Protocol[B_contra, R_co]):
     def __call__(self, localizer: Localizer, batch: B_contra) -> R_co: ...
 
 
+class SplitTask(Task[B_contra, R_co], Protocol[B_contra, R_co]):
+    """A task in two halves the ``local`` engine can run on two threads:
+    ``finish(localizer, prepare(localizer, batch))`` is the call's result."""
+
+    def prepare(self, localizer: Localizer, batch: B_contra) -> Any: ...
+
+    def finish(self, localizer: Localizer, prepared: Any) -> R_co: ...
+
+
 class Mapped(Generic[R]):
     """The results of :func:`map_batches`, in input order.
 
     providers: the onnxruntime providers of the workers' sessions (every provider any worker
     used, in the order they list them), known once a worker has answered (the ``local`` engine:
-    at once). ``close()`` stops the workers; iterating to the end does too.
+    at once). busy: seconds each stage of the ``local`` engine has run so far
+    (:data:`STAGE_PREPARE` and :data:`STAGE_FINISH` for a pipelined task; empty for the other
+    engines). ``close()`` stops the workers; iterating to the end does too.
     """
 
-    def __init__(self, results: Generator[R, None, None], providers: list[str]) -> None:
+    def __init__(
+        self,
+        results: Generator[R, None, None],
+        providers: list[str],
+        busy: dict[str, float] | None = None,
+    ) -> None:
         self._results = results
         self.providers = providers
+        self.busy = {} if busy is None else busy
 
     def __iter__(self) -> Mapped[R]:
         return self
@@ -93,7 +125,7 @@ class Mapped(Generic[R]):
             finally:
                 self._results.close()
 
-        return Mapped(flat(), self.providers)
+        return Mapped(flat(), self.providers, self.busy)
 
 
 def resolve_engine(engine: str, workers: int) -> Engine:
@@ -117,6 +149,18 @@ def worker_threads(engine: Engine, workers: int, threads: int | None) -> int | N
     return max(1, (threads or os.cpu_count() or 1) // workers)
 
 
+def stage_threads(threads: int | None, overlap: bool = True) -> tuple[int | None, int | None]:
+    """(threads of the ``local`` engine's localizer, torch threads of its post-processing) for
+    ``threads`` in all (None: this machine's cores). Pipelined (``overlap`` and two threads or
+    more), the backbone's session and the C++ stages get half of them, torch the other half;
+    otherwise ``(threads, None)``: the localizer gets them all and torch keeps its own number.
+    """
+    total = threads if threads is not None else os.cpu_count() or 1
+    if not overlap or total < 2:
+        return threads, None
+    return total // 2, total - total // 2
+
+
 def map_batches(
     task: Task[B, R],
     batches: Sequence[B],
@@ -126,20 +170,29 @@ def map_batches(
     threads: int | None = None,
     address: str | None = None,
     localizer: Localizer | None = None,
+    overlap: bool = True,
 ) -> Mapped[R]:
     """``task`` on every batch, by ``engine``: one result per batch, in the order of ``batches``.
 
     ``workers``: processes or actors (no more than there are batches); ``threads``: CPU threads
     in all (:func:`worker_threads`); ``address``: the Ray cluster (None: a private local one).
-    ``localizer``: the ``local`` engine's (default: built from ``task.spec`` now). Ray is
-    checked now (:class:`EngineError` naming the extra); workers start on the first result
-    asked for. Ray actors run on CPU, whatever ``task.spec.device`` says.
+    ``localizer``: the ``local`` engine's (default: built from ``task.spec`` now, with
+    :func:`stage_threads`' share of the threads). ``overlap``: the ``local`` engine pipelines
+    a :class:`SplitTask` on two threads (module docstring) when it has two threads or more.
+    Ray is checked now (:class:`EngineError` naming the extra); workers start on the first
+    result asked for. Ray actors run on CPU, whatever ``task.spec.device`` says.
     """
     run_on = resolve_engine(engine, workers)
     per_worker = worker_threads(run_on, workers, threads)
     if run_on == "local":
-        local = localizer or task.spec.build(per_worker)
-        return Mapped(_in_this_process(task, batches, local), list(local.providers))
+        local_threads, torch_threads = stage_threads(threads, overlap)
+        local = localizer or task.spec.build(local_threads)
+        split = callable(getattr(task, "prepare", None)) and callable(getattr(task, "finish", None))
+        if torch_threads is not None and split:
+            busy = dict.fromkeys((STAGE_PREPARE, STAGE_FINISH), 0.0)
+            results = _pipelined(cast(SplitTask, task), batches, local, torch_threads, busy)
+            return Mapped(results, list(local.providers), busy)
+        return Mapped(_in_this_process(task, batches, local, threads), list(local.providers))
     workers = max(1, min(workers, len(batches)))
     providers: list[str] = []
     if run_on == "process":
@@ -150,11 +203,99 @@ def map_batches(
     return Mapped(results, providers)
 
 
+@contextlib.contextmanager
+def compute_threads(count: int | None) -> Iterator[None]:
+    """torch's threads and those of the BLAS and OpenMP libraries loaded (threadpoolctl) at
+    ``count`` for the block, then as they were (None: unchanged). On a busy machine a pool
+    larger than the cores it gets waits for its slowest thread at every operation: SGRM ran
+    several times slower with 2 threads than with 1 on a loaded 2-core machine."""
+    if count is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(count):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _in_this_process(
-    task: Task[B, R], batches: Sequence[B], localizer: Localizer
+    task: Task[B, R], batches: Sequence[B], localizer: Localizer, threads: int | None
 ) -> Generator[R, None, None]:
-    for batch in batches:
-        yield task(localizer, batch)
+    with compute_threads(threads):
+        for batch in batches:
+            yield task(localizer, batch)
+
+
+_DONE = object()
+
+
+def _offer(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` on ``handoff``, waiting for room unless ``stop`` is set (then False)."""
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _pipelined(
+    task: SplitTask[B, R],
+    batches: Sequence[B],
+    localizer: Localizer,
+    torch_threads: int,
+    busy: dict[str, float],
+) -> Generator[R, None, None]:
+    """``task`` on every batch in order: a prefetch thread runs ``prepare`` (at most
+    :data:`PREFETCHED` batches ahead), this thread ``finish`` with ``torch_threads`` threads
+    (:func:`compute_threads`). An exception of ``prepare`` is raised here, in turn; on an
+    exception here, Ctrl-C or ``close()``, the prefetch thread stops after its current batch
+    and is joined before this returns."""
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=PREFETCHED)
+    stop = threading.Event()
+
+    def prefetch() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                tick = time.perf_counter()
+                prepared = task.prepare(localizer, batch)
+                busy[STAGE_PREPARE] += time.perf_counter() - tick
+                if not _offer(handoff, (True, prepared), stop):
+                    return
+        except BaseException as exc:
+            _offer(handoff, (False, exc), stop)
+            return
+        _offer(handoff, (True, _DONE), stop)
+
+    with compute_threads(torch_threads):
+        thread = threading.Thread(target=prefetch, name="lcar-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                ok, prepared = handoff.get()
+                if not ok:
+                    raise prepared
+                if prepared is _DONE:
+                    return
+                tick = time.perf_counter()
+                result = task.finish(localizer, prepared)
+                busy[STAGE_FINISH] += time.perf_counter() - tick
+                yield result
+        finally:
+            stop.set()
+            while thread.is_alive():  # it may be waiting for room: make some
+                with contextlib.suppress(queue.Empty):
+                    handoff.get_nowait()
+                thread.join(timeout=0.05)
 
 
 class _Worker:

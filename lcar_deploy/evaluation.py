@@ -32,7 +32,7 @@ from .image_io import ImageError, load_image
 from .io import make_dirs, write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
 from .names import METHODS, STAGES, Engine
-from .pipeline import Localizer, LocalizerSpec
+from .pipeline import BackboneRun, Localizer, LocalizerSpec
 
 DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
 
@@ -93,6 +93,25 @@ def evaluate_batch(
     localizer: Localizer, records: Sequence[Record], methods: Sequence[str], gt_class: bool
 ) -> list[ImageOutcome]:
     """Run ``methods`` on ``records``; bad images become outcomes with ``error`` set."""
+    outcomes, good = _decode_records(localizer, records)
+    _localize_good(localizer, good, methods, gt_class)
+    return outcomes
+
+
+@dataclass
+class DecodedRecords:
+    """Records decoded and through the backbone (:meth:`EvalTask.prepare`): every record's
+    outcome (those that failed to decode with ``error`` set), the decoded ones, and their
+    backbone stage (None when it failed: it is run again, image by image where it fails)."""
+
+    outcomes: list[ImageOutcome]
+    good: list[tuple[ImageOutcome, Record, np.ndarray]]
+    backbone: BackboneRun | None
+
+
+def _decode_records(
+    localizer: Localizer, records: Sequence[Record]
+) -> tuple[list[ImageOutcome], list[tuple[ImageOutcome, Record, np.ndarray]]]:
     work = localizer.config.work_size
     outcomes: list[ImageOutcome] = []
     good: list[tuple[ImageOutcome, Record, np.ndarray]] = []
@@ -105,8 +124,7 @@ def evaluate_batch(
         except (ImageError, ValueError) as exc:
             outcome = ImageOutcome(record.image_id, np.zeros((0, 4), np.int64), error=str(exc))
         outcomes.append(outcome)
-    _localize_good(localizer, good, methods, gt_class)
-    return outcomes
+    return outcomes, good
 
 
 def _localize_good(
@@ -114,14 +132,20 @@ def _localize_good(
     good: list[tuple[ImageOutcome, Record, np.ndarray]],
     methods: Sequence[str],
     gt_class: bool,
+    backbone: BackboneRun | None = None,
 ) -> None:
     """Fill the outcomes of decoded images; a batch that fails is retried image by image, and
-    an image that still fails gets ``error`` (the evaluation goes on)."""
+    an image that still fails gets ``error`` (the evaluation goes on). ``backbone``: the
+    batch's backbone stage, already run."""
     if not good:
         return
     class_ids = [r.class_id if gt_class else None for _, r, _ in good]
     try:
-        results = localizer.run_methods([rgb for _, _, rgb in good], class_ids, tuple(methods))
+        if backbone is None:
+            images = [rgb for _, _, rgb in good]
+            results = localizer.run_methods(images, class_ids, tuple(methods))
+        else:
+            results = localizer.post_stages(backbone, class_ids, tuple(methods))
     except Exception as exc:
         if len(good) > 1:
             for item in good:
@@ -158,6 +182,22 @@ class EvalTask:
     def __call__(self, localizer: Localizer, records: Sequence[Record]) -> list[ImageOutcome]:
         return evaluate_batch(localizer, records, self.methods, self.gt_class)
 
+    def prepare(self, localizer: Localizer, records: Sequence[Record]) -> DecodedRecords:
+        """The first half of the call, for a pipelined engine: decode, then the backbone."""
+        outcomes, good = _decode_records(localizer, records)
+        backbone = None
+        if good:
+            try:
+                backbone = localizer.backbone_stage([rgb for _, _, rgb in good])
+            except Exception:  # _localize_good runs it again and names the image that fails
+                backbone = None
+        return DecodedRecords(outcomes, good, backbone)
+
+    def finish(self, localizer: Localizer, decoded: DecodedRecords) -> list[ImageOutcome]:
+        """The rest of the call on what :meth:`prepare` made: the same outcomes."""
+        _localize_good(localizer, decoded.good, self.methods, self.gt_class, decoded.backbone)
+        return decoded.outcomes
+
 
 def iter_outcomes(
     bundle: Bundle,
@@ -171,17 +211,25 @@ def iter_outcomes(
     device: str = "auto",
     threads: int | None = None,
     address: str | None = None,
+    overlap: bool = True,
 ) -> Mapped[ImageOutcome]:
     """Outcomes in dataset order, ``batch_size`` records a batch, computed by ``engine``
-    (:func:`lcar_deploy.engines.map_batches`: ``workers``, ``threads`` in all, ``address``);
-    ``.providers`` says what the workers ran on."""
+    (:func:`lcar_deploy.engines.map_batches`: ``workers``, ``threads`` in all, ``address``,
+    ``overlap``); ``.providers`` says what the workers ran on, ``.busy`` how long each stage
+    of the local engine ran."""
     task = EvalTask(
         LocalizerSpec(bundle, config, device), tuple(methods), uses_gt_class(bundle, dataset)
     )
     records = dataset.records
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     mapped = map_batches(
-        task, batches, engine=engine, workers=workers, threads=threads, address=address
+        task,
+        batches,
+        engine=engine,
+        workers=workers,
+        threads=threads,
+        address=address,
+        overlap=overlap,
     )
     return mapped.items()
 
@@ -251,6 +299,7 @@ def run_evaluation(
                 shown.append(outcome)
             n += 1
         seconds = time.perf_counter() - start
+        busy = dict(getattr(outcomes, "busy", {}))
         arrays = {f"maps_{m}": memmaps[m][:n] for m in methods}
         _save_npz_atomic(out / "maps.npz", ids=np.array(ids), **arrays)
     finally:
@@ -262,6 +311,9 @@ def run_evaluation(
         "num_without_gt": without_gt,
         "num_errors": len(errors),
         "seconds": seconds,
+        "busy_percent": {
+            s: round(100 * b / seconds, 1) if seconds else 0.0 for s, b in busy.items()
+        },
         "methods": {},
     }
     for method in methods:
@@ -340,6 +392,9 @@ def report_markdown(metrics: dict, title: str) -> str:
     ]
     if "sgrm_mean_steps" in metrics:
         lines.append(f"SGRM mean steps to stop: {metrics['sgrm_mean_steps']:.1f}.")
+    if metrics.get("busy_percent"):
+        busy = ", ".join(f"{s} {p:.0f}%" for s, p in metrics["busy_percent"].items())
+        lines.append(f"Busy (share of the run's {metrics['seconds']:.0f} s): {busy}.")
     return "\n".join(lines) + "\n"
 
 
@@ -435,6 +490,7 @@ def evaluate(
     workers: int = 1,
     threads: int | None = None,
     address: str | None = None,
+    overlap: bool = True,
     progress: bool = True,
     command: str | None = None,
     notify: Callable[[str], None] | None = None,
@@ -446,7 +502,8 @@ def evaluate(
     ``dataset``: a loaded :class:`Dataset`, or its layout (``cub | ilsvrc | wsol``) read from
     ``root`` (``split``, ``metadata``, ``limit`` as :func:`load_dataset`). ``bundle``, ``preset``,
     ``settings``, ``device``, ``arm_backend``: as :meth:`Localizer.from_bundle`; ``engine``,
-    ``workers``, ``threads``, ``address``: as :func:`lcar_deploy.engines.map_batches`. Every
+    ``workers``, ``threads``, ``address``, ``overlap``: as
+    :func:`lcar_deploy.engines.map_batches`. Every
     argument is checked before any image is read (:class:`lcar_deploy.errors.LcarError`).
     """
     chosen = tuple(m for m in METHODS if m in methods)
@@ -484,6 +541,7 @@ def evaluate(
         device=device,
         threads=threads,
         address=address,
+        overlap=overlap,
     )
     make_dirs(out)
     result = run_evaluation(

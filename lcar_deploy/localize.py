@@ -55,7 +55,7 @@ from .errors import LabelsError, OutputError
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .io import JsonlWriter, make_dirs, write_atomic
 from .names import Engine
-from .pipeline import Localization, Localizer, LocalizerSpec
+from .pipeline import BackboneRun, Localization, Localizer, LocalizerSpec
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -406,6 +406,8 @@ class RunSummary:
     as errors (a resumed run still reports them: the output is not complete).
     failed_names: the first failed images (earlier runs' first), :data:`NAMES_SHOWN` at most.
     not_images / not_image_names: the files found that are not images by their extension.
+    busy_percent: the share of the run's time each stage of the ``local`` engine was running
+    (:attr:`lcar_deploy.engines.Mapped.busy`; empty for the other engines).
     """
 
     ok: int = 0
@@ -418,6 +420,7 @@ class RunSummary:
     providers: list[str] = field(default_factory=list)
     failed_names: list[str] = field(default_factory=list)
     not_image_names: list[str] = field(default_factory=list)
+    busy_percent: dict[str, float] = field(default_factory=dict)
 
     def add_timings(self, timings: dict[str, float]) -> None:
         for stage, ms in timings.items():
@@ -448,6 +451,7 @@ class RunSummary:
             else None,
             "mean_ms_per_stage": {k: round(v / n, 2) for k, v in self.stage_ms.items()},
             "providers": self.providers,
+            "busy_percent": self.busy_percent,
         }
 
 
@@ -560,12 +564,14 @@ def localize_folder(
     workers: int = 1,
     threads: int | None = None,
     address: str | None = None,
+    overlap: bool = True,
 ) -> RunSummary:
     """Localize every image under ``root`` into ``out``; returns the run's summary.
 
     ``localizer``: a built Localizer (the ``local`` engine runs it) or a spec (each engine
-    builds its own). ``engine``, ``workers``, ``threads`` (in all), ``address``: where the
-    images are localized (:func:`localize_results`); this function writes every output.
+    builds its own). ``engine``, ``workers``, ``threads`` (in all), ``address``, ``overlap``:
+    where the images are localized (:func:`localize_results`); this function writes every
+    output.
     ``images``: the images to localize with their known classes (:func:`labelled_images`),
     instead of every image under ``root``.
     Raises :class:`OutputError` when ``out`` cannot be used or written (nothing half-written
@@ -615,6 +621,7 @@ def localize_folder(
                 workers=workers,
                 threads=threads,
                 address=address,
+                overlap=overlap,
             )
             _run(spec.config, out, options, todo, summary, progress, results)
         except RunInterrupted:
@@ -693,6 +700,10 @@ def _run(
         bar.close()
         summary.seconds = time.perf_counter() - start
         summary.providers = list(results.providers)
+        summary.busy_percent = {
+            stage: round(100 * seconds / summary.seconds, 1) if summary.seconds else 0.0
+            for stage, seconds in results.busy.items()
+        }
         try:
             writer.close()
         except OSError as exc:
@@ -729,6 +740,14 @@ class LocalizeTask:
     def __call__(self, localizer: Localizer, batch: Sequence[LabelledImage]) -> list[ImageResult]:
         return [self._needed(*item) for item in localize_batch(localizer, batch, self.class_id)]
 
+    def prepare(self, localizer: Localizer, batch: Sequence[LabelledImage]) -> DecodedBatch:
+        """The first half of the call, for a pipelined engine: decode, then the backbone."""
+        return decode_batch(localizer, batch, self.class_id)
+
+    def finish(self, localizer: Localizer, decoded: DecodedBatch) -> list[ImageResult]:
+        """The rest of the call on what :meth:`prepare` made: the same results."""
+        return [self._needed(*item) for item in finish_batch(localizer, decoded)]
+
     def _needed(
         self, rel: str, image: LoadedImage | None, result: Localization | None, error: str | None
     ) -> ImageResult:
@@ -749,9 +768,11 @@ def localize_results(
     workers: int = 1,
     threads: int | None = None,
     address: str | None = None,
+    overlap: bool = True,
 ) -> Mapped[ImageResult]:
     """The results of ``todo`` in order, ``options.batch_size`` images a batch, computed by
-    ``engine`` (:func:`lcar_deploy.engines.map_batches`); ``localizer``: as
+    ``engine`` (:func:`lcar_deploy.engines.map_batches`; ``overlap``: the ``local`` engine
+    decodes and runs the backbone of the next batches on a second thread); ``localizer``: as
     :func:`localize_folder` takes it."""
     built = localizer if isinstance(localizer, Localizer) else None
     spec = LocalizerSpec.of(built) if built is not None else localizer
@@ -768,6 +789,7 @@ def localize_results(
         threads=threads,
         address=address,
         localizer=built,
+        overlap=overlap,
     )
     return mapped.items()
 
@@ -776,25 +798,74 @@ def localize_batch(
     localizer: Localizer, batch: Sequence[LabelledImage], class_id: int | None
 ) -> Iterator[ImageResult]:
     """Decode and localize one batch of (path, relative path, known class): one result per
-    image, those that cannot be decoded first (as they are met), then the others in order.
-    An image's map is of its known class, else of ``class_id``, else of the predicted class."""
+    image, those that cannot be decoded first, then the others in order. An image's map is of
+    its known class, else of ``class_id``, else of the predicted class."""
+    yield from finish_batch(localizer, DecodedBatch(*_decode(batch, class_id), None))
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch decoded and through the backbone (:func:`decode_batch`).
+
+    failed: the results of the images that could not be decoded; loaded: (relative path,
+    image, class) of the others; backbone: their backbone stage, or None when it failed or
+    was not run (then :func:`finish_batch` runs it, image by image where it fails)."""
+
+    failed: list[ImageResult]
+    loaded: list[tuple[str, LoadedImage, int | None]]
+    backbone: BackboneRun | None
+
+
+def _decode(
+    batch: Sequence[LabelledImage], class_id: int | None
+) -> tuple[list[ImageResult], list[tuple[str, LoadedImage, int | None]]]:
+    failed: list[ImageResult] = []
     loaded: list[tuple[str, LoadedImage, int | None]] = []
     for path, rel, known in batch:
         try:
             loaded.append((rel, load_image(path), class_id if known is None else known))
         except ImageError as exc:
-            yield rel, None, None, str(exc)
-    yield from _run_batch(localizer, loaded)
+            failed.append((rel, None, None, str(exc)))
+    return failed, loaded
+
+
+def decode_batch(
+    localizer: Localizer, batch: Sequence[LabelledImage], class_id: int | None
+) -> DecodedBatch:
+    """:func:`localize_batch`'s decoding and backbone stage; :func:`finish_batch` does the rest,
+    with the same results."""
+    failed, loaded = _decode(batch, class_id)
+    backbone = None
+    if loaded:
+        try:
+            backbone = localizer.backbone_stage([im.rgb for _, im, _ in loaded])
+        except Exception:  # finish_batch runs the batch again and names the image that fails
+            backbone = None
+    return DecodedBatch(failed, loaded, backbone)
+
+
+def finish_batch(localizer: Localizer, decoded: DecodedBatch) -> Iterator[ImageResult]:
+    """The results of :func:`localize_batch` from its :func:`decode_batch`."""
+    yield from decoded.failed
+    yield from _run_batch(localizer, decoded.loaded, decoded.backbone)
 
 
 def _run_batch(
-    localizer: Localizer, batch: list[tuple[str, LoadedImage, int | None]]
+    localizer: Localizer,
+    batch: list[tuple[str, LoadedImage, int | None]],
+    backbone: BackboneRun | None = None,
 ) -> Iterator[tuple[str, LoadedImage, Localization | None, str | None]]:
-    """Results of a batch; if the batch fails as a whole, image by image with errors recorded."""
+    """Results of a batch; if the batch fails as a whole, image by image with errors recorded.
+    ``backbone``: the batch's backbone stage, already run."""
     if not batch:
         return
     try:
-        results = localizer.run([im.rgb for _, im, _ in batch], [c for _, _, c in batch])
+        class_ids = [c for _, _, c in batch]
+        if backbone is None:
+            results = localizer.run([im.rgb for _, im, _ in batch], class_ids)
+        else:
+            method = localizer.config.method
+            results = localizer.post_stages(backbone, class_ids, (method,))[method]
     except Exception as exc:
         if len(batch) == 1:
             rel, image, _ = batch[0]

@@ -125,6 +125,19 @@ class Result:
         )
 
 
+@dataclass(frozen=True)
+class BackboneRun:
+    """The backbone stage of one batch (:meth:`Localizer.backbone_stage`).
+
+    outputs: the bundle's outputs (flip merged); work_rgb: (B, work_size, work_size, 3) uint8
+    images; seconds: the stage's time.
+    """
+
+    outputs: dict[str, np.ndarray]
+    work_rgb: np.ndarray
+    seconds: float
+
+
 ImageInput = str | Path | np.ndarray
 """An image file, or an (H, W, 3) (or (H, W) grey) uint8 RGB array."""
 
@@ -327,21 +340,37 @@ class Localizer:
         methods: tuple[str, ...] = METHODS,
     ) -> dict[str, list[Localization]]:
         """Every method in ``methods`` on the same batch, sharing the stages they have in common."""
-        for method in methods:
-            if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}")
+        _check_methods(methods)
+        return self.post_stages(self.backbone_stage(images), class_ids, methods)
+
+    def backbone_stage(self, images: list[np.ndarray]) -> BackboneRun:
+        """The first stage of :meth:`run_methods` on a batch of (H, W, 3) uint8 RGB images: the
+        backbone (:meth:`backbone_outputs`) and the images at work size; :meth:`post_stages`
+        does the rest (a pipelined engine runs the two on different threads)."""
+        tick = time.perf_counter()
+        if not images:
+            return BackboneRun({}, np.zeros((0, 0, 0, 3), np.uint8), 0.0)
+        out = self.backbone_outputs(images)
+        work_rgb = np.stack([resize_rgb(im, self.config.work_size) for im in images])
+        return BackboneRun(out, work_rgb, time.perf_counter() - tick)
+
+    def post_stages(
+        self,
+        backbone: BackboneRun,
+        class_ids: list[int | None] | None = None,
+        methods: tuple[str, ...] = METHODS,
+    ) -> dict[str, list[Localization]]:
+        """:meth:`run_methods` after its :meth:`backbone_stage`: every stage from the CAM on."""
+        _check_methods(methods)
         cfg = self.config
-        n = len(images)
+        n = len(backbone.work_rgb)
         if n == 0:
             return {m: [] for m in methods}
         class_ids = class_ids or [None] * n
         times = dict.fromkeys(STAGES, 0.0)
         work = cfg.work_size
-
-        tick = time.perf_counter()
-        out = self.backbone_outputs(images)
-        work_rgb = np.stack([resize_rgb(im, work) for im in images])
-        times["backbone"] = time.perf_counter() - tick
+        out, work_rgb = backbone.outputs, backbone.work_rgb
+        times["backbone"] = backbone.seconds
 
         tick = time.perf_counter()
         classes, seeds, cam_maps = self._cam_stage(out, class_ids)
@@ -466,6 +495,12 @@ class Localizer:
             seeds.append(result.seed)
             maps.append(result.map.astype(np.float32))
         return classes, np.stack(seeds), np.stack(maps)
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}")
 
 
 def objects(

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,15 @@ from lcar_deploy.bundle import Bundle
 from lcar_deploy.cli import app
 from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import Dataset, Record, load_dataset
-from lcar_deploy.engines import map_batches, resolve_engine, worker_threads
+from lcar_deploy.engines import (
+    PREFETCHED,
+    STAGE_FINISH,
+    STAGE_PREPARE,
+    map_batches,
+    resolve_engine,
+    stage_threads,
+    worker_threads,
+)
 from lcar_deploy.errors import EngineError, SettingError
 from lcar_deploy.evaluation import iter_outcomes, run_evaluation
 from lcar_deploy.localize import LocalizeOptions, localize_folder
@@ -298,3 +307,149 @@ def test_localize_matches_local(
     summary = json.loads((tmp_path / engine / "summary.json").read_text())
     assert (summary["ok"], summary["errors"]) == (3, 1)
     assert summary["providers"] == CPU
+
+
+# --- the local engine, pipelined ------------------------------------------------------------------
+
+
+class FakeLocalizer:
+    providers = CPU
+
+
+@dataclasses.dataclass
+class Halves:
+    """A task in two halves that records when each half of each batch ran; ``fail_at``: the
+    batch whose ``prepare`` raises, ``stop_at``: the batch whose ``finish`` raises
+    KeyboardInterrupt."""
+
+    fail_at: int | None = None
+    stop_at: int | None = None
+    log: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+    @property
+    def spec(self) -> LocalizerSpec:
+        raise AssertionError("the localizer is given")
+
+    def __call__(self, localizer: object, batch: int) -> int:
+        return self.finish(localizer, self.prepare(localizer, batch))
+
+    def prepare(self, localizer: object, batch: int) -> int:
+        if batch == self.fail_at:
+            raise ValueError(f"batch {batch} is bad")
+        self.log.append(("prepare", batch))
+        return 10 * batch
+
+    def finish(self, localizer: object, prepared: int) -> int:
+        batch = prepared // 10
+        if batch == self.stop_at:
+            raise KeyboardInterrupt
+        time.sleep(0.01)  # the prefetch thread would run ahead if it could
+        self.log.append(("finish", batch))
+        return prepared + 1
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "lcar-prefetch"]
+
+
+def test_stage_threads() -> None:
+    assert stage_threads(2) == (1, 1)
+    assert stage_threads(5) == (2, 3)
+    assert stage_threads(1) == (1, None)  # one thread: the plain loop
+    assert stage_threads(4, overlap=False) == (4, None)
+    assert stage_threads(None, overlap=False) == (None, None)
+
+
+def test_pipelined_results_in_order_with_bounded_prefetch() -> None:
+    task = Halves()
+    mapped = map_batches(task, list(range(8)), threads=2, localizer=FakeLocalizer())
+    assert list(mapped) == [10 * b + 1 for b in range(8)]
+    assert set(mapped.busy) == {STAGE_PREPARE, STAGE_FINISH}
+    # prepare never runs more than PREFETCHED + 1 batches ahead of the batch being finished
+    for i, (half, batch) in enumerate(task.log):
+        if half == "prepare":
+            finished = sum(1 for h, _ in task.log[:i] if h == "finish")
+            assert batch <= finished + PREFETCHED + 1
+    assert not prefetch_threads()
+    sequential = Halves()
+    plain = map_batches(sequential, list(range(8)), threads=1, localizer=FakeLocalizer())
+    assert list(plain) == [10 * b + 1 for b in range(8)] and plain.busy == {}
+    assert sequential.log == [(h, b) for b in range(8) for h in ("prepare", "finish")]
+
+
+def test_pipelined_error_comes_in_turn_and_stops_the_thread() -> None:
+    task = Halves(fail_at=3)
+    mapped = map_batches(task, list(range(8)), threads=2, localizer=FakeLocalizer())
+    got = []
+    with pytest.raises(ValueError, match="batch 3 is bad"):
+        for result in mapped:
+            got.append(result)
+    assert got == [1, 11, 21]  # the batches before it all came through
+    assert not prefetch_threads()
+
+
+def test_pipelined_interrupt_and_close_stop_the_thread() -> None:
+    task = Halves(stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        list(map_batches(task, list(range(50)), threads=2, localizer=FakeLocalizer()))
+    assert not prefetch_threads()
+    assert max(b for h, b in task.log if h == "prepare") <= 2 + PREFETCHED + 1
+    mapped = map_batches(Halves(), list(range(50)), threads=2, localizer=FakeLocalizer())
+    assert next(mapped) == 1
+    mapped.close()
+    assert not prefetch_threads()
+
+
+@pytest.mark.slow
+def test_pipelined_eval_and_localize_match_the_plain_loop(
+    small_bundle: Path, ilsvrc: Dataset, tmp_path: Path
+) -> None:
+    bundle = Bundle.load(small_bundle)
+    config = PipelineConfig.from_settings(bundle.settings)
+    methods = ("cam", "arm", "lcar")
+    runs = {}
+    for overlap in (False, True):
+        mapped = iter_outcomes(
+            bundle,
+            config,
+            ilsvrc,
+            methods,
+            batch_size=3,
+            device="cpu",
+            threads=2,
+            overlap=overlap,
+        )
+        runs[overlap] = list(mapped)
+        assert bool(mapped.busy) == overlap
+    for a, b in zip(runs[False], runs[True], strict=True):
+        assert a.image_id == b.image_id and a.error == b.error
+        for method in a.maps:
+            assert np.array_equal(a.maps[method], b.maps[method])
+        for name in ("cls_correct", "boxes", "lcar_boxes", "sgrm_steps"):
+            assert getattr(a, name) == getattr(b, name), name
+    assert runs[True][3].error is not None and "missing.JPEG" in runs[True][3].error
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for record in ilsvrc.records:
+        if record.path.exists():
+            shutil.copy(record.path, images / record.path.name)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    outputs = {}
+    for flag in ("--no-overlap", "--overlap"):
+        out = tmp_path / flag.strip("-")
+        args = ["localize", str(images), "--out", str(out), "--bundle", str(small_bundle)]
+        args += ["--batch-size", "2", "--save-masks", "--quiet", "--threads", "2", flag]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 3, result.output  # broken.jpg failed, the rest went on
+        outputs[flag] = out
+    assert "busy decode+backbone" in result.output
+    lines = _without_timings(outputs["--overlap"] / "predictions.jsonl")
+    assert lines == _without_timings(outputs["--no-overlap"] / "predictions.jsonl")
+    assert [line["status"] for line in lines].count("ok") == 6
+    for line in lines:
+        if "mask" in line:
+            a = (outputs["--overlap"] / line["mask"]).read_bytes()
+            assert a == (outputs["--no-overlap"] / line["mask"]).read_bytes()
+    summary = json.loads((outputs["--overlap"] / "summary.json").read_text())
+    assert set(summary["busy_percent"]) == {STAGE_PREPARE, STAGE_FINISH}

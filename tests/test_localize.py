@@ -42,7 +42,7 @@ from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluation import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
 from lcar_deploy.localize import LocalizeOptions, localize_folder
-from lcar_deploy.pipeline import Localizer
+from lcar_deploy.pipeline import BackboneRun, Localizer
 from lcar_deploy.stages.sgrm import SgrmConfig
 
 
@@ -204,28 +204,32 @@ def test_full_method_on_tiny_images(
 def test_a_failing_image_does_not_stop_localize_or_eval(
     small_bundle: Path, photo: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fault inside the pipeline (injected for 8x8 images) fails that image only."""
+    """A fault inside the pipeline (injected for 8x8 images) fails that image only, with the
+    stages run in one loop or pipelined on two threads (threads=2)."""
     src = image_folder(tmp_path / "images", photo, 2, quality=85)
     Image.fromarray(photo).resize((8, 8)).save(src / "small.png")
-    original = Localizer.run_methods
+    original = Localizer.backbone_stage
 
-    def faulty(self: Localizer, images: list[np.ndarray], *args, **kwargs) -> dict:
+    def faulty(self: Localizer, images: list[np.ndarray]) -> BackboneRun:
         if any(im.shape[:2] == (8, 8) for im in images):
             raise RuntimeError("injected fault")
-        return original(self, images, *args, **kwargs)
+        return original(self, images)
 
-    monkeypatch.setattr(Localizer, "run_methods", faulty)
+    monkeypatch.setattr(Localizer, "backbone_stage", faulty)
     config = PipelineConfig(method="cam")
     localizer = Localizer(Bundle.load(small_bundle), config, device="cpu", threads=2)
     options = LocalizeOptions(batch_size=3)
-    summary = localize_folder(localizer, src, tmp_path / "out", options, progress=False)
-    assert (summary.ok, summary.errors) == (2, 1)
-    status = {r["path"]: (r["status"], r.get("error")) for r in records_of(tmp_path / "out")}
-    assert status["small.png"] == (
-        "error",
-        "small.png: localization failed (RuntimeError: injected fault)",
-    )
-    assert status["img00.jpg"][0] == status["img01.jpg"][0] == "ok"
+    for overlap in (False, True):
+        out = tmp_path / f"out-{overlap}"
+        summary = localize_folder(localizer, src, out, options, progress=False, overlap=overlap)
+        assert (summary.ok, summary.errors) == (2, 1)
+        assert bool(summary.busy_percent) == overlap
+        status = {r["path"]: (r["status"], r.get("error")) for r in records_of(out)}
+        assert status["small.png"] == (
+            "error",
+            "small.png: localization failed (RuntimeError: injected fault)",
+        )
+        assert status["img00.jpg"][0] == status["img01.jpg"][0] == "ok"
 
     meta = tmp_path / "images" / "metadata" / "test"
     meta.mkdir(parents=True)

@@ -17,6 +17,10 @@ from lcar_deploy.stages.sgrm import (
     PAPER_CUB,
     AggregationNet,
     SgrmConfig,
+    _keep_rows,
+    _pointwise_argmax,
+    _replicate_pad,
+    _strided_patches,
     batched_forward,
     cls_pixel_weights,
     feature_channels,
@@ -33,6 +37,8 @@ from lcar_deploy.stages.sgrm import (
     sgrm_reference,
     superpixel_mean,
     superpixels,
+    superpixels_batch,
+    superpixels_fast,
     threshold_labels,
     training_pixels,
     vote,
@@ -69,6 +75,43 @@ def test_sgrm_labels_eq12() -> None:
     np.testing.assert_array_equal(y_s_star, [[1, 1, 0], [1, 0, IGNORE]])
     y_cls, y_s_star = sgrm_labels(refined, segments, replace(PAPER_CUB, gamma_h2=0.6))  # ILSVRC
     np.testing.assert_array_equal(y_s_star, [[IGNORE, IGNORE, 0], [IGNORE, 0, IGNORE]])
+
+
+def test_superpixels_fast_equals_scikit_image() -> None:
+    """The C++ graph merge gives scikit-image's segments label for label: on a textured image,
+    on flat ones (every edge cost tied at 0), on one-pixel-wide ones and with other settings."""
+    rng = np.random.default_rng(0)
+    images = [synthetic(0, size=96)[0], synthetic(1, size=64)[0]]
+    images += [np.full((20, 30, 3), 0.5, np.float32), rng.random((1, 17, 3), dtype=np.float32)]
+    images += [rng.random((23, 1, 3), dtype=np.float32), rng.random((40, 40, 3), dtype=np.float32)]
+    for cfg in (SgrmConfig(), PAPER_CUB, SgrmConfig(fz_scale=8.0, fz_sigma=0.0, fz_min_size=3)):
+        for image in images:
+            np.testing.assert_array_equal(superpixels_fast(image, cfg), superpixels(image, cfg))
+
+
+def test_superpixels_batch_on_two_threads() -> None:
+    images = np.stack([synthetic(seed, size=64)[0] for seed in (0, 1, 2)])
+    batch = superpixels_batch(images, SgrmConfig(), threads=2)
+    for image, segments in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(segments, superpixels(image, SgrmConfig()))
+
+
+def test_superpixels_fast_without_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lcar_deploy.stages.sgrm as sgrm
+
+    image = synthetic(0, size=48)[0]
+    monkeypatch.setattr(sgrm, "_native", lambda: None)
+    np.testing.assert_array_equal(
+        superpixels_fast(image, SgrmConfig()), superpixels(image, SgrmConfig())
+    )
+
+
+@pytest.mark.slow
+def test_superpixels_fast_on_real_images(shared_data: Path) -> None:
+    for image, _ in cub_images(shared_data, 6):
+        np.testing.assert_array_equal(
+            superpixels_fast(image, SgrmConfig()), superpixels(image, SgrmConfig())
+        )
 
 
 def test_vote_majority_ties_to_background() -> None:
@@ -178,6 +221,53 @@ def test_batched_forward_matches_module(kernels: tuple[int, ...], features: int)
     for i, init in enumerate(inits):
         logits = AggregationNet(init)(x[i : i + 1])[0].reshape(2, -1)
         torch.testing.assert_close(diff[i], logits[1] - logits[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "k"), [(1, 3), (2, 3), (3, 1), (2, 5)])
+def test_strided_patches_are_input_patches_of_those_pixels(stride: int, k: int) -> None:
+    x = torch.randn(2, 5, 13, 11, generator=torch.Generator().manual_seed(0))
+    full = input_patches(x, k)
+    padded = _replicate_pad(x, k)
+    for row in range(stride):
+        for col in range(stride):
+            pixels = torch.arange(row, 13, stride)[:, None] * 11 + torch.arange(col, 11, stride)
+            part = _strided_patches(padded, k, stride, row, col, (13, 11))
+            assert torch.equal(part, full[:, :, pixels.reshape(-1)])
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_pointwise_argmax_equals_the_full_forward(stride: int) -> None:
+    cfg = SgrmConfig(features=2, kernels=(3, 1))
+    x = torch.randn(3, 6, 17, 19, generator=torch.Generator().manual_seed(1))
+    params = [torch.stack(p) for p in zip(*(init_params(cfg, s) for s in range(3)), strict=True)]
+    expected = batched_forward(input_patches(x, 3), params, (17, 19)) > 0
+    assert torch.equal(_pointwise_argmax(x, params, 3, stride), expected)
+    # The training pixels' argmax, when given, is taken as it is (here: deliberately wrong).
+    train = training_pixels(17, 19, stride)
+    known = ~expected[:, train]
+    got = _pointwise_argmax(x, params, 3, stride, known, torch.empty(10))
+    assert torch.equal(got[:, train], known)
+    rest = torch.ones(17 * 19, dtype=torch.bool)
+    rest[train] = False
+    assert torch.equal(got[:, rest], expected[:, rest])
+
+
+def test_keep_rows_in_place() -> None:
+    rows = torch.arange(24.0).reshape(4, 2, 3)
+    expected = rows[torch.tensor([1, 3])].clone()
+    kept = _keep_rows(rows, torch.tensor([False, True, False, True]))
+    assert torch.equal(kept, expected) and kept.data_ptr() == rows.data_ptr()
+
+
+def test_strided_patches_refuses_pixels_outside() -> None:
+    module = pytest.importorskip("lcar_deploy._arm_cpu")
+    padded = np.zeros((1, 2, 6, 6), np.float32)
+    out = np.zeros((1, 18, 4), np.float32)
+    module.strided_patches(padded, out, 3, 2, 1, 1, 2, 2, 1)  # padded rows 1..5: inside
+    with pytest.raises(ValueError, match="inside"):
+        module.strided_patches(padded, out, 3, 2, 2, 0, 2, 2, 1)  # rows 2..6 of 0..5
+    with pytest.raises(ValueError, match="out must be"):
+        module.strided_patches(padded, np.zeros((1, 18, 9), np.float32), 3, 2, 0, 0, 2, 2, 1)
 
 
 # ------------------------------------------------------------------------------ training loops

@@ -84,8 +84,11 @@ gradient in closed form, per-image SGD state and per-image early stopping, CPU o
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -267,6 +270,38 @@ def superpixels(image: np.ndarray, cfg: SgrmConfig) -> np.ndarray:
         image, scale=cfg.fz_scale, sigma=cfg.fz_sigma, min_size=cfg.fz_min_size, channel_axis=-1
     )
     return seg.astype(np.int64)
+
+
+@functools.cache
+def _native() -> ModuleType | None:
+    """``lcar_deploy._arm_cpu`` (it holds SGRM's superpixels too), or None where not built."""
+    try:
+        return importlib.import_module("lcar_deploy._arm_cpu")
+    except ImportError:
+        return None
+
+
+def superpixels_fast(image: np.ndarray, cfg: SgrmConfig) -> np.ndarray:
+    """:func:`superpixels`, label for label, about four times faster: scikit-image's own
+    Gaussian smoothing, then the graph merge in C++ (``csrc/sgrm_cpu.h``); :func:`superpixels`
+    itself where the C++ module is not built."""
+    return superpixels_batch(image[None], cfg)[0]
+
+
+def superpixels_batch(images: np.ndarray, cfg: SgrmConfig, threads: int = 1) -> list[np.ndarray]:
+    """:func:`superpixels_fast` of each of (B, H, W, 3) images, the graph merges on ``threads``
+    threads."""
+    module = _native()
+    if module is None:
+        return [superpixels(image, cfg) for image in images]
+    from skimage.filters import gaussian
+    from skimage.util import img_as_float64
+
+    sigma = [cfg.fz_sigma, cfg.fz_sigma, 0]
+    smooth = np.stack(
+        [gaussian(img_as_float64(i), sigma=sigma, mode="reflect", channel_axis=-1) for i in images]
+    )
+    return list(module.felzenszwalb(smooth, cfg.fz_scale, cfg.fz_min_size, threads))
 
 
 def superpixel_mean(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -631,6 +666,93 @@ def input_patches(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.unfold(_replicate_pad(x, k), k)
 
 
+def _strided_patches(
+    padded: torch.Tensor,
+    k: int,
+    stride: int,
+    row: int,
+    col: int,
+    size: tuple[int, int],
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`input_patches` of the pixels in rows ``row``, ``row + stride``, ... and columns
+    ``col``, ``col + stride``, ... only: the same values, in row-major order of those pixels.
+
+    Args:
+        padded: (A, C, H + k - 1, W + k - 1) inputs, replicate-padded (``_replicate_pad``).
+        size: ``(H, W)``.
+        buffer: float32 CPU storage of at least the result's size to write them into (fresh
+            memory is slow to touch, and these are tens of MB).
+
+    Returns:
+        (A, C k^2, ceil((H - row) / stride) * ceil((W - col) / stride)), a view of ``buffer``
+        when given and used.
+    """
+    height, width = size
+    n_nets, channels = padded.shape[:2]
+    rows, cols = -(-(height - row) // stride), -(-(width - col) // stride)
+    shape = (n_nets, channels * k * k, rows * cols)
+    module = _native()
+    if padded.device.type != "cpu" or module is None:  # F.unfold's im2col: slower on CPU
+        return F.unfold(padded[:, :, row:, col:], k, stride=stride)
+    if buffer is None:
+        out = torch.empty(shape)
+    else:
+        out = buffer.reshape(-1)[: shape[0] * shape[1] * shape[2]].view(shape)
+    module.strided_patches(
+        padded.numpy(), out.numpy(), k, stride, row, col, rows, cols, torch.get_num_threads()
+    )
+    return out
+
+
+def _keep_rows(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``rows[keep]`` for a contiguous tensor, moved to the front of its own memory (a view;
+    ``rows`` is overwritten): no fresh memory to touch."""
+    kept = torch.nonzero(keep).flatten().tolist()
+    for new, old in enumerate(kept):
+        if new != old:
+            rows[new].copy_(rows[old])
+    return rows[: len(kept)]
+
+
+def _pointwise_argmax(
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    k: int,
+    stride: int,
+    known: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``batched_forward(input_patches(x, k), params, size) > 0`` for nets whose later layers
+    are all 1x1, without the full grid's patches: the pixels go through in ``stride`` x
+    ``stride`` interleaved sub-grids (each pixel's logits are its own patch's; the same sums).
+    ``known``: (A, M) the argmax at the training pixels (:func:`training_pixels`), already
+    computed with these weights; that sub-grid is then not computed again. ``buffer``: float32
+    CPU storage the patches may be written into (:func:`_strided_patches`).
+
+    Returns:
+        (A, H * W) bool.
+    """
+    n_nets, channels, height, width = x.shape
+    padded = _replicate_pad(x, k)
+    out = torch.empty(n_nets, height, width, dtype=torch.bool, device=x.device)
+    largest = n_nets * channels * k * k * -(-height // stride) * -(-width // stride)
+    if x.device.type != "cpu":
+        buffer = None
+    elif buffer is None or buffer.numel() < largest:
+        buffer = torch.empty(largest)
+    for row in range(stride):
+        for col in range(stride):
+            sub = out[:, row::stride, col::stride]
+            if known is not None and row == col == stride // 2:
+                sub.copy_(known.reshape(sub.shape))
+                continue
+            patches = _strided_patches(padded, k, stride, row, col, (height, width), buffer)
+            diff = batched_forward(patches, params, (sub.shape[1], sub.shape[2]))
+            sub.copy_((diff > 0).reshape(sub.shape))
+    return out.reshape(n_nets, -1)
+
+
 def batched_forward(
     patches: torch.Tensor, params: Sequence[torch.Tensor], size: tuple[int, int]
 ) -> torch.Tensor:
@@ -753,7 +875,7 @@ def sgrm_batched(
     n_images, height, width = refined.shape
     seeds = [0] * n_images if seeds is None else list(seeds)
     if segments is None:
-        segments = [superpixels(image, cfg) for image in images]
+        segments = superpixels_batch(images, cfg, torch.get_num_threads())
 
     # Labels on the CPU, then everything on the device as (B, M) rows over the M training
     # pixels (training_pixels; M = H * W for train_stride 1).
@@ -778,18 +900,32 @@ def sgrm_batched(
             for i, r, a in zip(images, refined, affinities, strict=True)
         ]
     ).to(device)
-    all_patches = input_patches(x, cfg.kernels[0])
     # With 1x1 later layers every pixel is computed alone: train on the training pixels' patches
-    # only. A later k x k layer needs the full grid: compute it, then take the training pixels.
+    # only (the full grid's are never made). A later k x k layer needs the full grid: compute
+    # it, then take the training pixels.
     pointwise = all(k == 1 for k in cfg.kernels[1:])
-    patches = all_patches[:, :, train] if pointwise else all_patches
+    stride = cfg.train_stride
+    patches = (
+        _strided_patches(
+            _replicate_pad(x, cfg.kernels[0]),
+            cfg.kernels[0],
+            stride,
+            stride // 2,
+            stride // 2,
+            (height, width),
+        )
+        if pointwise
+        else input_patches(x, cfg.kernels[0])
+    )
     n_train = len(train)
+    storage = patches  # the training patches' memory, reused for the final argmax's
 
     inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
     buffers = [torch.zeros_like(p) for p in params]
 
     final: list[list[torch.Tensor]] = [[] for _ in range(n_images)]  # each net's last weights
+    final_pred: list[torch.Tensor] = [torch.empty(0)] * n_images  # and their training argmax
     steps = [cfg.max_steps] * n_images
     converged = [False] * n_images
     index = list(range(n_images))  # original index of each row still training
@@ -806,6 +942,7 @@ def sgrm_batched(
                 steps[i], converged[i] = step, True
             if finished or last:
                 final[i] = [p.detach()[row].clone() for p in params]
+                final_pred[i] = pred[row] > 0
         if last:
             break
         keep = ~done
@@ -820,14 +957,19 @@ def sgrm_batched(
                 p.sub_(cfg.lr * buf)
         if any(done_list):  # drop the finished images from the batch
             index = [i for i, finished in zip(index, done_list, strict=True) if not finished]
-            patches, seg = patches[keep], seg[keep]
+            patches, seg = _keep_rows(patches, keep), seg[keep]
             y_cls, y_s_star, w_pos, w_neg = y_cls[keep], y_s_star[keep], w_pos[keep], w_neg[keep]
             params = [p.detach()[keep].requires_grad_() for p in params]
             buffers = [buf[keep] for buf in buffers]
 
     with torch.no_grad():  # every net's argmax at every pixel
         weights = [torch.stack(p) for p in zip(*final, strict=True)]
-        masks = batched_forward(all_patches, weights, (height, width)) > 0
+        if pointwise:
+            known = torch.stack(final_pred)
+            masks = _pointwise_argmax(x, weights, cfg.kernels[0], stride, known, storage)
+        else:
+            full = input_patches(x, cfg.kernels[0])
+            masks = batched_forward(full, weights, (height, width)) > 0
     if cfg.mask_vote:
         masks = vote(masks.reshape(-1).long(), all_seg.reshape(-1), all_sizes).bool()
     masks_np = masks.reshape(n_images, height, width).cpu().numpy()
