@@ -176,7 +176,6 @@ def load_image(
             # PIL warns above Image.MAX_IMAGE_PIXELS; max_pixels is the limit that applies here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
                 width, height = image.size
                 if image.format in ("JPEG", "MPO") and max(width, height) > jpeg_draft_side:
                     image.draft("RGB", (jpeg_draft_side, jpeg_draft_side))
@@ -184,6 +183,8 @@ def load_image(
                     raise ImageError(
                         f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
                     )
+                # After the size check: a PNG's getexif() decodes the whole image.
+                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
                 if image.format == "TIFF" and _pillow_misreads(image):
                     raise _PillowMisreads("Pillow mixes up the planes of this TIFF")
                 image.seek(0)

@@ -139,3 +139,19 @@ def test_unreadable_file(photo: np.ndarray) -> None:
     if message.startswith("cannot drop root"):
         pytest.skip(f"running as root and {message}: mode 000 does not stop root")
     assert message == f"{root / case.name}: permission denied"
+
+
+def test_oversized_png_is_refused_before_its_pixels_are_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import PngImagePlugin
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 48), "red").save(path)  # no eXIf chunk: getexif() would decode it
+
+    def no_decode(self: Image.Image) -> None:
+        raise AssertionError("decoded before the size check")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    with pytest.raises(ImageError, match="64x48 pixels is over the limit of 100"):
+        load_image(path, max_pixels=100)
