@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = default_config("efficientnet_lite0", args.input_size)
-    plain = build_model(config)
+    plain = build_model(config, generic_localizer=False)  # the default bundle has one: leave it out
     head = empty_head(plain.backbone, config, None)
     with_head = LcarModel(plain.backbone, with_foreground(plain.heads, head)).eval()
     with tempfile.TemporaryDirectory() as tmp:
