@@ -5,7 +5,7 @@ the pipeline does, cycled to fill a batch), at batch 1 and 16, with the same thr
 time is the fastest of the repeats (the run least disturbed by other load on a shared machine),
 divided by the batch size. Also prints how far the int8 outputs are from the float32 ones.
 
-    python benchmarks/int8.py --float ~/.cache/lcar-deploy/bundles/default-efficientnet_lite0-384-localizer \\
+    python benchmarks/int8.py --float ~/.cache/lcar-deploy/bundles/default-efficientnet_lite0-384-localizer-<digest> \\
         --int8 /tmp/i16/int8-default --images /tmp/i16/ilsvrc-calib [--threads 2] [--repeats 3]
 """
 

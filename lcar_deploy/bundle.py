@@ -67,15 +67,21 @@ def cache_dir() -> Path:
     return Path(base) / "lcar-deploy"
 
 
-# Names the default bundle's backbone, input size and generic localizer, so that a cached
-# default bundle from an older default is not reused after the default changes
-# (tests/test_export.py checks it).
 DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384-localizer"
 
 
 def default_bundle_dir() -> Path:
-    """Where ``lcar-deploy export`` with no ``--out`` writes, and ``localize`` looks."""
-    return cache_dir() / "bundles" / DEFAULT_BUNDLE_NAME
+    """Where ``lcar-deploy export`` with no ``--out`` writes, and ``localize`` looks.
+
+    The folder names the default bundle's backbone, input size and generic localizer, then a
+    digest of the settings its export records for the localizer's maps
+    (``MAP_SETTINGS["foreground_cam"]``), so that a cached default bundle from an older
+    default is not reused after the default changes (tests/test_export.py checks it)."""
+    from .training.config import MAP_SETTINGS
+
+    recorded = json.dumps(MAP_SETTINGS["foreground_cam"], sort_keys=True).encode()
+    digest = hashlib.sha256(recorded).hexdigest()[:8]
+    return cache_dir() / "bundles" / f"{DEFAULT_BUNDLE_NAME}-{digest}"
 
 
 def load_bundle(

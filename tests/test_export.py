@@ -35,6 +35,7 @@ from lcar_deploy.models.generic_localizer import (
 )
 from lcar_deploy.models.heads import Heads, HeadsConfig, HeadsError, save_heads
 from lcar_deploy.models.model import build_model
+from lcar_deploy.training.config import MAP_SETTINGS
 
 
 def _batch(paths: list[Path], size: int) -> np.ndarray:
@@ -256,11 +257,15 @@ def test_missing_file_and_newer_format_are_rejected(default_bundle: Bundle, tmp_
 
 
 @pytest.mark.slow
-def test_default_bundle_folder_names_the_default_backbone() -> None:
+def test_default_bundle_folder_names_the_default_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
     config = default_config("efficientnet_lite0")
     assert generic_localizer_path(config.name, config.input_size).is_file()
-    name = f"default-{config.name}-{config.input_size}-localizer"
-    assert default_bundle_dir().name == name
+    name = f"default-{config.name}-{config.input_size}-localizer-"
+    assert default_bundle_dir().name.startswith(name)
+    first = default_bundle_dir().name
+    changed = {**MAP_SETTINGS["foreground_cam"], "box_threshold": 0.123}
+    monkeypatch.setitem(MAP_SETTINGS, "foreground_cam", changed)
+    assert default_bundle_dir().name.startswith(name) and default_bundle_dir().name != first
 
 
 def test_generic_localizer_is_shipped_checked_and_optional(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from lcar_deploy.stages.sgrm import (
     _strided_patches,
     batched_forward,
     cls_pixel_weights,
+    data_init_params,
     feature_channels,
     init_params,
     input_patches,
@@ -400,6 +401,64 @@ def test_keep_reliable_masks_both_loops() -> None:
         assert result.mask[y_cls == 1].all() and not result.mask[y_cls == 0].any()
         assert result.box == mask_to_box(result.mask, cfg.box_mode)
     assert iou(fast.mask, kept.mask) >= 0.98
+
+
+def test_data_init_params() -> None:
+    """The data init: pairs of opposite principal directions, identity middle layers, and an
+    output layer that already separates a linearly separable image's reliable pixels."""
+    torch.set_num_threads(1)
+    image, coarse, _ = synthetic(0, size=64)
+    cfg = replace(PAPER_CUB, init="data", width=6, kernels=(3, 3))
+    y_cls = (
+        torch.from_numpy(sgrm_labels(coarse, superpixels(image, cfg), cfg)[0]).reshape(-1).long()
+    )
+    x = net_input(image, coarse)[None]
+    patches = input_patches(x, 3)[0]
+    params = data_init_params(patches, y_cls, cfg)
+    assert [tuple(p.shape) for p in params] == [
+        (6, 4, 3, 3), (6,), (6, 6, 3, 3), (6,), (2, 6, 1, 1), (2,)
+    ]  # fmt: skip
+    first = params[0].reshape(6, -1)
+    torch.testing.assert_close(first[1::2], -first[::2])
+    centred = patches - patches.mean(1, keepdim=True)
+    projected = first[::2] @ centred
+    torch.testing.assert_close(projected.std(1, correction=0), torch.ones(3), rtol=1e-3, atol=0)
+    assert abs(float(projected[0] @ projected[1])) < 1e-2 * projected.shape[1]  # orthogonal
+    assert params[2][:, :, 1, 1].equal(torch.eye(6)) and params[2].sum() == 6
+    torch.testing.assert_close(params[4][0], -params[4][1])
+    logits = AggregationNet(params)(x)[0].reshape(2, -1)
+    pred = logits[1] > logits[0]
+    assert bool(pred[y_cls == 1].float().mean() > 0.95) and bool(
+        pred[y_cls == 0].float().mean() < 0.05
+    )
+
+
+def test_data_init_needs_no_seed_and_loops_agree() -> None:
+    """With ``init = "data"`` the seed changes nothing, and the two loops agree."""
+    torch.set_num_threads(1)
+    data = [synthetic(seed, size=96) for seed in (0, 1)]
+    images = np.stack([d[0] for d in data])
+    coarse = np.stack([d[1] for d in data])
+    affinity = np.stack([synthetic_affinity(d[2], seed) for seed, d in enumerate(data)])
+    cfg = replace(SgrmConfig(), init="data", width=16, features=4, stop_error=0.005)
+    first = sgrm_batched(images, coarse, cfg, seeds=[0, 0], affinity=affinity)
+    second = sgrm_batched(images, coarse, cfg, seeds=[7, 9], affinity=affinity)
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        ref = sgrm_reference(images[i], coarse[i], cfg, seed=5, affinity=affinity[i])
+        assert ref.steps == a.steps and ref.converged == a.converged
+        assert iou(ref.mask, a.mask) >= 0.98
+        assert iou(a.mask, data[i][2]) >= 0.8
+
+
+def test_data_init_without_reliable_pixels() -> None:
+    """An image with no reliable pixel at all gets a finite init (the ridge term) and an
+    empty mask, not an error."""
+    image, _, _ = synthetic(0, size=48)
+    flat = np.full((48, 48), 0.5, np.float32)
+    cfg = replace(PAPER_CUB, init="data", gamma_l1=0.4, gamma_h1=0.6, gamma_l2=0.4, gamma_h2=0.6)
+    (result,) = sgrm_batched(image[None], flat[None], cfg)
+    assert not result.mask.any() and result.converged and result.steps == 0
 
 
 def cub_images(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

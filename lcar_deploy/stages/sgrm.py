@@ -105,6 +105,7 @@ IGNORE = 255
 
 StopRule = Literal["pooled", "balanced"]
 ClsNorm = Literal["class", "image"]
+Init = Literal["random", "data"]
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class SgrmConfig:
             are, object above ``gamma_h1`` and background below ``gamma_l1``, so the net
             re-predicts the ignored band only (:func:`keep_reliable`; False: the paper's
             output, where up to ``stop_error`` of the reliable pixels may flip).
+        init: the Aggregation Net's initial weights: ``"random"``, PyTorch's default drawn
+            from the image's seed (:func:`init_params`, the paper's fresh net), or ``"data"``,
+            computed from the image itself with no randomness (:func:`data_init_params`: the
+            first layer on the principal directions of the input patches, the output layer a
+            least-squares fit to ``y_cls``), so the mask does not depend on a seed.
     """
 
     gamma_l1: float = 0.6
@@ -186,6 +192,7 @@ class SgrmConfig:
     box_mode: BoxMode = "largest"
     mask_vote: bool = True
     keep_reliable: bool = False
+    init: Init = "random"
 
     max_width: ClassVar[int] = 256
     max_kernel: ClassVar[int] = 15
@@ -525,6 +532,65 @@ def init_params(cfg: SgrmConfig, seed: int) -> list[torch.Tensor]:
     return params
 
 
+def data_init_params(
+    patches: torch.Tensor, y_cls: torch.Tensor, cfg: SgrmConfig
+) -> list[torch.Tensor]:
+    """Initial weights of one Aggregation Net computed from its own image, with no randomness
+    (``SgrmConfig.init = "data"``).
+
+    - First layer: the ``ceil(width / 2)`` leading principal directions ``v_j`` of the image's
+      input patches (centred, at the training pixels), scaled by the inverse of their standard
+      deviation ``s_j``, each as the pair of units ``relu(+-(v_j . (p - mean)) / s_j)``: the
+      pair makes the eigenvectors' arbitrary signs irrelevant. Directions with ``s_j`` under
+      1e-6 get zero weights.
+    - Later hidden layers: the identity (centre tap 1; the inputs are already >= 0).
+    - Output layer: ``d = z_1 - z_0`` fitted by least squares to +1 / -1 on the reliable object
+      / background pixels of ``y_cls`` (each class weighted by the inverse of its pixel count,
+      ridge 1e-3), split as ``z_1 = d / 2``, ``z_0 = -d / 2``.
+
+    Args:
+        patches: (C k^2, M) first-layer input patches (:func:`input_patches`) at the M training
+            pixels (:func:`training_pixels`).
+        y_cls: (M,) int64 labels in {0, 1, 255} at those pixels (eq. 12).
+
+    Returns:
+        ``[w_0, b_0, w_1, b_1, ...]`` as :func:`init_params`, float32, on ``patches``' device.
+    """
+    shapes = layer_shapes(cfg)
+    width, in_ch, k = shapes[0]
+    # The large products in float32 (inputs are in about [-1, 1]); eigh and solve in float64.
+    x = patches.float()
+    n_pixels = max(x.shape[1], 1)
+    mean = x.mean(1)
+    centred = x - mean[:, None]
+    values, vectors = torch.linalg.eigh((centred @ centred.T).double() / n_pixels)
+    n_dirs = min(-(-width // 2), len(values))
+    spread = values.flip(0)[:n_dirs].clamp_min(0).sqrt()
+    dirs = vectors.flip(1)[:, :n_dirs].T / spread.clamp_min(1e-12)[:, None]
+    dirs[spread < 1e-6] = 0
+    first = x.new_zeros(width, x.shape[0])
+    pairs = torch.stack([dirs, -dirs], 1).reshape(-1, x.shape[0])[:width]
+    first[: len(pairs)] = pairs.float()
+    params = [first.reshape(width, in_ch, k, k), -(first @ mean)]
+    for _, _, k_l in shapes[1:-1]:
+        eye = x.new_zeros(width, width, k_l, k_l)
+        eye[torch.arange(width), torch.arange(width), k_l // 2, k_l // 2] = 1
+        params += [eye, x.new_zeros(width)]
+    hidden = torch.cat([F.relu(first @ x + params[1][:, None]), torch.ones_like(x[:1])])
+    positive, negative = (y_cls == 1).float(), (y_cls == 0).float()
+    weight = positive / positive.sum().clamp_min(1) + negative / negative.sum().clamp_min(1)
+    weighted = hidden * weight
+    gram = (weighted @ hidden.T).double() + 1e-3 * torch.eye(
+        width + 1, dtype=torch.float64, device=x.device
+    )
+    half = torch.linalg.solve(gram, (weighted @ (positive - negative)).double()).float() / 2
+    params += [
+        torch.stack([-half[:width], half[:width]]).reshape(2, width, 1, 1),
+        torch.stack([-half[width], half[width]]),
+    ]
+    return params
+
+
 class AggregationNet(nn.Module):
     """Per-image Aggregation Net: (k x k conv + ReLU) per ``kernels``, then a 1x1 conv to 2 logits.
 
@@ -613,9 +679,13 @@ def sgrm_reference(
     y_cls = torch.from_numpy(y_cls_np).reshape(-1).long()[train]
     y_s_star = torch.from_numpy(y_s_star_np).reshape(-1).long()[train]
 
-    net = AggregationNet(init_params(cfg, seed))
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     x = net_input(image, refined, _semantic(affinity, cfg, refined.shape))[None]
+    if cfg.init == "data":
+        params = data_init_params(input_patches(x, cfg.kernels[0])[0][:, train], y_cls, cfg)
+    else:
+        params = init_params(cfg, seed)
+    net = AggregationNet(params)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
     steps, converged = 0, False
     while True:
@@ -920,7 +990,11 @@ def sgrm_batched(
     n_train = len(train)
     storage = patches  # the training patches' memory, reused for the final argmax's
 
-    inits = [init_params(cfg, s) for s in seeds]
+    if cfg.init == "data":
+        train_patches = patches if pointwise else patches[:, :, train]
+        inits = [data_init_params(p, y, cfg) for p, y in zip(train_patches, y_cls, strict=True)]
+    else:
+        inits = [init_params(cfg, s) for s in seeds]
     params = [torch.stack(p).to(device).requires_grad_() for p in zip(*inits, strict=True)]
     buffers = [torch.zeros_like(p) for p in params]
 
