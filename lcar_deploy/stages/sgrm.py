@@ -51,7 +51,8 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
   from background where their colours are alike. Initialisation is
   PyTorch's default for ``nn.Conv2d`` (weights and biases uniform in +-1/sqrt(fan_in)), drawn
   from a ``torch.Generator`` seeded per image, so the reference and the batched path start
-  from identical weights.
+  from identical weights; or, with ``init = "data"``, computed from the image itself with no
+  randomness (:func:`data_init_params`), so the mask depends on no seed.
 - *Training pixels*: the labels, the vote, the losses and the stop rule use the pixels of every
   ``train_stride``-th row and column (:func:`training_pixels`; default 2, a quarter of the
   pixels, as good masks at about half the cost); the mask is the trained net's argmax at every
@@ -73,8 +74,8 @@ Choices the paper leaves open (all are :class:`SgrmConfig` settings):
 Behaviour to know: training stops at the first step where the reliable region is fitted, so the
 mask keeps the net's state at that moment. It tends to spill a few pixels into the uncertain
 band around the object, can keep small stray blobs (up to ``stop_error`` of the reliable
-background may disagree; twice that with ``"balanced"``), and depends on the init seed
-(``sgrm_seed``; docs/accuracy.md gives the spread).
+background may disagree; twice that with ``"balanced"``), and with ``init = "random"`` it
+depends on the init seed (``sgrm_seed``; docs/accuracy.md gives the spread).
 
 Two implementations: :func:`sgrm_reference` (one image, ``nn.Module`` + ``torch.optim.SGD``,
 written to be read against the paper) and :func:`sgrm_batched` (the fast path: several images'
