@@ -463,9 +463,12 @@ def feature_channels(affinity: np.ndarray, count: int, size: tuple[int, int]) ->
     x = affinity.reshape(-1, dim).astype(np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     x = x - x.mean(0)
-    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    # The right singular vectors as the eigenvectors of the D x D Gram matrix (squared singular
+    # values, largest first): several times faster than an SVD of the h w x D cells.
+    values, vectors = np.linalg.eigh(x.T @ x)
+    vt = vectors[:, ::-1].T
     comps = np.zeros((count, dim))
-    n = min(count, int((singular > 1e-6 * np.sqrt(len(x))).sum()))  # unit rows: s <= sqrt(n)
+    n = min(count, int((values > 1e-12 * len(x)).sum()))  # unit rows: s <= sqrt(n)
     comps[:n] = vt[:n] * np.sign(vt[np.arange(n), np.abs(vt[:n]).argmax(1)])[:, None]
     proj = x @ comps.T
     proj = 0.5 * proj / np.maximum(proj.std(0), 1e-12)
