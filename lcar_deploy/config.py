@@ -52,7 +52,8 @@ class PipelineConfig:
         scores").
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
-    sgrm_seed: seed of every image's Aggregation Net (reproducible masks).
+    sgrm_seed: seed of every image's Aggregation Net (reproducible masks), with
+        ``sgrm.init = "random"``; ``"data"`` uses none (then it must stay 0).
     flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
         output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
         Twice the backbone time (why it is on: docs/method.md, section 1; its gain:
@@ -83,6 +84,12 @@ class PipelineConfig:
         check_range(self, "box_threshold", 0.0, 1.0, high_open=True)
         check_range(self, "min_box_score", 0.0, 1.0)
         check_range(self, "sgrm_seed", 0, 2**64 - 1)  # torch.Generator.manual_seed's range
+        if self.sgrm_seed != 0 and self.sgrm.init == "data":
+            raise SettingError(
+                "sgrm_seed",
+                f"is the seed of SGRM's random init, got {self.sgrm_seed}, but sgrm.init is "
+                '"data", which draws no random numbers; set sgrm.init to "random" to use a seed',
+            )
         try:
             device_type = torch.device(self.sgrm_device).type
         except RuntimeError:

@@ -49,6 +49,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"sgrm_device": 0}, "sgrm_device", "must be a string"),
     ({"sgrm_seed": 1.5}, "sgrm_seed", "must be an integer"),
     ({"sgrm_seed": -1}, "sgrm_seed", "got -1"),
+    ({"sgrm_seed": 3, "sgrm": {"init": "data"}}, "sgrm_seed", 'sgrm.init is "data"'),
+    ({"sgrm": {"init": "pca"}}, "sgrm.init", "one of random, data"),
     ({"box_threshold": "x"}, "box_threshold", 'must be a finite number, got "x"'),
     ({"box_threshold": 1.0}, "box_threshold", "in [0, 1), got 1"),
     ({"box_threshold": -0.1}, "box_threshold", "in [0, 1)"),
