@@ -13,14 +13,13 @@ from typing import Any
 import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
-from ..config import merge_settings, preset, resolve_config, settings_of
+from ..config import generic_localizer_settings, merge_settings, preset, resolve_config, settings_of
 from ..errors import QuantizationError
 from ..models.backbones import BackboneConfig, backbone_spec, default_config
 from ..models.generic_localizer import generic_localizer_info
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
 from ..names import EXPORT_FORMATS, QUANTIZE
-from ..training.config import MAP_SETTINGS
 from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_int8
 
 
@@ -238,9 +237,7 @@ def export_bundle(
     if heads is None and model.heads is not None and model.heads.foreground is not None:
         heads_info = {"kind": "classifier", "localizer": generic_localizer_info(config)}
         # ARM refines the mean of the localizer's map and the class CAM, which picks the object.
-        generic = {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
-        generic = merge_settings(generic, settings or {})
-        resolved = settings_of(resolve_config(base, settings=generic))
+        resolved = generic_localizer_settings(settings)
     return write_bundle(
         model,
         config,

@@ -74,12 +74,12 @@ def default_bundle_dir() -> Path:
     """Where ``lcar-deploy export`` with no ``--out`` writes, and ``localize`` looks.
 
     The folder names the default bundle's backbone, input size and generic localizer, then a
-    digest of the settings its export records for the localizer's maps
-    (``MAP_SETTINGS["foreground_cam"]``), so that a cached default bundle from an older
-    default is not reused after the default changes (tests/test_export.py checks it)."""
-    from .training.config import MAP_SETTINGS
+    digest of the settings its export records (:func:`~lcar_deploy.config.
+    generic_localizer_settings`), so that a cached default bundle from an older default is not
+    reused after the default changes (tests/test_export.py checks it)."""
+    from .config import generic_localizer_settings
 
-    recorded = json.dumps(MAP_SETTINGS["foreground_cam"], sort_keys=True).encode()
+    recorded = json.dumps(generic_localizer_settings(), sort_keys=True).encode()
     digest = hashlib.sha256(recorded).hexdigest()[:8]
     return cache_dir() / "bundles" / f"{DEFAULT_BUNDLE_NAME}-{digest}"
 

@@ -200,6 +200,17 @@ def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def generic_localizer_settings(settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a bundle of the ImageNet classifier with the generic localizer records (the
+    default bundle): the ``classifier`` preset, ``arm_input = foreground_cam`` with its
+    ``MAP_SETTINGS``, then ``settings`` on top."""
+    from .training.config import MAP_SETTINGS
+
+    generic = {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
+    generic = merge_settings(generic, settings or {})
+    return settings_of(resolve_config(settings_of(preset("classifier")), settings=generic))
+
+
 def resolve_config(
     bundle_settings: dict[str, Any],
     *,
