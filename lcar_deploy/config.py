@@ -25,6 +25,7 @@ from .stages.arm import AFA_DILATIONS, ArmConfig
 from .stages.cam import CamConfig
 from .stages.graph_cut import GraphCutConfig
 from .stages.sgrm import PAPER_CUB, SgrmConfig
+from .training.config import MAP_SETTINGS
 
 SGRM_DEVICE_TYPES = ("cpu", "cuda")
 
@@ -204,8 +205,6 @@ def generic_localizer_settings(settings: dict[str, Any] | None = None) -> dict[s
     """The settings a bundle of the ImageNet classifier with the generic localizer records (the
     default bundle): the ``classifier`` preset, ``arm_input = foreground_cam`` with its
     ``MAP_SETTINGS``, then ``settings`` on top."""
-    from .training.config import MAP_SETTINGS
-
     generic = {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
     generic = merge_settings(generic, settings or {})
     return settings_of(resolve_config(settings_of(preset("classifier")), settings=generic))
