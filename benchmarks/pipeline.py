@@ -29,7 +29,7 @@ from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb
 from lcar_deploy.localize import LocalizeOptions, localize_results
-from lcar_deploy.names import METHODS, STAGES
+from lcar_deploy.names import METHODS, STAGES, method_stages
 from lcar_deploy.pipeline import Localizer, LocalizerSpec
 from lcar_deploy.stages.sgrm import sgrm_batched, sgrm_reference
 
@@ -75,12 +75,12 @@ def main() -> None:
     print(f"\nms/image per stage (all methods in one pass: {1000 * wall / n:.0f} ms/image wall)")
     print(" ".join(f"{s:>10}" for s in STAGES))
     print(" ".join(f"{stage_ms[s] / n:>10.1f}" for s in STAGES))
-    print("\nms/image per method (sum of its stages)")
+    print(f"\nms/image per method (sum of the stages it runs; ARM's input: {localizer.arm_input})")
     for method in METHODS:
-        stages = STAGES[: 2 + METHODS.index(method)]
-        print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}")
+        stages = method_stages(method, localizer.arm_input)
+        print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}   {' + '.join(stages)}")
     print(f"SGRM mean steps to stop: {np.mean(steps):.1f}")
-    lcar_ms = sum(stage_ms[s] for s in STAGES[: 2 + METHODS.index("lcar")]) / n
+    lcar_ms = sum(stage_ms[s] for s in method_stages("lcar", localizer.arm_input)) / n
     backbone_ms = stage_ms["backbone"] / n
     print(
         f"lcar / backbone with flip: {lcar_ms:.1f} / {backbone_ms:.1f} = "

@@ -31,7 +31,7 @@ from .errors import SettingError
 from .image_io import ImageError, load_image
 from .io import make_dirs, write_atomic
 from .metrics import BoxAccuracyAccumulator, box_iou, check_box_convention
-from .names import METHODS, STAGES, Engine
+from .names import METHODS, STAGES, Engine, method_stages
 from .pipeline import BackboneRun, Localizer, LocalizerSpec
 
 DATASET_CLASSES = {"cub": "cub", "ilsvrc": "imagenet"}
@@ -251,11 +251,14 @@ def run_evaluation(
     progress: bool = True,
     examples: int = 12,
     box_threshold: float | None = None,
+    arm_input: str = "graphcut",
 ) -> EvalResult:
     """Accumulate metrics, write maps.npz (streamed to disk), return the metrics.
 
     ``box_threshold``: the run's own threshold (the bundle's, calibrated or not); each map
-    method also reports GT-known there (``gt_known_at_setting``), next to the sweep's best."""
+    method also reports GT-known there (``gt_known_at_setting``), next to the sweep's best.
+    ``arm_input``: ARM's coarse map (resolved), for which stages each method's ms/image sums
+    (:func:`~lcar_deploy.names.method_stages`)."""
     from tqdm import tqdm
 
     accs = {m: BoxAccuracyAccumulator(cam_thresholds=thresholds) for m in methods}
@@ -317,7 +320,7 @@ def run_evaluation(
         "methods": {},
     }
     for method in methods:
-        stages = STAGES[: 2 + METHODS.index(method)]
+        stages = method_stages(method, arm_input)
         entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
         if entry.get("sweep") and box_threshold is not None:
             grid = accs[method].cam_thresholds
@@ -545,7 +548,13 @@ def evaluate(
     )
     make_dirs(out)
     result = run_evaluation(
-        outcomes, chosen, out, len(data), progress=progress, box_threshold=spec.config.box_threshold
+        outcomes,
+        chosen,
+        out,
+        len(data),
+        progress=progress,
+        box_threshold=spec.config.box_threshold,
+        arm_input=spec.arm_input,
     )
     loaded = spec.bundle
     info = {

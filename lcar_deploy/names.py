@@ -15,6 +15,17 @@ METHODS: tuple[str, ...] = get_args(Method)
 STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
 """The stages timed per image, in pipeline order."""
 
+
+def method_stages(method: str, arm_input: str) -> tuple[str, ...]:
+    """The stages of :data:`STAGES` that ``method`` runs, in order, for ARM's coarse map
+    ``arm_input`` (resolved, not ``auto``): ``arm`` and ``lcar`` run the graph cut only when it
+    is that map."""
+    stages = STAGES[: 2 + METHODS.index(method)]
+    if method in ("arm", "lcar") and arm_input != "graphcut":
+        return tuple(s for s in stages if s != "graph_cut")
+    return stages
+
+
 ArmInput = Literal["auto", "graphcut", "cam", "foreground", "foreground_cam"]
 ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
 

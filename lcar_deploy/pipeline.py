@@ -30,7 +30,7 @@ from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle, select_providers
 from .config import PipelineConfig, resolve_config
 from .errors import BundleError, ImageError, SettingError
 from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
-from .names import METHODS, STAGES
+from .names import METHODS, STAGES, method_stages
 from .stages.arm import orient, refine
 from .stages.cam import cam_map, minmax_normalize, softmax, upsample
 from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
@@ -426,8 +426,7 @@ class Localizer:
 
         results: dict[str, list[Localization]] = {}
         for method in methods:
-            stages = STAGES[: 2 + METHODS.index(method)]
-            timings = {s: 1000.0 * times[s] / n for s in stages}
+            timings = {s: 1000.0 * times[s] / n for s in method_stages(method, arm_input)}
             per_image = []
             for i in range(n):
                 if method == "lcar":
