@@ -254,6 +254,7 @@ py::array_t<int64_t> felzenszwalb(const DoubleArray& images, double scale, int64
   }
   const py::ssize_t B = images.shape(0), H = images.shape(1), W = images.shape(2);
   const py::ssize_t C = images.shape(3);
+  if (H * W > INT32_MAX) throw std::invalid_argument("images must have under 2^31 pixels each");
   const double* p = images.data();
   for (py::ssize_t i = 0; i < images.size(); ++i) {
     if (!std::isfinite(p[i])) throw std::invalid_argument("images contain NaN or inf");
@@ -286,6 +287,39 @@ void strided_patches(const FloatArray& padded, py::array_t<float, py::array::c_s
   float* o = out.mutable_data();
   py::gil_scoped_release release;
   lcar::strided_patches_cpu(in, o, A, C, Hp, Wp, k, stride, row, col, rows, cols, num_threads);
+}
+
+py::array_t<bool> pointwise_argmax(const FloatArray& padded, const FloatArray& w0,
+                                   const FloatArray& b0, const FloatArray& wh,
+                                   const FloatArray& bh, const FloatArray& dw,
+                                   const FloatArray& db, int num_threads) {
+  check_ndim(padded, 4, "padded", "(A, C, Hp, Wp)");
+  check_ndim(w0, 5, "w0", "(A, width, C, k, k)");
+  const int64_t A = padded.shape(0), C = padded.shape(1), Hp = padded.shape(2);
+  const int64_t Wp = padded.shape(3), width = w0.shape(1), k = w0.shape(3);
+  if (w0.shape(0) != A || w0.shape(2) != C || w0.shape(4) != k || k % 2 == 0 || k > Hp ||
+      k > Wp || width < 1) {
+    throw std::invalid_argument("w0 must be (A, width, C, k, k), k odd, no larger than padded");
+  }
+  const int64_t n_hidden = wh.ndim() == 4 ? wh.shape(1) : -1;
+  if (n_hidden < 0 || b0.ndim() != 2 || b0.shape(0) != A || b0.shape(1) != width || wh.shape(0) != A ||
+      wh.shape(2) != width || wh.shape(3) != width || bh.ndim() != 3 || bh.shape(0) != A ||
+      bh.shape(1) != n_hidden || bh.shape(2) != width || dw.ndim() != 2 || dw.shape(0) != A ||
+      dw.shape(1) != width || db.ndim() != 1 || db.shape(0) != A) {
+    throw std::invalid_argument(
+        "b0 (A, width), wh (A, n_hidden, width, width), bh (A, n_hidden, width), dw (A, width) "
+        "and db (A,) must match padded and w0");
+  }
+  const int64_t H = Hp - k + 1, W = Wp - k + 1;
+  py::array_t<bool> out({A, H, W});
+  auto* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+  {
+    py::gil_scoped_release release;
+    lcar::pointwise_argmax_cpu(padded.data(), A, C, Hp, Wp, k, w0.data(), b0.data(), width,
+                               n_hidden, wh.data(), bh.data(), dw.data(), db.data(), o,
+                               num_threads);
+  }
+  return out;
 }
 #endif
 
@@ -334,5 +368,9 @@ PYBIND11_MODULE(LCAR_MODULE_NAME, m) {
         "SGRM's input patches: padded (A, C, Hp, Wp) -> out (A, C k k, rows cols) float32 "
         "(written in place), F.unfold's layout, at the pixels (row + stride i, col + stride j); "
         "num_threads <= 0: all");
+  m.def("pointwise_argmax", &pointwise_argmax, py::arg("padded"), py::arg("w0"), py::arg("b0"),
+        py::arg("wh"), py::arg("bh"), py::arg("dw"), py::arg("db"), py::arg("num_threads"),
+        "Argmax (A, H, W) bool of A Aggregation Nets with 1x1 later layers at every pixel of "
+        "their replicate-padded inputs (A, C, Hp, Wp) (csrc/sgrm_cpu.h); num_threads <= 0: all");
 #endif
 }

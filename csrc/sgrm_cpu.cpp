@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -45,15 +46,17 @@ inline void join_trees(int64_t* forest, int64_t n, int64_t m) {
 }
 
 // One edge of the grid: its cost's bits (costs are non-negative, so they order as their bit
-// patterns) and its index in scikit-image's edge list.
+// patterns) and its two pixels, a and b as scikit-image names them.
 struct Edge {
   uint64_t key;
-  int64_t index;
+  int32_t a;
+  int32_t b;
 };
 
-// Sorts edges by cost, equal costs by index: LSD radix sort over 11-bit digits (stable; all
-// histograms from one read), passes whose digit is the same for every edge skipped.
-void sort_edges(std::vector<Edge>& edges) {
+// Sorts edges by cost, equal costs keeping their order: LSD radix sort over 11-bit digits
+// (stable; all histograms from one read), passes whose digit is the same for every edge
+// skipped. scratch: as many edges, overwritten.
+void sort_edges(std::vector<Edge>& edges, std::vector<Edge>& scratch) {
   constexpr int kBits = 11;
   constexpr int kBuckets = 1 << kBits;
   constexpr int kPasses = (64 + kBits - 1) / kBits;
@@ -64,7 +67,6 @@ void sort_edges(std::vector<Edge>& edges) {
   for (const Edge& e : edges) {
     for (int p = 0; p < kPasses; ++p) ++count[p][(e.key >> (p * kBits)) & (kBuckets - 1)];
   }
-  std::vector<Edge> scratch(n);
   for (int p = 0; p < kPasses; ++p) {
     auto& c = count[p];
     const int shift = p * kBits;
@@ -80,35 +82,27 @@ void sort_edges(std::vector<Edge>& edges) {
   }
 }
 
+// A thread's working memory, kept from one image to the next (fresh pages are slow to touch).
+struct Workspace {
+  std::vector<Edge> edges, scratch;
+  std::vector<int64_t> forest, size, id;
+  std::vector<double> cint;
+};
+
 }  // namespace
 
 int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, double scale,
                          int64_t min_size, int64_t* labels) {
+  thread_local Workspace ws;
   const int64_t n_pixels = H * W;
   // The edges in scikit-image's order: right (a = p + 1, b = p), down (p + W, p), down-right
   // (p + W + 1, p), each over its pixels p row-major, then up-right (r W + c + 1, (r + 1) W + c).
-  const int64_t n_right = H * (W - 1), n_down = (H - 1) * W, n_diag = (H - 1) * (W - 1);
-  const int64_t n_edges = n_right + n_down + 2 * n_diag;
-  auto ends = [&](int64_t e, int64_t& a, int64_t& b) {
-    if (e < n_right) {
-      b = (e / (W - 1)) * W + e % (W - 1);
-      a = b + 1;
-    } else if ((e -= n_right) < n_down) {
-      b = e;
-      a = b + W;
-    } else if ((e -= n_down) < n_diag) {
-      b = (e / (W - 1)) * W + e % (W - 1);
-      a = b + W + 1;
-    } else {
-      e -= n_diag;
-      a = (e / (W - 1)) * W + e % (W - 1) + 1;
-      b = a - 1 + W;
-    }
-  };
-  std::vector<Edge> edges(n_edges);
-  for (int64_t e = 0; e < n_edges; ++e) {
-    int64_t a, b;
-    ends(e, a, b);
+  const int64_t n_edges = H * (W - 1) + (H - 1) * W + 2 * (H - 1) * (W - 1);
+  std::vector<Edge>& edges = ws.edges;
+  edges.resize(n_edges);
+  ws.scratch.resize(n_edges);
+  int64_t e = 0;
+  auto add = [&](int64_t a, int64_t b) {
     const double* pa = image + a * C;
     const double* pb = image + b * C;
     double sum = 0.0;
@@ -118,20 +112,33 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
     }
     const double cost = std::sqrt(sum);
     std::memcpy(&edges[e].key, &cost, sizeof(double));
-    edges[e].index = e;
+    edges[e].a = static_cast<int32_t>(a);
+    edges[e++].b = static_cast<int32_t>(b);
+  };
+  for (int64_t r = 0; r < H; ++r) {
+    for (int64_t c = 0; c + 1 < W; ++c) add(r * W + c + 1, r * W + c);
   }
-  sort_edges(edges);
+  for (int64_t p = 0; p < (H - 1) * W; ++p) add(p + W, p);
+  for (int64_t r = 0; r + 1 < H; ++r) {
+    for (int64_t c = 0; c + 1 < W; ++c) add((r + 1) * W + c + 1, r * W + c);
+  }
+  for (int64_t r = 0; r + 1 < H; ++r) {
+    for (int64_t c = 0; c + 1 < W; ++c) add(r * W + c + 1, (r + 1) * W + c);
+  }
+  sort_edges(edges, ws.scratch);
 
-  std::vector<int64_t> forest(n_pixels), size(n_pixels, 1);
-  std::vector<double> cint(n_pixels, 0.0);
+  std::vector<int64_t>& forest = ws.forest;
+  std::vector<int64_t>& size = ws.size;
+  std::vector<double>& cint = ws.cint;
+  forest.resize(n_pixels);
+  size.assign(n_pixels, 1);
+  cint.assign(n_pixels, 0.0);
   for (int64_t i = 0; i < n_pixels; ++i) forest[i] = i;
   int64_t* f = forest.data();
   const double k = scale / 255.0;
   for (const Edge& edge : edges) {
-    int64_t a, b;
-    ends(edge.index, a, b);
-    const int64_t s0 = find_root(f, a);
-    const int64_t s1 = find_root(f, b);
+    const int64_t s0 = find_root(f, edge.a);
+    const int64_t s1 = find_root(f, edge.b);
     if (s0 == s1) continue;
     double cost;
     std::memcpy(&cost, &edge.key, sizeof(double));
@@ -145,10 +152,8 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
     }
   }
   for (const Edge& edge : edges) {
-    int64_t a, b;
-    ends(edge.index, a, b);
-    const int64_t s0 = find_root(f, a);
-    const int64_t s1 = find_root(f, b);
+    const int64_t s0 = find_root(f, edge.a);
+    const int64_t s1 = find_root(f, edge.b);
     if (s0 == s1) continue;
     if (size[s0] < min_size || size[s1] < min_size) {
       join_trees(f, s0, s1);
@@ -157,7 +162,8 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
     }
   }
   // Every pixel's root (a root is no larger than its pixels), numbered in increasing order.
-  std::vector<int64_t> id(n_pixels, -1);
+  std::vector<int64_t>& id = ws.id;
+  id.assign(n_pixels, -1);
   int64_t n_segments = 0;
   for (int64_t i = 0; i < n_pixels; ++i) {
     const int64_t root = find_root(f, i);

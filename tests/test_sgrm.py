@@ -236,8 +236,33 @@ def test_strided_patches_are_input_patches_of_those_pixels(stride: int, k: int) 
             assert torch.equal(part, full[:, :, pixels.reshape(-1)])
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("kernels", "features"), [((3, 1), 2), ((3, 1, 1), 0), ((5,), 3), ((1,), 1)]
+)
+def test_pointwise_argmax_equals_the_full_forward(
+    monkeypatch: pytest.MonkeyPatch, native: bool, kernels: tuple[int, ...], features: int
+) -> None:
+    import lcar_deploy.stages.sgrm as sgrm
+
+    if not native:
+        monkeypatch.setattr(sgrm, "_native", lambda: None)
+    cfg = SgrmConfig(features=features, kernels=kernels, width=12)
+    x = torch.randn(3, 4 + features, 17, 19, generator=torch.Generator().manual_seed(1))
+    params = [torch.stack(p) for p in zip(*(init_params(cfg, s) for s in range(3)), strict=True)]
+    diff = batched_forward(input_patches(x, kernels[0]), params, (17, 19))
+    got = _pointwise_argmax(x, params, kernels[0], 2)
+    # The C++ pass sums in another order: only a logit difference within rounding may flip.
+    assert torch.equal(got[diff.abs() > 1e-5], (diff > 0)[diff.abs() > 1e-5])
+
+
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_pointwise_argmax_equals_the_full_forward(stride: int) -> None:
+def test_pointwise_argmax_without_the_module_takes_the_known_pixels(
+    monkeypatch: pytest.MonkeyPatch, stride: int
+) -> None:
+    import lcar_deploy.stages.sgrm as sgrm
+
+    monkeypatch.setattr(sgrm, "_native", lambda: None)
     cfg = SgrmConfig(features=2, kernels=(3, 1))
     x = torch.randn(3, 6, 17, 19, generator=torch.Generator().manual_seed(1))
     params = [torch.stack(p) for p in zip(*(init_params(cfg, s) for s in range(3)), strict=True)]
@@ -251,6 +276,19 @@ def test_pointwise_argmax_equals_the_full_forward(stride: int) -> None:
     rest = torch.ones(17 * 19, dtype=torch.bool)
     rest[train] = False
     assert torch.equal(got[:, rest], expected[:, rest])
+
+
+def test_pointwise_argmax_refuses_mismatched_weights() -> None:
+    module = pytest.importorskip("lcar_deploy._arm_cpu")
+    padded = np.zeros((2, 4, 9, 9), np.float32)
+    w0, b0 = np.zeros((2, 8, 4, 3, 3), np.float32), np.zeros((2, 8), np.float32)
+    wh, bh = np.zeros((2, 0, 8, 8), np.float32), np.zeros((2, 0, 8), np.float32)
+    dw, db = np.zeros((2, 8), np.float32), np.zeros(2, np.float32)
+    assert module.pointwise_argmax(padded, w0, b0, wh, bh, dw, db, 1).shape == (2, 7, 7)
+    with pytest.raises(ValueError, match="w0 must be"):
+        module.pointwise_argmax(padded, w0[:, :, :3], b0, wh, bh, dw, db, 1)
+    with pytest.raises(ValueError, match="must match padded and w0"):
+        module.pointwise_argmax(padded, w0, b0, wh, bh, dw[:, :7], db, 1)
 
 
 def test_keep_rows_in_place() -> None:

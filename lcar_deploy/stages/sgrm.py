@@ -798,17 +798,39 @@ def _pointwise_argmax(
     buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``batched_forward(input_patches(x, k), params, size) > 0`` for nets whose later layers
-    are all 1x1, without the full grid's patches: the pixels go through in ``stride`` x
-    ``stride`` interleaved sub-grids (each pixel's logits are its own patch's; the same sums).
-    ``known``: (A, M) the argmax at the training pixels (:func:`training_pixels`), already
-    computed with these weights; that sub-grid is then not computed again. ``buffer``: float32
-    CPU storage the patches may be written into (:func:`_strided_patches`).
+    are all 1x1, without the full grid's patches. On the CPU with the C++ module, in one pass
+    that reads the k x k windows straight from the padded input (``csrc/sgrm_net_cpu.cpp``;
+    ``known`` and ``buffer`` are then not needed). Elsewhere the pixels go through in
+    ``stride`` x ``stride`` interleaved sub-grids (each pixel's logits are its own patch's;
+    the same sums); ``known``: (A, M) the argmax at the training pixels
+    (:func:`training_pixels`), already computed with these weights, so that sub-grid is not
+    computed again; ``buffer``: float32 CPU storage the patches may be written into
+    (:func:`_strided_patches`).
 
     Returns:
         (A, H * W) bool.
     """
     n_nets, channels, height, width = x.shape
     padded = _replicate_pad(x, k)
+    module = _native()
+    if x.device.type == "cpu" and module is not None:
+        hidden = params[2:-2]
+        n_hidden = len(hidden) // 2
+        wh = torch.stack([w.flatten(2) for w in hidden[::2]], 1) if n_hidden else None
+        bh = torch.stack(list(hidden[1::2]), 1) if n_hidden else None
+        width_ = params[0].shape[1]
+        out_w, out_b = params[-2].flatten(2), params[-1]
+        masks = module.pointwise_argmax(
+            padded.contiguous().numpy(),
+            params[0].contiguous().numpy(),
+            params[1].contiguous().numpy(),
+            (wh if wh is not None else x.new_zeros(n_nets, 0, width_, width_)).numpy(),
+            (bh if bh is not None else x.new_zeros(n_nets, 0, width_)).numpy(),
+            (out_w[:, 1] - out_w[:, 0]).contiguous().numpy(),
+            (out_b[:, 1] - out_b[:, 0]).contiguous().numpy(),
+            torch.get_num_threads(),
+        )
+        return torch.from_numpy(masks).reshape(n_nets, -1)
     out = torch.empty(n_nets, height, width, dtype=torch.bool, device=x.device)
     largest = n_nets * channels * k * k * -(-height // stride) * -(-width // stride)
     if x.device.type != "cpu":
