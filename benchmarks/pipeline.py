@@ -63,10 +63,11 @@ def main() -> None:
     for i in range(0, len(images), args.batch_size):
         batch = images[i : i + args.batch_size]
         results = localizer.run_methods(batch)
-        for loc in results["lcar"]:
-            for stage, ms in loc.timings_ms.items():
+        for i in range(len(batch)):  # each stage once, from a method that runs it
+            timed = {s: ms for m in METHODS for s, ms in results[m][i].timings_ms.items()}
+            for stage, ms in timed.items():
                 stage_ms[stage] += ms
-            steps.append(loc.sgrm_steps)
+            steps.append(results["lcar"][i].sgrm_steps)
         refined.extend(loc.map for loc in results["arm"])
     wall = time.perf_counter() - start
     for i in range(0, len(images), args.batch_size):  # SGRM's semantic input, for the check below

@@ -50,6 +50,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from .errors import EngineError
 from .names import ENGINES, Engine
 from .pipeline import Localizer, LocalizerSpec
+from .threads import compute_threads
 
 B = TypeVar("B")
 R = TypeVar("R")
@@ -201,27 +202,6 @@ def map_batches(
         import_ray(local=not address)
         results = _on_ray(task, batches, workers, per_worker, address, providers)
     return Mapped(results, providers)
-
-
-@contextlib.contextmanager
-def compute_threads(count: int | None) -> Iterator[None]:
-    """torch's threads and those of the BLAS and OpenMP libraries loaded (threadpoolctl) at
-    ``count`` for the block, then as they were (None: unchanged). On a busy machine a pool
-    larger than the cores it gets waits for its slowest thread at every operation: SGRM ran
-    several times slower with 2 threads than with 1 on a loaded 2-core machine."""
-    if count is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        with threadpool_limits(count):
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _in_this_process(

@@ -90,7 +90,7 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -721,6 +721,49 @@ def sgrm_reference(
 # --------------------------------------------------------------------------------------------
 
 
+def _in_parts(
+    n_parts: int,
+    images: np.ndarray,
+    refined: np.ndarray,
+    cfg: SgrmConfig,
+    seeds: Sequence[int],
+    segments: Sequence[np.ndarray] | None,
+    affinity: np.ndarray | Sequence[np.ndarray] | None,
+) -> list[SgrmResult]:
+    """:func:`sgrm_batched` (CPU) on ``n_parts`` interleaved parts of the images at once, each
+    part on its own Python thread with one torch thread (torch's operations release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..threads import compute_threads
+
+    def pick(values: Sequence[Any] | np.ndarray | None, rows: list[int]) -> list[Any] | None:
+        return None if values is None else [values[i] for i in rows]
+
+    parts = [list(range(p, len(refined), n_parts)) for p in range(n_parts)]
+    with compute_threads(1), ThreadPoolExecutor(n_parts, thread_name_prefix="lcar-sgrm") as pool:
+        futures = [
+            pool.submit(
+                sgrm_batched,
+                images[rows],
+                refined[rows],
+                cfg,
+                "cpu",
+                pick(seeds, rows),
+                pick(segments, rows),
+                pick(affinity, rows),
+                1,
+            )
+            for rows in parts
+        ]
+        answers = [f.result() for f in futures]
+    by_image = {
+        i: result
+        for rows, answer in zip(parts, answers, strict=True)
+        for i, result in zip(rows, answer, strict=True)
+    }
+    return [by_image[i] for i in range(len(refined))]
+
+
 def _replicate_pad(x: torch.Tensor, k: int) -> torch.Tensor:
     """Replicate-pad (N, C, H, W) by ``k // 2`` on each side (a k x k convolution's padding)."""
     p = k // 2
@@ -943,6 +986,7 @@ def sgrm_batched(
     seeds: Sequence[int] | None = None,
     segments: Sequence[np.ndarray] | None = None,
     affinity: np.ndarray | Sequence[np.ndarray] | None = None,
+    threads: int | None = None,
 ) -> list[SgrmResult]:
     """SGRM on several images at once, each with its own Aggregation Net and SGD state.
 
@@ -962,6 +1006,10 @@ def sgrm_batched(
             an image's result does not depend on its place in the batch).
         segments: per-image (H, W) superpixel ids; computed with :func:`superpixels` when None.
         affinity: per-image (h, w, D) backbone affinity features, for ``cfg.features`` > 0.
+        threads: CPU threads (default: torch's). On the CPU, with two or more, the images are
+            split into that many interleaved parts trained at once, each on one thread (torch's
+            pool set to 1 meanwhile): SGRM's small operations gain little from torch's own
+            threads (docs/speed.md, "SGRM on two threads").
 
     Returns:
         One :class:`SgrmResult` per image, in input order.
@@ -970,6 +1018,9 @@ def sgrm_batched(
     device = torch.device(device)
     n_images, height, width = refined.shape
     seeds = [0] * n_images if seeds is None else list(seeds)
+    n_parts = min(threads or torch.get_num_threads(), n_images) if device.type == "cpu" else 1
+    if n_parts > 1:
+        return _in_parts(n_parts, images, refined, cfg, seeds, segments, affinity)
     if segments is None:
         segments = superpixels_batch(images, cfg, torch.get_num_threads())
 
