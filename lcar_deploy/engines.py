@@ -16,9 +16,11 @@ to do with one batch) over a list of batches and yields one result per batch, in
 The ``local`` engine pipelines a task that comes in two halves (``prepare``: decoding and
 the backbone; ``finish``: the stages after it), when it has two threads or more: a second
 thread prepares the next batches (at most :data:`PREFETCHED` ahead, so memory stays flat) while
-this one finishes the current batch. onnxruntime, the C++ stages and torch release the GIL, so
-the two run at once; the results are those of the plain loop, in the same order. Its
-:attr:`Mapped.busy` says how long each half ran.
+this one finishes the current batch, and prepares one itself when its next batch is not ready
+(the backbone costs more than the rest, so this thread would otherwise wait). onnxruntime, the
+C++ stages and torch release the GIL, so the two run at once; the results are those of the
+plain loop, in the same order. Its :attr:`Mapped.busy` says how long each half ran (summed
+over both threads).
 
 Batches and results cross process boundaries pickled as they are. A bounded number of batches
 is in flight (submitted, or done and waiting for their turn), so memory stays flat however
@@ -35,7 +37,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -212,20 +213,6 @@ def _in_this_process(
             yield task(localizer, batch)
 
 
-_DONE = object()
-
-
-def _offer(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    """Put ``item`` on ``handoff``, waiting for room unless ``stop`` is set (then False)."""
-    while not stop.is_set():
-        try:
-            handoff.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def _pipelined(
     task: SplitTask[B, R],
     batches: Sequence[B],
@@ -233,49 +220,74 @@ def _pipelined(
     torch_threads: int,
     busy: dict[str, float],
 ) -> Generator[R, None, None]:
-    """``task`` on every batch in order: a prefetch thread runs ``prepare`` (at most
-    :data:`PREFETCHED` batches ahead), this thread ``finish`` with ``torch_threads`` threads
-    (:func:`compute_threads`). An exception of ``prepare`` is raised here, in turn; on an
-    exception here, Ctrl-C or ``close()``, the prefetch thread stops after its current batch
-    and is joined before this returns."""
-    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=PREFETCHED)
-    stop = threading.Event()
+    """``task`` on every batch in order: a prefetch thread runs ``prepare`` on the batches in
+    turn, at most :data:`PREFETCHED` + 1 ahead of the batch being finished; this thread runs
+    ``finish`` in order, with ``torch_threads`` threads (:func:`compute_threads`), and while
+    its next batch is not prepared yet it prepares the next unclaimed one itself, so that
+    neither thread waits while there is work. An exception of ``prepare`` is raised here, in
+    turn; on an exception here, Ctrl-C or ``close()``, the prefetch thread stops after its
+    current batch and is joined before this returns."""
+    turn = threading.Condition()
+    prepared: dict[int, tuple[bool, Any]] = {}  # batch index -> (ok, prepared or exception)
+    state = {"claimed": 0, "current": 0, "stop": False}
+
+    def claim() -> int | None:
+        """The next batch to prepare, if one may be prepared now (call holding ``turn``)."""
+        index = state["claimed"]
+        if state["stop"] or index >= len(batches) or index > state["current"] + PREFETCHED + 1:
+            return None
+        state["claimed"] = index + 1
+        return index
+
+    def prepare(index: int, catch: type[BaseException]) -> None:
+        tick = time.perf_counter()
+        try:
+            answer: tuple[bool, Any] = (True, task.prepare(localizer, batches[index]))
+        except catch as exc:
+            answer = (False, exc)
+        with turn:
+            busy[STAGE_PREPARE] += time.perf_counter() - tick
+            prepared[index] = answer
+            turn.notify_all()
 
     def prefetch() -> None:
-        try:
-            for batch in batches:
-                if stop.is_set():
-                    return
-                tick = time.perf_counter()
-                prepared = task.prepare(localizer, batch)
-                busy[STAGE_PREPARE] += time.perf_counter() - tick
-                if not _offer(handoff, (True, prepared), stop):
-                    return
-        except BaseException as exc:
-            _offer(handoff, (False, exc), stop)
-            return
-        _offer(handoff, (True, _DONE), stop)
+        while True:
+            with turn:
+                while (index := claim()) is None:
+                    if state["stop"] or state["claimed"] >= len(batches):
+                        return
+                    turn.wait()
+            prepare(index, BaseException)
 
     with compute_threads(torch_threads):
         thread = threading.Thread(target=prefetch, name="lcar-prefetch", daemon=True)
         thread.start()
         try:
-            while True:
-                ok, prepared = handoff.get()
+            for current in range(len(batches)):
+                with turn:
+                    state["current"] = current
+                    turn.notify_all()
+                while True:
+                    with turn:
+                        if current in prepared:
+                            ok, value = prepared.pop(current)
+                            break
+                        index = claim()
+                        if index is None:
+                            turn.wait()
+                            continue
+                    prepare(index, Exception)
                 if not ok:
-                    raise prepared
-                if prepared is _DONE:
-                    return
+                    raise value
                 tick = time.perf_counter()
-                result = task.finish(localizer, prepared)
+                result = task.finish(localizer, value)
                 busy[STAGE_FINISH] += time.perf_counter() - tick
                 yield result
         finally:
-            stop.set()
-            while thread.is_alive():  # it may be waiting for room: make some
-                with contextlib.suppress(queue.Empty):
-                    handoff.get_nowait()
-                thread.join(timeout=0.05)
+            with turn:
+                state["stop"] = True
+                turn.notify_all()
+            thread.join()
 
 
 class _Worker:

@@ -400,6 +400,36 @@ def test_pipelined_interrupt_and_close_stop_the_thread() -> None:
     assert not prefetch_threads()
 
 
+@dataclasses.dataclass
+class SlowPrepare(Halves):
+    """Halves whose ``prepare`` takes longer than ``finish``, recording the thread it ran on."""
+
+    threads: list[str] = dataclasses.field(default_factory=list)
+
+    def prepare(self, localizer: object, batch: int) -> int:
+        time.sleep(0.03)
+        self.threads.append(threading.current_thread().name)
+        return super().prepare(localizer, batch)
+
+    def finish(self, localizer: object, prepared: int) -> int:
+        self.log.append(("finish", prepared // 10))
+        return prepared + 1
+
+
+def test_pipelined_shares_prepare_when_it_is_the_slower_half() -> None:
+    task = SlowPrepare()
+    mapped = map_batches(task, list(range(12)), threads=2, localizer=FakeLocalizer())
+    assert list(mapped) == [10 * b + 1 for b in range(12)]
+    # Both threads prepared batches, each batch once, none too far ahead of the finished ones.
+    assert {"lcar-prefetch", threading.current_thread().name} <= set(task.threads)
+    assert sorted(b for h, b in task.log if h == "prepare") == list(range(12))
+    for i, (half, batch) in enumerate(task.log):
+        if half == "prepare":
+            finished = sum(1 for h, _ in task.log[:i] if h == "finish")
+            assert batch <= finished + PREFETCHED + 1
+    assert not prefetch_threads()
+
+
 @pytest.mark.slow
 def test_pipelined_eval_and_localize_match_the_plain_loop(
     small_bundle: Path, ilsvrc: Dataset, tmp_path: Path

@@ -1009,7 +1009,7 @@ def sgrm_batched(
         threads: CPU threads (default: torch's). On the CPU, with two or more, the images are
             split into that many interleaved parts trained at once, each on one thread (torch's
             pool set to 1 meanwhile): SGRM's small operations gain little from torch's own
-            threads (docs/speed.md, "SGRM on two threads").
+            threads (docs/accuracy.md, "SGRM on two threads").
 
     Returns:
         One :class:`SgrmResult` per image, in input order.
