@@ -59,9 +59,10 @@ R_co = TypeVar("R_co", covariant=True)
 B_contra = TypeVar("B_contra", contravariant=True)
 
 RAY_MISSING = "the ray engine needs Ray, which is not installed: install lcar-deploy[distributed]"
-PREFETCHED = 1
-"""Batches the ``local`` engine's prefetch thread may hold prepared beyond the one being
-finished (and the one it is preparing)."""
+PREFETCHED = 2
+"""Batches the ``local`` engine may hold prepared beyond the one being finished (and the one
+being prepared): two, so that neither thread waits for a batch to be allowed (a batch of 8
+prepared images holds about 17 MB)."""
 STAGE_PREPARE = "decode+backbone"
 STAGE_FINISH = "post-processing"
 IN_FLIGHT_PER_WORKER = 2
