@@ -94,9 +94,9 @@ class Mapped(Generic[R]):
 
     providers: the onnxruntime providers of the workers' sessions (every provider any worker
     used, in the order they list them), known once a worker has answered (the ``local`` engine:
-    at once). busy: seconds each stage of the ``local`` engine has run so far
-    (:data:`STAGE_PREPARE` and :data:`STAGE_FINISH` for a pipelined task; empty for the other
-    engines). ``close()`` stops the workers; iterating to the end does too.
+    at once). busy: seconds each stage of the ``local`` engine has run so far, summed over
+    its threads (:data:`STAGE_PREPARE` and :data:`STAGE_FINISH` for a pipelined task; empty for
+    the other engines). ``close()`` stops the workers; iterating to the end does too.
     """
 
     def __init__(

@@ -406,7 +406,8 @@ class RunSummary:
     as errors (a resumed run still reports them: the output is not complete).
     failed_names: the first failed images (earlier runs' first), :data:`NAMES_SHOWN` at most.
     not_images / not_image_names: the files found that are not images by their extension.
-    busy_percent: the share of the run's time each stage of the ``local`` engine was running
+    busy_percent: the share of the run's time each stage of the ``local`` engine was running,
+    summed over its threads, so over 100 where both threads ran it
     (:attr:`lcar_deploy.engines.Mapped.busy`; empty for the other engines).
     """
 

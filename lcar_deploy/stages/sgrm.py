@@ -857,20 +857,20 @@ def _pointwise_argmax(
     padded = _replicate_pad(x, k)
     module = _native()
     if x.device.type == "cpu" and module is not None:
+        units = params[0].shape[1]
         hidden = params[2:-2]
-        n_hidden = len(hidden) // 2
-        wh = torch.stack([w.flatten(2) for w in hidden[::2]], 1) if n_hidden else None
-        bh = torch.stack(list(hidden[1::2]), 1) if n_hidden else None
-        width_ = params[0].shape[1]
+        if hidden:
+            wh = torch.stack([w.flatten(2) for w in hidden[::2]], 1)
+            bh = torch.stack(list(hidden[1::2]), 1)
+        else:
+            wh, bh = x.new_zeros(n_nets, 0, units, units), x.new_zeros(n_nets, 0, units)
         out_w, out_b = params[-2].flatten(2), params[-1]
         masks = module.pointwise_argmax(
-            padded.contiguous().numpy(),
-            params[0].contiguous().numpy(),
-            params[1].contiguous().numpy(),
-            (wh if wh is not None else x.new_zeros(n_nets, 0, width_, width_)).numpy(),
-            (bh if bh is not None else x.new_zeros(n_nets, 0, width_)).numpy(),
-            (out_w[:, 1] - out_w[:, 0]).contiguous().numpy(),
-            (out_b[:, 1] - out_b[:, 0]).contiguous().numpy(),
+            *(
+                t.detach().contiguous().numpy()
+                for t in (padded, params[0], params[1], wh, bh, out_w[:, 1] - out_w[:, 0])
+            ),
+            (out_b[:, 1] - out_b[:, 0]).detach().contiguous().numpy(),
             torch.get_num_threads(),
         )
         return torch.from_numpy(masks).reshape(n_nets, -1)
