@@ -302,10 +302,10 @@ py::array_t<bool> pointwise_argmax(const FloatArray& padded, const FloatArray& w
     throw std::invalid_argument("w0 must be (A, width, C, k, k), k odd, no larger than padded");
   }
   const int64_t n_hidden = wh.ndim() == 4 ? wh.shape(1) : -1;
-  if (n_hidden < 0 || b0.ndim() != 2 || b0.shape(0) != A || b0.shape(1) != width || wh.shape(0) != A ||
-      wh.shape(2) != width || wh.shape(3) != width || bh.ndim() != 3 || bh.shape(0) != A ||
-      bh.shape(1) != n_hidden || bh.shape(2) != width || dw.ndim() != 2 || dw.shape(0) != A ||
-      dw.shape(1) != width || db.ndim() != 1 || db.shape(0) != A) {
+  if (n_hidden < 0 || b0.ndim() != 2 || b0.shape(0) != A || b0.shape(1) != width ||
+      wh.shape(0) != A || wh.shape(2) != width || wh.shape(3) != width || bh.ndim() != 3 ||
+      bh.shape(0) != A || bh.shape(1) != n_hidden || bh.shape(2) != width || dw.ndim() != 2 ||
+      dw.shape(0) != A || dw.shape(1) != width || db.ndim() != 1 || db.shape(0) != A) {
     throw std::invalid_argument(
         "b0 (A, width), wh (A, n_hidden, width, width), bh (A, n_hidden, width), dw (A, width) "
         "and db (A,) must match padded and w0");

@@ -10,16 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#ifdef LCAR_HAVE_OPENMP
-#include <omp.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define LCAR_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LCAR_SIMD_CLONES
-#endif
+#include "cpu_common.h"
 
 namespace lcar {
 
@@ -32,10 +23,6 @@ int openmp_max_threads() {
 }
 
 namespace {
-
-int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : openmp_max_threads();
-}
 
 int max_dilation(const ArmParams& p) {
   return *std::max_element(p.dilations.begin(), p.dilations.end());

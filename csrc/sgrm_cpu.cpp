@@ -8,9 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#ifdef LCAR_HAVE_OPENMP
-#include <omp.h>
-#endif
+#include "cpu_common.h"
 
 namespace lcar {
 
@@ -176,7 +174,7 @@ int64_t felzenszwalb_cpu(const double* image, int64_t H, int64_t W, int64_t C, d
 void felzenszwalb_batch_cpu(const double* images, int64_t B, int64_t H, int64_t W, int64_t C,
                             double scale, int64_t min_size, int64_t* labels, int num_threads) {
 #ifdef LCAR_HAVE_OPENMP
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
 #else
   (void)num_threads;
@@ -192,7 +190,7 @@ void strided_patches_cpu(const float* padded, float* out, int64_t A, int64_t C, 
   const int64_t n_rows = A * C * k * k;
   const int64_t n_pixels = rows * cols;
 #ifdef LCAR_HAVE_OPENMP
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
 #else
   (void)num_threads;

@@ -4,19 +4,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_common.h"
 #include "sgrm_cpu.h"
-
-#ifdef LCAR_HAVE_OPENMP
-#include <omp.h>
-#endif
-
-// The row kernel is compiled twice on x86-64 GCC, for AVX2 + FMA and for the baseline, and the
-// loader picks the one the CPU runs (the rest of the module stays baseline x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LCAR_ROW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LCAR_ROW_CLONES
-#endif
 
 namespace lcar {
 
@@ -30,9 +19,11 @@ typedef float Pixels __attribute__((vector_size(kPixels * sizeof(float))));
 
 // The first layer's units j0 .. j0 + kUnits - 1 at pixels x0 .. x0 + kPixels - 1 of row y:
 // h[j W + x] = relu(b0[j] + sum_t w0t[t width + j] window_t[x]), t over the C k k taps.
-__attribute__((always_inline)) inline void first_block(const float* padded, int64_t C, int64_t Hp, int64_t Wp, int64_t k,
-                        int64_t y, int64_t x0, int64_t W, const float* w0t, const float* b0,
-                        int64_t width, int64_t j0, float* h) {
+__attribute__((always_inline)) inline void first_block(const float* padded, int64_t C,
+                                                        int64_t Hp, int64_t Wp, int64_t k,
+                                                        int64_t y, int64_t x0, int64_t W,
+                                                        const float* w0t, const float* b0,
+                                                        int64_t width, int64_t j0, float* h) {
   Pixels acc[kUnits];
   for (int64_t j = 0; j < kUnits; ++j) acc[j] = Pixels{} + b0[j0 + j];
   int64_t t = 0;
@@ -55,7 +46,7 @@ __attribute__((always_inline)) inline void first_block(const float* padded, int6
 
 // One image row of one net. w0t: the first layer's weights as (C k k, width_padded), zero
 // columns past width; h (width_padded, W) and g (width, W) are scratch.
-LCAR_ROW_CLONES
+LCAR_SIMD_CLONES
 void net_row(const float* padded, int64_t C, int64_t Hp, int64_t Wp, int64_t k, int64_t y,
              int64_t W, const float* w0t, const float* b0, int64_t width, int64_t width_padded,
              int64_t n_hidden, const float* wh, const float* bh, const float* dw, float db,
@@ -123,7 +114,7 @@ void pointwise_argmax_cpu(const float* padded, int64_t A, int64_t C, int64_t Hp,
     }
   }
 #ifdef LCAR_HAVE_OPENMP
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int threads = resolve_threads(num_threads);
 #pragma omp parallel num_threads(threads)
 #else
   (void)num_threads;
