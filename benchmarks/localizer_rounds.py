@@ -94,14 +94,13 @@ def main() -> None:
     # foreground map's settings).
     arm = resolve_config(settings_of(preset("default")), settings=MAP_SETTINGS["foreground"]).arm
 
-    def score_round(round_index: int, fitted: ForegroundHead) -> None:
+    def score_round(name: str, fitted: ForegroundHead) -> None:
         maps = predict(fitted, test_maps.features)
-        table[f"round {round_index} head"] = scores(upsampled(maps), test)
+        table[f"{name} head"] = scores(upsampled(maps), test)
         refined = refined_maps(maps, test_maps.images, arm, args.threads, at_grid=False)
-        table[f"round {round_index} head+arm"] = scores(refined, test)
-        print(f"round {round_index}: head {table[f'round {round_index} head']}, head+arm "
-              f"{table[f'round {round_index} head+arm']} ({time.perf_counter() - start:.0f} s)",
-              flush=True)  # fmt: skip
+        table[f"{name} head+arm"] = scores(refined, test)
+        print(f"{name}: head {table[f'{name} head']}, head+arm {table[f'{name} head+arm']} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 
     self_train(head, concatenated(train_parts), cfg, preset("default").arm,
                threads=args.threads, checkpoint=score_round)  # fmt: skip

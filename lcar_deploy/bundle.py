@@ -45,8 +45,9 @@ OUTPUT_RANKS = {
     "cam_logits": 2,
     "cams": 4,
     "foreground": 3,
+    "foreground_classes": 4,
 }
-CLASS_OUTPUTS = ("logits", "cam_logits", "cams")
+CLASS_OUTPUTS = ("logits", "cam_logits", "cams", "foreground_classes")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -148,6 +149,8 @@ def _outputs_problem(outputs: object) -> str | None:
         return "'outputs' lacks 'affinity' (the graph cut's input)"
     if ("cams" in outputs) != ("logits" in outputs):
         return "'outputs' must have both 'cams' and 'logits' or neither"
+    if "foreground_classes" in outputs and not {"foreground", "cams"} <= outputs.keys():
+        return "'outputs' has 'foreground_classes' without 'foreground' and 'cams'"
     return None
 
 

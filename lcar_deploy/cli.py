@@ -766,6 +766,15 @@ def train(
             f"{LocalizerConfig.rounds}).",
         ),
     ] = None,
+    class_maps: Annotated[
+        bool | None,
+        typer.Option(
+            "--class-maps/--no-class-maps",
+            help="Also fit the foreground head's maps of each class, on that class's images "
+            "(default: when every class has "
+            f"{LocalizerConfig.class_min_images} train images).",
+        ),
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(help=f"Seed of the split, views and heads (default {TRAIN['seed']})."),
@@ -812,6 +821,7 @@ def train(
         "augment": augment,
         "foreground": foreground,
         "foreground_rounds": foreground_rounds,
+        "foreground_class_maps": class_maps,
         "seed": seed,
         "limit": limit,
         "device": device,

@@ -40,8 +40,10 @@ class PipelineConfig:
     arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
         seed, eqs. 10-11), ``cam``, ``foreground`` (the bundle's foreground head),
         ``foreground_cam`` (the mean of the two, each min-max scaled: the class's CAM picks
-        which of several objects) or ``auto``: foreground when the bundle has it, else cam,
-        else graphcut (why this order: docs/method.md, section 4).
+        which of several objects), ``class_foreground`` / ``class_foreground_cam`` (the same
+        with the head's map of the image's class, for heads with class maps) or ``auto``:
+        foreground when the bundle has it, else cam, else graphcut (why this order:
+        docs/method.md, section 4).
     box_threshold: threshold on a map method's [0, 1] score map for the user-facing box, in
         [0, 1) (``lcar-deploy calibrate`` chooses it on images with boxes).
     boxes: ``one`` (the main object: the largest region, as the evaluation scores it) or

@@ -26,7 +26,15 @@ def method_stages(method: str, arm_input: str) -> tuple[str, ...]:
     return stages
 
 
-ArmInput = Literal["auto", "graphcut", "cam", "foreground", "foreground_cam"]
+ArmInput = Literal[
+    "auto",
+    "graphcut",
+    "cam",
+    "foreground",
+    "foreground_cam",
+    "class_foreground",
+    "class_foreground_cam",
+]
 ARM_INPUTS: tuple[str, ...] = get_args(ArmInput)
 
 ArmBackend = Literal["auto", "cuda", "cpp", "reference"]

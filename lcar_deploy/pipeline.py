@@ -45,6 +45,7 @@ WIDTH_AXIS = {
     "affinity": 2,
     "cams": 3,
     "foreground": 2,
+    "foreground_classes": 3,
 }
 
 
@@ -180,9 +181,15 @@ class LocalizerSpec:
         if config.method == "cam" and not bundle.has_heads:
             raise SettingError("method", f"'cam' needs a bundle with heads; {bundle.path} has none")
         choice = config.arm_input
-        if choice.startswith("foreground") and "foreground" not in bundle.outputs:
+        if "foreground" in choice and "foreground" not in bundle.outputs:
             raise SettingError(
                 "arm_input", f"'{choice}' needs a foreground head; {bundle.path} has none"
+            )
+        if choice.startswith("class_") and "foreground_classes" not in bundle.outputs:
+            raise SettingError(
+                "arm_input",
+                f"'{choice}' needs a foreground head with class maps; {bundle.path}'s has none "
+                "(train with more images per class, or use 'foreground_cam')",
             )
         if choice.endswith("cam") and not bundle.has_heads:
             raise SettingError(
@@ -395,11 +402,7 @@ class Localizer:
 
         if deepest >= 2:
             tick = time.perf_counter()
-            coarse = {"graphcut": e_low, "cam": cam_maps}.get(arm_input)
-            if arm_input == "foreground":
-                coarse = out["foreground"]
-            elif arm_input == "foreground_cam":
-                coarse = blend_maps(out["foreground"], cam_maps)
+            coarse = coarse_map(arm_input, out, [c[0] for c in classes], cam_maps, e_low)
             chw = np.ascontiguousarray(work_rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
             maps["arm"] = refine(
                 coarse,
@@ -546,6 +549,27 @@ def merge_flipped(
             other = np.flip(other, axis=axis)
         merged[name] = ((value + other) / 2).astype(value.dtype)
     return merged
+
+
+def coarse_map(
+    arm_input: str,
+    out: dict[str, np.ndarray],
+    class_indices: list[int | None],
+    cam_maps: np.ndarray | None,
+    e_low: np.ndarray | None,
+) -> np.ndarray:
+    """The batch's coarse maps for ARM, by the resolved ``arm_input``; ``class_indices``: the
+    bundle output index of each image's class (the ``class_`` inputs read that class's map)."""
+    if arm_input == "graphcut":
+        return e_low
+    if arm_input == "cam":
+        return cam_maps
+    if arm_input.startswith("class_"):
+        own = out["foreground_classes"]
+        maps = np.stack([own[i, c] for i, c in enumerate(class_indices)])
+    else:
+        maps = out["foreground"]
+    return blend_maps(maps, cam_maps) if arm_input.endswith("_cam") else maps
 
 
 def blend_maps(coarse: np.ndarray, cam_maps: np.ndarray) -> np.ndarray:

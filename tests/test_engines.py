@@ -135,6 +135,9 @@ def test_a_spec_checks_what_a_localizer_checks(small_bundle: Path) -> None:
         LocalizerSpec(bundle, config)
     with pytest.raises(SettingError, match="'foreground' needs a foreground head"):
         Localizer(bundle, config, device="cpu")
+    config = PipelineConfig.from_settings(bundle.settings, arm_input="class_foreground_cam")
+    with pytest.raises(SettingError, match="'class_foreground_cam' needs a foreground head"):
+        LocalizerSpec(bundle, config)
 
 
 def test_bad_settings_exit_before_any_worker_or_output(small_bundle: Path, tmp_path: Path) -> None:

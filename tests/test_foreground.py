@@ -1,8 +1,9 @@
-"""The foreground head (learned class-agnostic localizer): features, fit, self-training rounds,
-export with its output and ONNX parity."""
+"""The foreground head (learned class-agnostic localizer) and its class maps: features, fit,
+self-training rounds, export with its outputs and ONNX parity."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.config import PipelineConfig
+from lcar_deploy.errors import HeadsError
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.models.backbones import default_config
 from lcar_deploy.models.heads import ForegroundHead, Heads, load_heads, save_heads, with_foreground
@@ -20,6 +22,7 @@ from lcar_deploy.training.localizer import (
     TrainSplitMaps,
     bands,
     empty_head,
+    fit_class_maps,
     fit_head,
     predict,
     self_train,
@@ -92,6 +95,8 @@ def test_bad_settings_and_one_class_labels_are_refused() -> None:
         ({"high": 0.2, "low": 0.5}, "low < high"),
         ({"cam_high": 1.2}, "cam_low < cam_high"),
         ({"rounds": -1}, "rounds"),
+        ({"class_rounds": -1}, "class_rounds"),
+        ({"class_min_images": 0}, "class_min_images"),
         ({"cam_source": "boxes"}, "cam_source"),
         ({"cell_stride": 0}, "cell_stride"),
     ):
@@ -115,7 +120,7 @@ def test_self_training_rounds_refit_on_arm_refined_maps() -> None:
     images = np.zeros((n, 32, 32, 3), np.uint8)
     images[:, 8:24, 8:24] = 220
     data = TrainSplitMaps(features.astype(np.float16), cams, images)
-    saved: list[int] = []
+    saved: list[str] = []
     head = ForegroundHead(["x"], [4], side)
     history = self_train(
         head,
@@ -126,11 +131,69 @@ def test_self_training_rounds_refit_on_arm_refined_maps() -> None:
         checkpoint=lambda r, h: saved.append(r),
         progress=False,
     )
-    assert [h["round"] for h in history] == [0, 1] and saved == [0, 1]
+    assert [h["round"] for h in history] == [0, 1] and saved == ["round0", "round1"]
     assert history[0]["ignored_share"] > history[1]["ignored_share"]
     prob = predict(head, data.features)
     assert (prob[obj & ~part] > 0.5).mean() > 0.9  # the rest of the object, learnt in round 1
     assert (prob[~obj] < 0.5).mean() > 0.9
+
+
+def _two_classes(
+    n: int = 12, side: int = 6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images of two classes; each holds its object (the class's own feature axis up) and a
+    distractor that looks like the other class's object, which is background here."""
+    rng = np.random.default_rng(2)
+    classes = np.arange(n) % 2
+    obj = np.zeros((n, side, side), bool)
+    obj[:, 1:3, 1:4] = True
+    distractor = np.zeros_like(obj)
+    distractor[:, 4:6, 2:5] = True
+    features = rng.normal(0, 0.2, (n, side, side, 4))
+    for i, c in enumerate(classes):
+        features[i, obj[i], c] += 1.0
+        features[i, distractor[i], 1 - c] += 1.0
+    return features.astype(np.float16), classes, obj, distractor
+
+
+def test_class_maps_tell_a_class_from_its_look_alikes() -> None:
+    """The class-agnostic layer cannot tell one class's object from the other's look-alike; a
+    layer per class, fitted on its own images, can."""
+    features, classes, obj, distractor = _two_classes()
+    labels = np.where(obj, 1, 0).astype(np.int8)
+    cfg = LocalizerConfig(cell_stride=1)
+    head = ForegroundHead(["x"], [4], 6, classes=2)
+    fit_head(head, features, labels, cfg)
+    stats = fit_class_maps(head, features, labels, classes, cfg)
+    assert [s["cells"] for s in stats] == [6 * 36, 6 * 36]
+    agnostic, own = predict(head, features), predict(head, features, classes)
+    assert (own[obj] > 0.5).mean() > 0.95 and (own[distractor] < 0.5).mean() > 0.95
+    assert (agnostic[distractor] > 0.5).mean() > 0.3  # fooled by the look-alikes
+    with torch.no_grad():
+        every = torch.sigmoid(head.class_fc(torch.from_numpy(features.astype(np.float32))))
+    np.testing.assert_allclose(every.numpy()[np.arange(12), ..., classes], own, atol=1e-5)
+
+
+def test_class_rounds_follow_the_class_agnostic_rounds() -> None:
+    features, classes, obj, _ = _two_classes()
+    cams = np.where(obj, 0.9, 0.0).astype(np.float32)
+    images = np.zeros((len(features), 24, 24, 3), np.uint8)
+    images[:, 4:12, 4:16] = 220  # the objects' cells (4 px each) are bright
+    data = TrainSplitMaps(features, cams, images)
+    saved: list[str] = []
+    head = ForegroundHead(["x"], [4], 6, classes=2)
+    cfg = LocalizerConfig(rounds=1, class_rounds=2, cell_stride=1)
+    history = self_train(
+        head, data, cfg, PipelineConfig().arm, classes=classes, threads=1,
+        checkpoint=lambda name, h: saved.append(name), progress=False,
+    )  # fmt: skip
+    assert saved == ["round0", "round1", "class-round0", "class-round1"]
+    assert [h["class_maps"] for h in history] == [False, False, True, True]
+    assert history[-1]["classes"] == 2
+    own = predict(head, features, classes)
+    assert (own[obj] > 0.5).mean() > 0.9 and (own[~obj] < 0.5).mean() > 0.9
+    with pytest.raises(ValueError, match="class index of every train image"):
+        self_train(head, data, cfg, PipelineConfig().arm, progress=False)
 
 
 def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:
@@ -169,6 +232,46 @@ def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:
         expected = loaded.foreground(backbone(torch.from_numpy(images))["stages"]).numpy()
     assert got.shape == (2, 8, 8)
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_class_maps_export_with_parity(tmp_path: Path) -> None:
+    config = default_config("efficientnet_lite0", 64)
+    backbone = build_backbone(config, random_init=True)
+    heads_cfg = heads_config_for(
+        backbone, config, num_classes=3, class_ids=[1, 2, 3], class_names=["a", "b", "c"],
+        teacher_hidden=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    head = empty_head(backbone, config, None, classes=3)
+    torch.nn.init.normal_(head.class_fc.weight)
+    save_heads(with_foreground(Heads(heads_cfg), head), tmp_path / "heads.pt")
+    loaded, _ = load_heads(tmp_path / "heads.pt")
+    assert loaded.config.foreground_classes == 3
+    torch.save(backbone.model.state_dict(), tmp_path / "weights.pth")
+    out = export_bundle(
+        tmp_path / "b", input_size=64, weights=str(tmp_path / "weights.pth"),
+        heads_path=str(tmp_path / "heads.pt"),
+    )  # fmt: skip
+    bundle = Bundle.load(out)
+    assert bundle.outputs[-2:] == ["foreground", "foreground_classes"]
+    images = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
+    got = bundle.session(device="cpu").run(images)
+    with torch.no_grad():
+        agnostic, maps = loaded.foreground.maps(backbone(torch.from_numpy(images))["stages"])
+    assert got["foreground_classes"].shape == (2, 3, 8, 8)
+    assert np.abs(got["foreground_classes"] - maps.numpy()).max() <= 1e-4
+    assert np.abs(got["foreground"] - agnostic.numpy()).max() <= 1e-4
+
+
+def test_class_maps_must_match_the_classes() -> None:
+    config = default_config("efficientnet_lite0", 64)
+    backbone = build_backbone(config, random_init=True)
+    base = heads_config_for(backbone, config, num_classes=3, teacher_hidden=0)
+    with pytest.raises(HeadsError, match="foreground_classes must be 0 or num_classes"):
+        dataclasses.replace(
+            base, foreground_layers=["blocks.2"], foreground_dims=[40], foreground_grid=8,
+            foreground_classes=2,
+        )  # fmt: skip
 
 
 def test_unknown_layer_is_refused() -> None:

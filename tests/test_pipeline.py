@@ -210,6 +210,29 @@ def test_blend_maps_averages_the_min_max_scaled_maps() -> None:
     assert flat[0, 0, 0] == pytest.approx(0.5) and flat[0, 3, 3] == 0.0
 
 
+def test_coarse_map_reads_each_images_own_class_map() -> None:
+    from lcar_deploy.pipeline import blend_maps, coarse_map
+
+    rng = np.random.default_rng(0)
+    out = {
+        "foreground": rng.random((2, 3, 3), dtype=np.float32),
+        "foreground_classes": rng.random((2, 4, 3, 3), dtype=np.float32),
+    }
+    cam = rng.random((2, 6, 6), dtype=np.float32)
+    e_low = rng.random((2, 3, 3), dtype=np.float32)
+    own = out["foreground_classes"][[0, 1], [3, 1]]
+    np.testing.assert_array_equal(coarse_map("class_foreground", out, [3, 1], cam, e_low), own)
+    np.testing.assert_array_equal(
+        coarse_map("class_foreground_cam", out, [3, 1], cam, e_low), blend_maps(own, cam)
+    )
+    np.testing.assert_array_equal(
+        coarse_map("foreground_cam", out, [3, 1], cam, e_low), blend_maps(out["foreground"], cam)
+    )
+    assert coarse_map("foreground", out, [3, 1], cam, e_low) is out["foreground"]
+    assert coarse_map("cam", out, [3, 1], cam, e_low) is cam
+    assert coarse_map("graphcut", out, [3, 1], cam, e_low) is e_low
+
+
 def test_objects_one_all_and_no_object() -> None:
     from lcar_deploy.config import PipelineConfig
     from lcar_deploy.pipeline import objects

@@ -202,21 +202,29 @@ def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> Non
         progress=False,
         foreground=True,
         foreground_rounds=1,
+        foreground_class_maps=True,  # two images per class: on only when asked
     )
     result = train(config)
     fg = result.metrics["foreground"]
-    assert [r["round"] for r in fg["rounds_history"]] == [0, 1]
+    assert [r["round"] for r in fg["rounds_history"]] == [0, 1, 0, 1]
+    assert [r["class_maps"] for r in fg["rounds_history"]] == [False, False, True, True]
+    assert fg["class_maps"] and fg["fewest_images_per_class"] == 2
     assert fg["layers"] == ["blocks.2", "blocks.4", "blocks.6"] and fg["grid"] == 8
     assert fg["images"] == 6 and fg["cam_source"] == "imagenet"
-    assert sorted(p.name for p in (tmp_path / "run").glob("foreground-round*.pt")) == [
+    assert sorted(p.name for p in (tmp_path / "run").glob("foreground-*.pt")) == [
+        "foreground-class-round0.pt",
+        "foreground-class-round1.pt",
         "foreground-round0.pt",
         "foreground-round1.pt",
     ]
-    heads, _ = load_heads(result.heads_path)
-    last = torch.load(tmp_path / "run" / "foreground-round1.pt", weights_only=True)
+    heads, extra = load_heads(result.heads_path)
+    last = torch.load(tmp_path / "run" / "foreground-class-round1.pt", weights_only=True)
     assert torch.equal(heads.foreground.fc.weight, last["fc.weight"])
+    assert torch.equal(heads.foreground.class_fc.weight, last["class_fc.weight"])
+    assert heads.config.foreground_classes == 3
+    assert extra["settings"]["arm_input"] == "class_foreground_cam"
     bundle = Bundle.load(export_bundle(tmp_path / "bundle", heads_path=str(result.heads_path)))
-    assert bundle.outputs[-1] == "foreground"
+    assert bundle.outputs[-2:] == ["foreground", "foreground_classes"]
     assert list(tmp_path.joinpath("cache").glob("localizer-wsol-train-*.done"))
 
 
@@ -245,6 +253,9 @@ def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
     assert heads.config.class_ids == [0, 1, 2]
     assert result.metrics["num_images"] == {"train": 6, "val": 0, "test": 3}
     assert extra["dataset"]["kind"] == "folder"
+    # two train images per class: no class maps by default
+    assert not result.metrics["foreground"]["class_maps"] and not heads.foreground.classes
+    assert extra["settings"].get("arm_input") is None
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     listed = train(
         TrainConfig(dataset="csv", root=tmp_path / "list.csv", out=tmp_path / "csv", **common)
@@ -254,11 +265,16 @@ def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
 
 
 def test_bundle_settings_pick_arm_input_by_dataset() -> None:
-    ilsvrc = TrainConfig("ilsvrc", "r", "o").bundle_settings
+    ilsvrc = TrainConfig("ilsvrc", "r", "o").bundle_settings()
     assert ilsvrc == {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
-    assert TrainConfig("ilsvrc", "r", "o", foreground=False).bundle_settings == {}
-    assert TrainConfig("cub", "r", "o").bundle_settings == MAP_SETTINGS["foreground"]
-    assert TrainConfig("cub", "r", "o", arm_input="cam").bundle_settings == {"arm_input": "cam"}
+    assert TrainConfig("ilsvrc", "r", "o", foreground=False).bundle_settings() == {}
+    assert TrainConfig("cub", "r", "o").bundle_settings() == MAP_SETTINGS["foreground"]
+    assert TrainConfig("cub", "r", "o", arm_input="cam").bundle_settings() == {"arm_input": "cam"}
+    for dataset in ("ilsvrc", "cub"):  # class maps, whatever the dataset
+        assert TrainConfig(dataset, "r", "o").bundle_settings(class_maps=True) == {
+            "arm_input": "class_foreground_cam",
+            **MAP_SETTINGS["class_foreground_cam"],
+        }
     for settings in MAP_SETTINGS.values():  # every value is a valid pipeline setting
         resolve_config(settings_of(preset("default")), settings=settings)
     with pytest.raises(ValueError, match="arm_input must be one of"):

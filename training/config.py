@@ -18,39 +18,44 @@ if TYPE_CHECKING:
 
 CAM_SOURCES = ("imagenet", "heads")
 
+_FOREGROUND: dict[str, Any] = {
+    "arm": {"iterations": 20},
+    "box_threshold": 0.3,
+    "sgrm": {
+        "gamma_l1": 0.2,
+        "gamma_h1": 0.45,
+        "gamma_l2": 0.2,
+        "gamma_h2": 0.45,
+        "keep_reliable": True,
+        "init": "data",
+        "width": 16,
+    },
+}
+_FOREGROUND_CAM: dict[str, Any] = {
+    "sgrm": {
+        "gamma_l1": 0.4,
+        "gamma_h1": 0.6,
+        "gamma_l2": 0.4,
+        "gamma_h2": 0.6,
+        "stop_error": 0.02,
+        "box_mode": "largest",
+        "keep_reliable": True,
+        "init": "data",
+        "width": 16,
+    },
+}
 MAP_SETTINGS: dict[str, dict[str, Any]] = {
-    "foreground": {
-        "arm": {"iterations": 20},
-        "box_threshold": 0.3,
-        "sgrm": {
-            "gamma_l1": 0.2,
-            "gamma_h1": 0.45,
-            "gamma_l2": 0.2,
-            "gamma_h2": 0.45,
-            "keep_reliable": True,
-            "init": "data",
-            "width": 16,
-        },
-    },
-    "foreground_cam": {
-        "sgrm": {
-            "gamma_l1": 0.4,
-            "gamma_h1": 0.6,
-            "gamma_l2": 0.4,
-            "gamma_h2": 0.6,
-            "stop_error": 0.02,
-            "box_mode": "largest",
-            "keep_reliable": True,
-            "init": "data",
-            "width": 16,
-        },
-    },
+    "foreground": _FOREGROUND,
+    "foreground_cam": _FOREGROUND_CAM,
+    "class_foreground": _FOREGROUND,
+    "class_foreground_cam": _FOREGROUND_CAM,
 }
 """Settings (over the preset's) for ARM and SGRM on a learned localizer's maps, by the
 bundle's ``arm_input``: a bundle with a foreground head records them (trained heads, and the
 default bundle's generic localizer, over the ``classifier`` preset). The head's maps are
 sharper than a CAM: ARM's paper ``k`` = 50 blurs them, and the best box threshold of the
-refined map is lower; blended with the CAM (``foreground_cam``) ARM keeps its ``k``. SGRM's
+refined map is lower; blended with the CAM (``foreground_cam``) ARM keeps its ``k``. A class's
+own map (``class_`` inputs) takes the settings of the class-agnostic one. SGRM's
 label bands sit around each map's best threshold, its mask keeps the reliable pixels, and its
 Aggregation Net (16 channels) starts from the image's own data init, not a seeded random one.
 Measurements: docs/accuracy.md, "ARM and SGRM on the learned localizer's maps" and "SGRM
@@ -70,6 +75,11 @@ class LocalizerConfig:
     cell_stride: the fit reads every n-th cell along each axis.
     layers: backbone layers read by the head (``None``: the backbone's default).
     max_images: train images used at most (evenly spread), which bounds the cache and memory.
+    class_rounds: fits of the head's class maps after the class-agnostic rounds (0: none), one
+        linear layer per class on that class's images alone: the first on ARM's refinement of
+        the last class-agnostic fit, each later one on the previous class fit's.
+    class_min_images: the class maps are fitted only when every class has at least this many
+        train images (fewer overfit; the measurements: docs/accuracy.md, "Class maps").
     """
 
     rounds: int = 2
@@ -84,10 +94,16 @@ class LocalizerConfig:
     cell_stride: int = 2
     layers: tuple[str, ...] | None = None
     max_images: int = 3000
+    class_rounds: int = 2
+    class_min_images: int = 100
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.rounds < 0 or self.class_rounds < 0:
+            raise ValueError(
+                f"rounds and class_rounds must be >= 0, got {self.rounds}, {self.class_rounds}"
+            )
+        if self.class_min_images < 1:
+            raise ValueError(f"class_min_images must be >= 1, got {self.class_min_images}")
         if self.cam_source not in CAM_SOURCES:
             raise ValueError(f"cam_source must be one of {', '.join(CAM_SOURCES)}")
         for low, high, what in ((self.cam_low, self.cam_high, "cam_"), (self.low, self.high, "")):
@@ -135,9 +151,12 @@ class TrainConfig:
         ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
     foreground_rounds: its self-training rounds after round 0 (``None``: the
         :class:`LocalizerConfig` default).
+    foreground_class_maps: also fit the head's class maps: ``None`` when every class has
+        ``LocalizerConfig.class_min_images`` train images, ``True`` always, ``False`` never.
     arm_input: the coarse map the bundle's ARM refines (``lcar_deploy.config.PipelineConfig``);
-        ``None``: ``foreground_cam`` on ``ilsvrc`` (several objects per image: the class CAM
-        says which one, measured in docs/accuracy.md), else the pipeline's ``auto``.
+        ``None``: ``class_foreground_cam`` when the foreground head has class maps, else
+        ``foreground_cam`` on ``ilsvrc`` (several objects per image: the class CAM says which
+        one, measured in docs/accuracy.md), else the pipeline's ``auto``.
     max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
         while they are at most this share of a split; more is an error.
     """
@@ -174,6 +193,7 @@ class TrainConfig:
     foreground: bool = True
     foreground_pseudo: str | None = None
     foreground_rounds: int | None = None
+    foreground_class_maps: bool | None = None
     arm_input: str | None = None
     max_bad_share: float = 0.01
 
@@ -218,15 +238,23 @@ class TrainConfig:
         pseudo = self.foreground_pseudo or (
             "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
         )
-        rounds = {} if self.foreground_rounds is None else {"rounds": self.foreground_rounds}
-        return LocalizerConfig(cam_source=pseudo, **rounds)
+        options: dict[str, Any] = {}
+        if self.foreground_rounds is not None:
+            options["rounds"] = self.foreground_rounds
+        if self.foreground_class_maps is False:
+            options["class_rounds"] = 0
+        elif self.foreground_class_maps:
+            options["class_min_images"] = 1
+        return LocalizerConfig(cam_source=pseudo, **options)
 
-    @property
-    def bundle_settings(self) -> dict[str, Any]:
+    def bundle_settings(self, class_maps: bool = False) -> dict[str, Any]:
         """Settings the trained heads carry into their bundle (over the preset's): the ARM
-        input and, with the foreground head, ARM's iterations on its maps."""
+        input and, with the foreground head, ARM's iterations on its maps. ``class_maps``:
+        the trained foreground head has class maps."""
         arm_input = self.arm_input
-        if arm_input is None and self.foreground and self.dataset == "ilsvrc":
+        if arm_input is None and self.foreground and class_maps:
+            arm_input = "class_foreground_cam"
+        elif arm_input is None and self.foreground and self.dataset == "ilsvrc":
             arm_input = "foreground_cam"
         settings: dict[str, Any] = {} if arm_input is None else {"arm_input": arm_input}
         if self.foreground:

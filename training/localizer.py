@@ -8,7 +8,10 @@ docs/accuracy.md). No box or mask annotation is ever used:
   background: map < ``cam_low``, the rest ignored);
 - each further round refines the previous head's maps of the train split with ARM (the
   pipeline's own settings), keeps the reliable bands (object >= ``high``, background <=
-  ``low``, the rest ignored) and fits again, from scratch.
+  ``low``, the rest ignored) and fits again, from scratch;
+- with class maps (enough images per class), the class rounds then fit one layer per class on
+  that class's images, the same way: labels from ARM on the last class-agnostic maps, then on
+  the class maps.
 
 Features: the head's input (:meth:`ForegroundHead.features`) of every train image and of its
 mirror, mirrored back and averaged, as the pipeline's test-time flip sees them. They are cached
@@ -68,9 +71,13 @@ def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
 
 
 def empty_head(
-    backbone: nn.Module, config: BackboneConfig, layers: tuple[str, ...] | None
+    backbone: nn.Module,
+    config: BackboneConfig,
+    layers: tuple[str, ...] | None,
+    classes: int = 0,
 ) -> ForegroundHead:
-    """An untrained :class:`ForegroundHead` fitting ``backbone`` (widths from a dummy forward)."""
+    """An untrained :class:`ForegroundHead` fitting ``backbone`` (widths from a dummy forward),
+    with ``classes`` class maps."""
     spec = backbone_spec(config.name)
     layers = layers or spec.foreground_layers
     with torch.no_grad():
@@ -79,7 +86,7 @@ def empty_head(
     if unknown:
         raise ValueError(f"{config.name} has no layer {unknown[0]!r}; choose from {list(stages)}")
     dims = [int(stages[layer].shape[1]) for layer in layers]
-    return ForegroundHead(list(layers), dims, config.input_size // spec.foreground_stride)
+    return ForegroundHead(list(layers), dims, config.input_size // spec.foreground_stride, classes)
 
 
 def _mirror(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -228,13 +235,45 @@ def bands(maps: np.ndarray, high: float, low: float, strict: bool) -> np.ndarray
 def fit_head(
     head: ForegroundHead, features: np.ndarray, labels: np.ndarray, cfg: LocalizerConfig
 ) -> dict:
-    """Fit ``head`` in place on the labelled cells; returns stats of the fit."""
+    """Fit ``head`` (its class-agnostic layer) in place on the labelled cells; stats of the fit."""
+    weight, bias, stats = _fit_linear(features, labels, np.arange(len(features)), cfg)
+    with torch.no_grad():
+        head.fc.weight.copy_(weight[None])
+        head.fc.bias.copy_(bias)
+    return stats
+
+
+def fit_class_maps(
+    head: ForegroundHead,
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    cfg: LocalizerConfig,
+) -> list[dict]:
+    """Fit each class's layer of ``head.class_fc`` in place on the labelled cells of that class's
+    images (``classes``: (N,) bundle class index per image); per-class stats."""
+    stats = []
+    for c in range(head.classes):
+        weight, bias, fitted = _fit_linear(features, labels, np.flatnonzero(classes == c), cfg)
+        with torch.no_grad():
+            head.class_fc.weight[c].copy_(weight)
+            head.class_fc.bias[c].copy_(bias[0])
+        stats.append(fitted)
+    return stats
+
+
+def _fit_linear(
+    features: np.ndarray, labels: np.ndarray, rows: np.ndarray, cfg: LocalizerConfig
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Logistic regression by L-BFGS on the labelled cells of images ``rows``: weight (D,),
+    bias (1,), stats."""
     s = cfg.cell_stride
     xs, ys = [], []
-    for start in range(0, len(features), 64):
-        y = labels[start : start + 64, ::s, ::s].reshape(-1)
+    for start in range(0, len(rows), 64):
+        part = rows[start : start + 64]
+        y = labels[part, ::s, ::s].reshape(-1)
         keep = y >= 0
-        f = np.asarray(features[start : start + 64, ::s, ::s]).reshape(len(y), -1)
+        f = np.asarray(features[part][:, ::s, ::s]).reshape(len(y), -1)
         xs.append(f[keep])
         ys.append(y[keep])
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
@@ -261,19 +300,30 @@ def fit_head(
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        head.fc.weight.copy_(weight[None])
-        head.fc.bias.copy_(bias)
         loss = float(objective())
-    return {"cells": len(y), "positive_share": positive, "loss": loss}
+    return (
+        weight.detach(),
+        bias.detach(),
+        {"cells": len(y), "positive_share": positive, "loss": loss},
+    )
 
 
 @torch.inference_mode()
-def predict(head: ForegroundHead, features: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """(N, g, g) float32 maps of the head on cached features."""
+def predict(
+    head: ForegroundHead, features: np.ndarray, classes: np.ndarray | None = None, chunk: int = 64
+) -> np.ndarray:
+    """(N, g, g) float32 maps of the head on cached features: class-agnostic, or with
+    ``classes`` ((N,) class index per image) each image's class map."""
     out = []
     for start in range(0, len(features), chunk):
         f = torch.from_numpy(np.asarray(features[start : start + chunk], dtype=np.float32))
-        out.append(torch.sigmoid(head.fc(f)[..., 0]).numpy())
+        if classes is None:
+            logits = head.fc(f)[..., 0]
+        else:
+            c = torch.from_numpy(np.asarray(classes[start : start + chunk], dtype=np.int64))
+            logits = (f * head.class_fc.weight[c][:, None, None]).sum(-1)
+            logits = logits + head.class_fc.bias[c][:, None, None]
+        out.append(torch.sigmoid(logits).numpy())
     return np.concatenate(out)
 
 
@@ -303,25 +353,46 @@ def self_train(
     cfg: LocalizerConfig,
     arm: ArmConfig,
     *,
+    classes: np.ndarray | None = None,
     threads: int | None = None,
-    checkpoint: Callable[[int, ForegroundHead], None] | None = None,
+    checkpoint: Callable[[str, ForegroundHead], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; per-round stats.
+    """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; with class maps
+    in ``head`` (``classes``: (N,) class index per train image), ``cfg.class_rounds`` fits of
+    them after. Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
+    ``class-round{r}``).
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
     with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels
     (docs/accuracy.md, "ARM and SGRM on the learned localizer's maps")."""
+    if head.classes and (classes is None or len(classes) != len(data.features)):
+        raise ValueError("a head with class maps needs the class index of every train image")
+    class_rounds = cfg.class_rounds if head.classes else 0
+    fits = [("round", r, None) for r in range(cfg.rounds + 1)]
+    fits += [("class-round", r, classes) for r in range(class_rounds)]
     history = []
     labels = bands(data.cams, cfg.cam_high, cfg.cam_low, strict=True)
-    for round_index in tqdm(range(cfg.rounds + 1), desc="foreground rounds", disable=not progress):
-        stats = fit_head(head, data.features, labels, cfg)
+    for step, (kind, round_index, own) in enumerate(
+        tqdm(fits, desc="foreground rounds", disable=not progress)
+    ):
+        if own is None:
+            stats = fit_head(head, data.features, labels, cfg)
+        else:
+            per_class = fit_class_maps(head, data.features, labels, own, cfg)
+            stats = {
+                "cells": sum(p["cells"] for p in per_class),
+                "positive_share": float(np.mean([p["positive_share"] for p in per_class])),
+                "loss": float(np.mean([p["loss"] for p in per_class])),
+                "classes": len(per_class),
+            }
         stats["round"] = round_index
+        stats["class_maps"] = own is not None
         stats["ignored_share"] = float((labels < 0).mean())
         history.append(stats)
         if checkpoint is not None:
-            checkpoint(round_index, head)
-        if round_index < cfg.rounds:
-            maps = refined_maps(predict(head, data.features), data.images, arm, threads)
+            checkpoint(f"{kind}{round_index}", head)
+        if step < len(fits) - 1:
+            maps = refined_maps(predict(head, data.features, own), data.images, arm, threads)
             labels = bands(maps, cfg.high, cfg.low, strict=False)
     return history

@@ -368,7 +368,7 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
             "metrics": summary,
             "dataset": dataset_info,
             "training": training_info,
-            "settings": config.bundle_settings,
+            "settings": config.bundle_settings(class_maps=bool(heads.config.foreground_classes)),
         },
     )
     plot_path = out / "loss.png"
@@ -406,8 +406,10 @@ def _self_train_foreground(
     cache: Path,
     out: Path,
 ) -> tuple[torch.nn.Module, dict]:
-    """Round 0 and the self-training rounds of the foreground head (:mod:`.localizer`), each
-    round's head saved as ``OUT/foreground-round{r}.pt``; the head and its stats."""
+    """Round 0 and the self-training rounds of the foreground head (:mod:`.localizer`), then its
+    class rounds when every class has ``class_min_images`` train images; each fit saved as
+    ``OUT/foreground-round{r}.pt`` / ``OUT/foreground-class-round{r}.pt``; the head and its
+    stats."""
     start = time.perf_counter()
     backbone_config = config.backbone_config()
     bad = {image_id for image_id, _ in skipped}
@@ -416,7 +418,13 @@ def _self_train_foreground(
         keep = np.linspace(0, len(records) - 1, fg_config.max_images).round().astype(int)
         records = [records[i] for i in keep]
     pipeline = preset("default")
-    head = empty_head(build(), backbone_config, fg_config.layers)
+    class_index = {class_id: i for i, class_id in enumerate(heads.config.class_ids)}
+    classes = np.array([class_index[r.class_id] for r in records], np.int64)
+    counts = np.bincount(classes, minlength=len(class_index))
+    class_maps = fg_config.class_rounds > 0 and int(counts.min()) >= fg_config.class_min_images
+    head = empty_head(
+        build(), backbone_config, fg_config.layers, len(class_index) if class_maps else 0
+    )
     data = train_split_maps(
         dataclasses.replace(train_data, records=records),
         build,
@@ -431,8 +439,8 @@ def _self_train_foreground(
         progress=config.progress,
     )
 
-    def checkpoint(round_index: int, fitted: torch.nn.Module) -> None:
-        path = out / f"foreground-round{round_index}.pt"
+    def checkpoint(name: str, fitted: torch.nn.Module) -> None:
+        path = out / f"foreground-{name}.pt"
         write_atomic(path, lambda tmp: torch.save(fitted.state_dict(), tmp))
 
     history = self_train(
@@ -440,6 +448,7 @@ def _self_train_foreground(
         data,
         fg_config,
         pipeline.arm,
+        classes=classes if class_maps else None,
         threads=config.threads,
         checkpoint=checkpoint,
         progress=config.progress,
@@ -452,6 +461,8 @@ def _self_train_foreground(
         "layers": list(head.layers),
         "grid": head.grid,
         "images": len(records),
+        "class_maps": class_maps,
+        "fewest_images_per_class": int(counts.min()),
         "rounds_history": history,
         "seconds": time.perf_counter() - start,
     }

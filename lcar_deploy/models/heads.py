@@ -33,7 +33,9 @@ class HeadsConfig:
     teacher_hidden: width of the teacher's MLP block (0 = linear teacher).
     teacher_input: ``concat`` (global || mean(grid), eq. 3) or ``global``.
     foreground_layers: backbone layers read by the foreground head (empty = no head);
-        foreground_dims: their widths; foreground_grid: the side of its output grid.
+        foreground_dims: their widths; foreground_grid: the side of its output grid;
+        foreground_classes: 0 (class-agnostic only) or C, when the head also has one map per
+        class.
     """
 
     backbone: str
@@ -50,6 +52,7 @@ class HeadsConfig:
     foreground_layers: list[str] = field(default_factory=list)
     foreground_dims: list[int] = field(default_factory=list)
     foreground_grid: int = 0
+    foreground_classes: int = 0
 
     def __post_init__(self) -> None:
         if self.teacher_input not in ("concat", "global"):
@@ -63,6 +66,13 @@ class HeadsConfig:
             raise HeadsError("foreground_layers and foreground_dims differ in length")
         if self.foreground_layers and self.foreground_grid < 1:
             raise HeadsError("a foreground head needs foreground_grid >= 1")
+        if self.foreground_classes not in (0, self.num_classes) or (
+            self.foreground_classes and not self.foreground_layers
+        ):
+            raise HeadsError(
+                f"foreground_classes must be 0 or num_classes ({self.num_classes}) with a "
+                f"foreground head, got {self.foreground_classes}"
+            )
 
     @property
     def teacher_in_dim(self) -> int:
@@ -108,14 +118,19 @@ class ForegroundHead(nn.Module):
     sigmoid: the probability that the cell shows an object of the dataset, whatever its class.
     Self-trained on the pipeline's own refined maps of the train split (:mod:`lcar_deploy.
     training.localizer`). stages {layer: (B, C, h, w)} -> (B, grid, grid) in [0, 1].
+
+    With ``classes`` > 0 the head also holds one linear layer per class (``class_fc``), fitted
+    on that class's train images only: :meth:`class_maps` gives (B, classes, grid, grid).
     """
 
-    def __init__(self, layers: list[str], dims: list[int], grid: int) -> None:
+    def __init__(self, layers: list[str], dims: list[int], grid: int, classes: int = 0) -> None:
         super().__init__()
         self.layers = tuple(layers)
         self.dims = tuple(dims)
         self.grid = grid
+        self.classes = classes
         self.fc = nn.Linear(sum(dims), 1)
+        self.class_fc = nn.Linear(sum(dims), classes) if classes else None
 
     def features(self, stages: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, grid, grid, sum(dims)): the concatenated, normalised, resized features."""
@@ -132,6 +147,15 @@ class ForegroundHead(nn.Module):
     def forward(self, stages: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self.fc(self.features(stages))[..., 0])
 
+    def maps(self, stages: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The class-agnostic map (B, grid, grid) and, with ``classes``, the class maps
+        (B, classes, grid, grid), from one pass over the features."""
+        features = self.features(stages)
+        agnostic = torch.sigmoid(self.fc(features)[..., 0])
+        if self.class_fc is None:
+            return (agnostic,)
+        return agnostic, torch.sigmoid(self.class_fc(features)).permute(0, 3, 1, 2)
+
 
 class Heads(nn.Module):
     """Both heads. forward(global (B, Dg), grid (B, h, w, D)) -> (logits, cam_logits, cams).
@@ -146,7 +170,12 @@ class Heads(nn.Module):
         self.cam = CamHead(config.grid_dim, config.num_classes)
         self.teacher = TeacherHead(config.teacher_in_dim, config.num_classes, config.teacher_hidden)
         self.foreground = (
-            ForegroundHead(config.foreground_layers, config.foreground_dims, config.foreground_grid)
+            ForegroundHead(
+                config.foreground_layers,
+                config.foreground_dims,
+                config.foreground_grid,
+                config.foreground_classes,
+            )
             if config.foreground_layers
             else None
         )
@@ -187,6 +216,7 @@ def with_foreground(heads: Heads, foreground: ForegroundHead) -> Heads:
         foreground_layers=list(foreground.layers),
         foreground_dims=list(foreground.dims),
         foreground_grid=foreground.grid,
+        foreground_classes=foreground.classes,
     )
     new = Heads(config)
     state = {k: v for k, v in heads.state_dict().items() if not k.startswith("foreground.")}

@@ -18,7 +18,7 @@ class LcarModel(nn.Module):
     Outputs, in ``output_names`` order: ``global`` (B, Dg), ``grid`` (B, h, w, D),
     ``affinity`` (B, ha, wa, Da) and, with heads, ``logits`` (B, C, teacher),
     ``cam_logits`` (B, C, student), ``cams`` (B, C, h, w) and, with a foreground head,
-    ``foreground`` (B, g, g).
+    ``foreground`` (B, g, g) and, when it has class maps, ``foreground_classes`` (B, C, g, g).
     """
 
     def __init__(self, backbone: nn.Module, heads: Heads | None) -> None:
@@ -28,6 +28,8 @@ class LcarModel(nn.Module):
         names = FEATURE_OUTPUTS + (HEAD_OUTPUTS if heads is not None else ())
         if heads is not None and heads.foreground is not None:
             names += ("foreground",)
+            if heads.foreground.classes:
+                names += ("foreground_classes",)
         self.output_names = names
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -36,7 +38,7 @@ class LcarModel(nn.Module):
         if self.heads is not None:
             outputs.extend(self.heads(feats["global"], feats["grid"]))
             if self.heads.foreground is not None:
-                outputs.append(self.heads.foreground(feats["stages"]))
+                outputs.extend(self.heads.foreground.maps(feats["stages"]))
         return tuple(outputs)
 
 
