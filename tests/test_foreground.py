@@ -169,6 +169,9 @@ def test_class_maps_tell_a_class_from_its_look_alikes() -> None:
     agnostic, own = predict(head, features), predict(head, features, classes)
     assert (own[obj] > 0.5).mean() > 0.95 and (own[distractor] < 0.5).mean() > 0.95
     assert (agnostic[distractor] > 0.5).mean() > 0.3  # fooled by the look-alikes
+    background_only = np.where(classes[:, None, None] == 1, 0, labels).astype(np.int8)
+    with pytest.raises(ValueError, match="class map 1: the pseudo labels hold only one class"):
+        fit_class_maps(head, features, background_only, classes, cfg)
     with torch.no_grad():
         every = torch.sigmoid(head.class_fc(torch.from_numpy(features.astype(np.float32))))
     np.testing.assert_allclose(every.numpy()[np.arange(12), ..., classes], own, atol=1e-5)

@@ -254,7 +254,10 @@ def fit_class_maps(
     images (``classes``: (N,) bundle class index per image); per-class stats."""
     stats = []
     for c in range(head.classes):
-        weight, bias, fitted = _fit_linear(features, labels, np.flatnonzero(classes == c), cfg)
+        try:
+            weight, bias, fitted = _fit_linear(features, labels, np.flatnonzero(classes == c), cfg)
+        except ValueError as exc:
+            raise ValueError(f"class map {c}: {exc}") from None
         with torch.no_grad():
             head.class_fc.weight[c].copy_(weight)
             head.class_fc.bias[c].copy_(bias[0])
