@@ -15,12 +15,21 @@ from lcar_deploy.config import PipelineConfig
 from lcar_deploy.errors import HeadsError
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.models.backbones import default_config
-from lcar_deploy.models.heads import ForegroundHead, Heads, load_heads, save_heads, with_foreground
+from lcar_deploy.models.heads import (
+    ForegroundHead,
+    Heads,
+    HeadsConfig,
+    load_heads,
+    save_heads,
+    with_foreground,
+)
 from lcar_deploy.models.model import build_backbone, heads_config_for
+from lcar_deploy.stages.cam import cam_map
 from lcar_deploy.training.localizer import (
     LocalizerConfig,
     TrainSplitMaps,
     bands,
+    class_cams,
     empty_head,
     fit_class_maps,
     fit_head,
@@ -197,6 +206,49 @@ def test_class_rounds_follow_the_class_agnostic_rounds() -> None:
     assert (own[obj] > 0.5).mean() > 0.9 and (own[~obj] < 0.5).mean() > 0.9
     with pytest.raises(ValueError, match="class index of every train image"):
         self_train(head, data, cfg, PipelineConfig().arm, progress=False)
+
+
+def test_class_rounds_label_the_blend_with_the_class_cam() -> None:
+    """Round 0's CAM calls both the object and the look-alike of the other class foreground;
+    without the class CAM the class layers learn the look-alike too, with it they do not."""
+    features, classes, obj, distractor = _two_classes()
+    cams = np.where(obj | distractor, 0.9, 0.0).astype(np.float32)
+    images = np.zeros((len(features), 24, 24, 3), np.uint8)
+    images[np.kron(obj, np.ones((4, 4), bool))] = 220
+    images[np.kron(distractor, np.ones((4, 4), bool))] = (40, 160, 90)
+    own_cam = np.kron(obj, np.ones((4, 4))).astype(np.float16)  # the class CAM: its object only
+    data = TrainSplitMaps(features, cams, images)
+    cfg = LocalizerConfig(rounds=1, class_rounds=2, cell_stride=1)
+    arm = PipelineConfig().arm
+    maps = {}
+    for name, blend in (("alone", None), ("blended", own_cam)):
+        head = ForegroundHead(["x"], [4], 6, classes=2)
+        self_train(
+            head, data, cfg, arm, classes=classes, class_cams=blend, threads=1, progress=False
+        )
+        maps[name] = predict(head, features, classes)
+    assert (maps["alone"][distractor] > 0.5).mean() > 0.9
+    assert (maps["blended"][distractor] < 0.5).mean() > 0.9
+    assert (maps["blended"][obj] > 0.5).mean() > 0.9
+    with pytest.raises(ValueError, match="one work-size map per train image"):
+        self_train(
+            head, data, cfg, arm, classes=classes, class_cams=own_cam[:, :12], progress=False
+        )
+
+
+def test_class_cams_are_the_pipeline_cams_of_the_own_class() -> None:
+    heads = Heads(HeadsConfig("efficientnet_lite0", 384, "head", "blocks.4", 16, 16, 3))
+    grid = np.random.default_rng(0).normal(size=(4, 5, 5, 16))
+    classes = np.array([0, 2, 1, 2])
+    cam = PipelineConfig().cam
+    cam = dataclasses.replace(cam, size=40)
+    got = class_cams(heads, grid.astype(np.float16), classes, cam, chunk=3)
+    assert got.shape == (4, 40, 40) and got.dtype == np.float16
+    with torch.no_grad():
+        raw, logits = heads.cam(torch.from_numpy(grid.astype(np.float16).astype(np.float32)))
+    for i, c in enumerate(classes):
+        want = cam_map(raw[i].numpy(), logits[i].numpy(), cam, int(c)).map
+        np.testing.assert_allclose(got[i], want, atol=2e-3)
 
 
 def test_foreground_head_exports_with_parity(tmp_path: Path) -> None:

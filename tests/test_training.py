@@ -206,19 +206,21 @@ def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> Non
     )
     result = train(config)
     fg = result.metrics["foreground"]
-    assert [r["round"] for r in fg["rounds_history"]] == [0, 1, 0, 1]
-    assert [r["class_maps"] for r in fg["rounds_history"]] == [False, False, True, True]
+    assert [r["round"] for r in fg["rounds_history"]] == [0, 1, 0, 1, 2]
+    assert [r["class_maps"] for r in fg["rounds_history"]] == [False, False, True, True, True]
     assert fg["class_maps"] and fg["fewest_images_per_class"] == 2
+    assert fg["class_rounds_on_cam_blend"]  # the bundle's ARM refines the class CAM blend
     assert fg["layers"] == ["blocks.2", "blocks.4", "blocks.6"] and fg["grid"] == 8
     assert fg["images"] == 6 and fg["cam_source"] == "imagenet"
     assert sorted(p.name for p in (tmp_path / "run").glob("foreground-*.pt")) == [
         "foreground-class-round0.pt",
         "foreground-class-round1.pt",
+        "foreground-class-round2.pt",
         "foreground-round0.pt",
         "foreground-round1.pt",
     ]
     heads, extra = load_heads(result.heads_path)
-    last = torch.load(tmp_path / "run" / "foreground-class-round1.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "foreground-class-round2.pt", weights_only=True)
     assert torch.equal(heads.foreground.fc.weight, last["fc.weight"])
     assert torch.equal(heads.foreground.class_fc.weight, last["class_fc.weight"])
     assert heads.config.foreground_classes == 3

@@ -44,18 +44,29 @@ _FOREGROUND_CAM: dict[str, Any] = {
         "width": 16,
     },
 }
+_CLASS_FOREGROUND_CAM: dict[str, Any] = {
+    "sgrm": {
+        **_FOREGROUND_CAM["sgrm"],
+        "gamma_l1": 0.35,
+        "gamma_h1": 0.55,
+        "gamma_l2": 0.35,
+        "gamma_h2": 0.55,
+    },
+}
+
 MAP_SETTINGS: dict[str, dict[str, Any]] = {
     "foreground": _FOREGROUND,
     "foreground_cam": _FOREGROUND_CAM,
     "class_foreground": _FOREGROUND,
-    "class_foreground_cam": _FOREGROUND_CAM,
+    "class_foreground_cam": _CLASS_FOREGROUND_CAM,
 }
 """Settings (over the preset's) for ARM and SGRM on a learned localizer's maps, by the
 bundle's ``arm_input``: a bundle with a foreground head records them (trained heads, and the
 default bundle's generic localizer, over the ``classifier`` preset). The head's maps are
 sharper than a CAM: ARM's paper ``k`` = 50 blurs them, and the best box threshold of the
 refined map is lower; blended with the CAM (``foreground_cam``) ARM keeps its ``k``. A class's
-own map (``class_`` inputs) takes the settings of the class-agnostic one. SGRM's
+own map (``class_`` inputs) takes the settings of the class-agnostic one, but for SGRM's bands
+on the class CAM blend, whose refined map's best threshold is lower. SGRM's
 label bands sit around each map's best threshold, its mask keeps the reliable pixels, and its
 Aggregation Net (16 channels) starts from the image's own data init, not a seeded random one.
 Measurements: docs/accuracy.md, "ARM and SGRM on the learned localizer's maps" and "SGRM
@@ -77,7 +88,8 @@ class LocalizerConfig:
     max_images: train images used at most (evenly spread), which bounds the cache and memory.
     class_rounds: fits of the head's class maps after the class-agnostic rounds (0: none), one
         linear layer per class on that class's images alone: the first on ARM's refinement of
-        the last class-agnostic fit, each later one on the previous class fit's.
+        the last class-agnostic fit, each later one on the previous class fit's (each map
+        averaged with the image's class CAM first when the bundle's ARM refines that blend).
     class_min_images: the class maps are fitted only when every class has at least this many
         train images (fewer overfit; the measurements: docs/accuracy.md, "Class maps").
     """
@@ -94,7 +106,7 @@ class LocalizerConfig:
     cell_stride: int = 2
     layers: tuple[str, ...] | None = None
     max_images: int = 3000
-    class_rounds: int = 2
+    class_rounds: int = 3
     class_min_images: int = 100
 
     def __post_init__(self) -> None:

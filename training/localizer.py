@@ -11,10 +11,12 @@ docs/accuracy.md). No box or mask annotation is ever used:
   ``low``, the rest ignored) and fits again, from scratch;
 - with class maps (enough images per class), the class rounds then fit one layer per class on
   that class's images, the same way: labels from ARM on the last class-agnostic maps, then on
-  the class maps.
+  the class maps; each averaged first with the image's class CAM when the bundle's ARM refines
+  that blend (``class_foreground_cam``), so the labels come from the map the bundle refines.
 
 Features: the head's input (:meth:`ForegroundHead.features`) of every train image and of its
-mirror, mirrored back and averaged, as the pipeline's test-time flip sees them. They are cached
+mirror, mirrored back and averaged, as the pipeline's test-time flip sees them; likewise the CAM
+head's input grid (its layer is linear, so its CAMs of the averaged grid are the flip's). They are cached
 as float16 (``2 grid^2 D`` bytes per image) and read back in chunks.
 
 The fit is a logistic regression by L-BFGS on every ``cell_stride``-th cell along each axis:
@@ -23,6 +25,7 @@ deterministic (no seed), a few seconds per round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -39,11 +42,12 @@ from ..datasets import Dataset
 from ..image_io import load_rgb, resize_rgb, to_chw_float
 from ..models.backbones import BackboneConfig, backbone_spec, list_backbones
 from ..models.heads import ForegroundHead, Heads
+from ..pipeline import blend_maps
 from ..stages.arm import ArmConfig, refine
 from ..stages.cam import CamConfig, cam_map
 from .config import LocalizerConfig
 
-LOCALIZER_CACHE_VERSION = 1
+LOCALIZER_CACHE_VERSION = 2
 
 
 @dataclass
@@ -51,16 +55,19 @@ class TrainSplitMaps:
     """What the rounds need of the train split.
 
     features: (N, g, g, D) float16, flip-averaged head inputs (a memmap); cams: (N, g, g)
-    float32 round-0 maps in [0, 1]; images: (N, W, W, 3) uint8 RGB at the pipeline's work size.
+    float32 round-0 maps in [0, 1]; images: (N, W, W, 3) uint8 RGB at the pipeline's work size;
+    grid: (N, h, w, Dg) float16 flip-averaged CAM-head inputs (a memmap; ``None``: not kept).
     """
 
     features: np.ndarray
     cams: np.ndarray
     images: np.ndarray
+    grid: np.ndarray | None = None
 
 
 def concatenated(parts: list[TrainSplitMaps]) -> TrainSplitMaps:
-    """Several train splits as one (read into memory when there are several)."""
+    """Several train splits as one (read into memory when there are several), for the
+    class-agnostic rounds: the CAM grids are left out then."""
     if len(parts) == 1:
         return parts[0]
     return TrainSplitMaps(
@@ -141,7 +148,8 @@ def train_split_maps(
     key = _cache_key(dataset, config, weights, head, cfg, work_size)
     base = cache_dir / f"localizer-{dataset.kind}-{dataset.split}-{key}"
     paths = {
-        name: base.with_name(f"{base.name}-{name}.npy") for name in ("features", "cams", "rgb")
+        name: base.with_name(f"{base.name}-{name}.npy")
+        for name in ("features", "cams", "rgb", "grid")
     }
     done = base.with_name(f"{base.name}.done")
     if not done.exists():
@@ -153,6 +161,7 @@ def train_split_maps(
         np.load(paths["features"], mmap_mode="r"),
         np.load(paths["cams"]),
         np.load(paths["rgb"], mmap_mode="r"),
+        np.load(paths["grid"], mmap_mode="r"),
     )
 
 
@@ -177,6 +186,7 @@ def _compute_maps(
     rgb = np.lib.format.open_memmap(
         paths["rgb"], mode="w+", dtype=np.uint8, shape=(n, work_size, work_size, 3)
     )
+    grid = None
     cams = np.zeros((n, g, g), np.float32)
     cam_cfg = CamConfig(size=work_size, top_k=cfg.top_k if cfg.cam_source == "imagenet" else 1)
     records = dataset.records
@@ -191,6 +201,12 @@ def _compute_maps(
             head.features(views[0]["stages"]) + _mirror(head.features(views[1]["stages"]), 2)
         )
         feats[start : start + len(chunk)] = f.numpy().astype(np.float16)
+        cam_in = 0.5 * (views[0]["grid"] + _mirror(views[1]["grid"], 2))
+        if grid is None:
+            grid = np.lib.format.open_memmap(
+                paths["grid"], mode="w+", dtype=np.float16, shape=(n, *cam_in.shape[1:])
+            )
+        grid[start : start + len(chunk)] = cam_in.numpy().astype(np.float16)
         if cfg.cam_source == "imagenet":
             grid_cams = [
                 model.model.classifier(v["stages"]["head"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -210,14 +226,34 @@ def _compute_maps(
             rgb[start + i] = resize_rgb(images[i], work_size)
     feats.flush()
     rgb.flush()
+    if grid is not None:
+        grid.flush()
     np.save(paths["cams"], cams)
-    del feats, rgb
+    del feats, rgb, grid
 
 
 def _to_grid(maps: np.ndarray, grid: int) -> np.ndarray:
     """(N, H, W) -> (N, grid, grid) by area averaging."""
     t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
     return F.interpolate(t, size=(grid, grid), mode="area")[:, 0].numpy()
+
+
+@torch.inference_mode()
+def class_cams(
+    heads: Heads, grid: np.ndarray, classes: np.ndarray, cam: CamConfig, chunk: int = 64
+) -> np.ndarray:
+    """(N, size, size) float16 CAM of each train image's own class (``classes``: (N,) bundle
+    class index; ``grid``: :attr:`TrainSplitMaps.grid`) at ``cam.size``, as the pipeline's CAM
+    stage gives it with the class known."""
+    own = dataclasses.replace(cam, top_k=1)
+    out = np.zeros((len(grid), cam.size, cam.size), np.float16)
+    for start in range(0, len(grid), chunk):
+        cams, logits = heads.cam(
+            torch.from_numpy(np.asarray(grid[start : start + chunk], np.float32))
+        )
+        for i, (c, z) in enumerate(zip(cams.numpy(), logits.numpy(), strict=True)):
+            out[start + i] = cam_map(c, z, own, int(classes[start + i])).map
+    return out
 
 
 def bands(maps: np.ndarray, high: float, low: float, strict: bool) -> np.ndarray:
@@ -336,16 +372,21 @@ def refined_maps(
     arm: ArmConfig,
     threads: int | None,
     *,
+    cams: np.ndarray | None = None,
     at_grid: bool = True,
     chunk: int = 32,
 ) -> np.ndarray:
-    """ARM refinement (as the pipeline runs it on the foreground map), at the work size of
-    ``images`` or, with ``at_grid``, back at the grid of ``maps``."""
+    """ARM refinement (as the pipeline runs it on the foreground map, or with ``cams``, (N, W,
+    W) maps at the work size, on its blend with them, ``arm_input = *_foreground_cam``), at the
+    work size of ``images`` or, with ``at_grid``, back at the grid of ``maps``."""
     out = []
     for start in range(0, len(maps), chunk):
         rgb = np.asarray(images[start : start + chunk], dtype=np.float32) / 255.0
         chw = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
-        refined = np.asarray(refine(maps[start : start + chunk], chw, arm, num_threads=threads))
+        coarse = maps[start : start + chunk]
+        if cams is not None:
+            coarse = blend_maps(coarse, np.asarray(cams[start : start + chunk], np.float32))
+        refined = np.asarray(refine(coarse, chw, arm, num_threads=threads))
         out.append(_to_grid(refined, maps.shape[-1]) if at_grid else refined)
     return np.concatenate(out)
 
@@ -357,20 +398,27 @@ def self_train(
     arm: ArmConfig,
     *,
     classes: np.ndarray | None = None,
+    class_cams: np.ndarray | None = None,
     threads: int | None = None,
     checkpoint: Callable[[str, ForegroundHead], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; with class maps
     in ``head`` (``classes``: (N,) class index per train image), ``cfg.class_rounds`` fits of
-    them after. Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
-    ``class-round{r}``).
+    them after, their labels from ARM on the maps blended with ``class_cams`` ((N, W, W), each
+    image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given. Per-round
+    stats; ``checkpoint(name, head)`` after each fit (``round{r}``, ``class-round{r}``).
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
     with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels
     (docs/accuracy.md, "ARM and SGRM on the learned localizer's maps")."""
     if head.classes and (classes is None or len(classes) != len(data.features)):
         raise ValueError("a head with class maps needs the class index of every train image")
+    if class_cams is not None and class_cams.shape != data.images.shape[:3]:
+        raise ValueError(
+            f"class_cams must be one work-size map per train image, {data.images.shape[:3]}, "
+            f"got {class_cams.shape}"
+        )
     class_rounds = cfg.class_rounds if head.classes else 0
     fits = [("round", r, None) for r in range(cfg.rounds + 1)]
     fits += [("class-round", r, classes) for r in range(class_rounds)]
@@ -396,6 +444,9 @@ def self_train(
         if checkpoint is not None:
             checkpoint(f"{kind}{round_index}", head)
         if step < len(fits) - 1:
-            maps = refined_maps(predict(head, data.features, own), data.images, arm, threads)
+            blend = class_cams if fits[step + 1][2] is not None else None
+            maps = refined_maps(
+                predict(head, data.features, own), data.images, arm, threads, cams=blend
+            )
             labels = bands(maps, cfg.high, cfg.low, strict=False)
     return history

@@ -43,7 +43,7 @@ from ..models.backbones import build_backbone
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
 from .config import TrainConfig
 from .features import FeatureSet, ViewSpec, cached_features
-from .localizer import empty_head, self_train, train_split_maps
+from .localizer import class_cams, empty_head, self_train, train_split_maps
 from .losses import SdLossConfig, sd_losses
 
 LOSS_KEYS = ("teacher_ce", "student_ce", "kl", "student", "total")
@@ -443,12 +443,18 @@ def _self_train_foreground(
         path = out / f"foreground-{name}.pt"
         write_atomic(path, lambda tmp: torch.save(fitted.state_dict(), tmp))
 
+    # Class rounds label the map the bundle's ARM will refine (the class CAM blend, by default).
+    blended = class_maps and config.bundle_settings(class_maps=True).get("arm_input") == (
+        "class_foreground_cam"
+    )
+    cam = dataclasses.replace(pipeline.cam, size=pipeline.work_size)
     history = self_train(
         head,
         data,
         fg_config,
         pipeline.arm,
         classes=classes if class_maps else None,
+        class_cams=class_cams(heads, data.grid, classes, cam) if blended else None,
         threads=config.threads,
         checkpoint=checkpoint,
         progress=config.progress,
@@ -462,6 +468,7 @@ def _self_train_foreground(
         "grid": head.grid,
         "images": len(records),
         "class_maps": class_maps,
+        "class_rounds_on_cam_blend": blended,
         "fewest_images_per_class": int(counts.min()),
         "rounds_history": history,
         "seconds": time.perf_counter() - start,
