@@ -16,8 +16,9 @@ docs/accuracy.md). No box or mask annotation is ever used:
 
 Features: the head's input (:meth:`ForegroundHead.features`) of every train image and of its
 mirror, mirrored back and averaged, as the pipeline's test-time flip sees them; likewise the CAM
-head's input grid (its layer is linear, so its CAMs of the averaged grid are the flip's). They are cached
-as float16 (``2 grid^2 D`` bytes per image) and read back in chunks.
+head's input grid (the CAM head is linear, so its CAMs of the averaged grid are the flip's).
+Both are cached as float16 (``2 grid^2 D`` and ``2 h w Dg`` bytes per image) and read back in
+chunks.
 
 The fit is a logistic regression by L-BFGS on every ``cell_stride``-th cell along each axis:
 deterministic (no seed), a few seconds per round.
@@ -406,8 +407,9 @@ def self_train(
     """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; with class maps
     in ``head`` (``classes``: (N,) class index per train image), ``cfg.class_rounds`` fits of
     them after, their labels from ARM on the maps blended with ``class_cams`` ((N, W, W), each
-    image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given. Per-round
-    stats; ``checkpoint(name, head)`` after each fit (``round{r}``, ``class-round{r}``).
+    image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given.
+    Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
+    ``class-round{r}``).
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
     with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels
