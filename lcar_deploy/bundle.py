@@ -76,12 +76,19 @@ def default_bundle_dir() -> Path:
 
     The folder names the default bundle's backbone, input size and generic localizer, then a
     digest of the settings its export records (:func:`~lcar_deploy.config.
-    generic_localizer_settings`), so that a cached default bundle from an older default is not
-    reused after the default changes (tests/test_export.py checks it)."""
+    generic_localizer_settings`) and of the shipped generic localizer's file, so that a cached
+    default bundle from an older default is not reused after the default or the localizer
+    changes (tests/test_export.py checks it)."""
     from .config import generic_localizer_settings
+    from .models.backbones import BackboneConfig
+    from .models.generic_localizer import generic_localizer_path
 
-    recorded = json.dumps(generic_localizer_settings(), sort_keys=True).encode()
-    digest = hashlib.sha256(recorded).hexdigest()[:8]
+    config = BackboneConfig()
+    digest = hashlib.sha256(json.dumps(generic_localizer_settings(), sort_keys=True).encode())
+    shipped = generic_localizer_path(config.name, config.input_size)
+    if shipped.is_file():
+        digest.update(shipped.read_bytes())
+    digest = digest.hexdigest()[:8]
     return cache_dir() / "bundles" / f"{DEFAULT_BUNDLE_NAME}-{digest}"
 
 

@@ -268,6 +268,21 @@ def test_default_bundle_folder_names_the_default_backbone(monkeypatch: pytest.Mo
     assert default_bundle_dir().name.startswith(name) and default_bundle_dir().name != first
 
 
+def test_default_bundle_folder_follows_the_shipped_localizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcar_deploy.models.generic_localizer as generic
+
+    config = default_config("efficientnet_lite0")
+    shipped = generic_localizer_path(config.name, config.input_size)
+    first = default_bundle_dir().name
+    monkeypatch.setattr(generic, "GENERIC_LOCALIZER_DIR", tmp_path)
+    (tmp_path / shipped.name).write_bytes(shipped.read_bytes())
+    assert default_bundle_dir().name == first
+    (tmp_path / shipped.name).write_bytes(shipped.read_bytes() + b"retrained")
+    assert default_bundle_dir().name != first
+
+
 def test_generic_localizer_is_shipped_checked_and_optional(tmp_path: Path) -> None:
     config = default_config("efficientnet_lite0")
     loaded = load_generic_localizer(config.name, config.input_size)

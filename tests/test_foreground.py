@@ -35,6 +35,7 @@ from lcar_deploy.training.localizer import (
     fit_head,
     predict,
     self_train,
+    work_size_cams,
 )
 
 
@@ -234,6 +235,53 @@ def test_class_rounds_label_the_blend_with_the_class_cam() -> None:
         self_train(
             head, data, cfg, arm, classes=classes, class_cams=own_cam[:, :12], progress=False
         )
+
+
+def test_rounds_label_the_blend_with_the_cam() -> None:
+    """Round 0's map calls a distractor (a feature of its own, another colour) foreground; the
+    class-agnostic rounds keep learning it from ARM on their own maps, not from ARM on the
+    maps blended with a CAM that sees the object only."""
+    n, side = 8, 6
+    rng = np.random.default_rng(3)
+    obj = np.zeros((n, side, side), bool)
+    obj[:, 1:3, 1:4] = True
+    distractor = np.zeros_like(obj)
+    distractor[:, 4:6, 2:5] = True
+    features = rng.normal(0, 0.2, (n, side, side, 3))
+    features[obj, 0] += 1.0
+    features[distractor, 1] += 1.0
+    images = np.zeros((n, 24, 24, 3), np.uint8)
+    images[np.kron(obj, np.ones((4, 4), bool))] = 220
+    images[np.kron(distractor, np.ones((4, 4), bool))] = (40, 160, 90)
+    cams = np.where(obj | distractor, 0.9, 0.0).astype(np.float32)
+    data = TrainSplitMaps(features.astype(np.float16), cams, images)
+    object_cam = np.kron(obj, np.ones((4, 4))).astype(np.float16)
+    cfg = LocalizerConfig(rounds=2, cell_stride=1)
+    arm = PipelineConfig().arm
+    maps = {}
+    for name, blend in (("alone", None), ("blended", object_cam)):
+        head = ForegroundHead(["x"], [3], side)
+        self_train(head, data, cfg, arm, cams=blend, threads=1, progress=False)
+        maps[name] = predict(head, data.features)
+    assert (maps["alone"][distractor] > 0.5).mean() > 0.9
+    assert (maps["blended"][distractor] < 0.5).mean() > 0.9
+    assert (maps["blended"][obj] > 0.5).mean() > 0.9
+    with pytest.raises(ValueError, match="cams must be one work-size map per train image"):
+        self_train(head, data, cfg, arm, cams=object_cam[:, :12], progress=False)
+
+
+def test_work_size_cams_upsample_the_round_0_maps() -> None:
+    """A ramp across the grid stays that ramp at the work size: each inner cell's 4 x 4 pixels
+    average to the cell's value (the blend then reads the CAM the pipeline would)."""
+    ramp = np.linspace(0.0, 1.0, 6, dtype=np.float32)
+    cams = np.stack([np.broadcast_to(ramp, (6, 6)), np.broadcast_to(ramp[:, None], (6, 6))])
+    data = TrainSplitMaps(
+        np.zeros((2, 6, 6, 2), np.float16), cams, np.zeros((2, 24, 24, 3), np.uint8)
+    )
+    got = work_size_cams(data)
+    assert got.shape == (2, 24, 24) and got.dtype == np.float16
+    cells = got.astype(np.float32).reshape(2, 6, 4, 6, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(cells[:, 1:-1, 1:-1], cams[:, 1:-1, 1:-1], atol=1e-3)
 
 
 def test_class_cams_are_the_pipeline_cams_of_the_own_class() -> None:

@@ -77,7 +77,8 @@ without a seed"."""
 class LocalizerConfig:
     """How the foreground head is self-trained.
 
-    rounds: fits after round 0, each on ARM's refinement of the previous fit's maps.
+    rounds: fits after round 0, each on ARM's refinement of the previous fit's maps (averaged
+        with the image's CAM first when the bundle's ARM refines that blend, ``foreground_cam``).
     cam_source: round 0's map, ``imagenet`` (the backbone's ImageNet classifier, softmax-weighted
         top ``top_k`` CAM, class-agnostic) or ``heads`` (the trained CAM head, the image's label).
     cam_high, cam_low: round 0's bands on the min-max normalised CAM.
@@ -125,6 +126,12 @@ class LocalizerConfig:
             raise ValueError("cell_stride, max_iter, max_images and top_k must be >= 1")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+
+
+GENERIC_LOCALIZER = LocalizerConfig(rounds=3)
+"""How the default bundle's generic localizer is self-trained (:mod:`.generic_localizer`): one
+round more than a trained head, its labels on the CAM blend converge a round later
+(docs/accuracy.md, "The generic localizer labelled on the CAM blend")."""
 
 
 @dataclass(frozen=True)

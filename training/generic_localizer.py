@@ -4,16 +4,18 @@
     python -m lcar_deploy.training.generic_localizer \\
         --train cub=../shared/data/CUB_200_2011 --train ilsvrc=../shared/data/ILSVRC-mini
 
-The foreground head's self-training (:mod:`.localizer`, the :class:`LocalizerConfig` defaults)
-on several train splits together, class-agnostic: round 0 on the embedded classifier's top-5
-CAM, then rounds on ARM's refinement of the head's own maps. No label of any kind is read, not
-even the class. Features are cached as ``lcar-deploy train`` caches them. Writes the file the
+The foreground head's self-training (:mod:`.localizer`, :data:`.config.GENERIC_LOCALIZER`) on
+several train splits together, class-agnostic: round 0 on the embedded classifier's top-5 CAM,
+then rounds on ARM's refinement of the head's own maps blended with that CAM, the map the
+default bundle's ARM refines (``foreground_cam``). No label of any kind is read, not even the
+class. Features are cached as ``lcar-deploy train`` caches them. Writes the file the
 default export attaches (``--out``, default: the package's own file for the backbone).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import time
@@ -26,8 +28,14 @@ from ..config import preset
 from ..datasets import load_dataset
 from ..models.backbones import build_backbone, default_config
 from ..models.generic_localizer import generic_localizer_path, save_generic_localizer
-from .config import LocalizerConfig
-from .localizer import concatenated, empty_head, self_train, train_split_maps
+from .config import GENERIC_LOCALIZER, LocalizerConfig
+from .localizer import (
+    concatenated,
+    empty_head,
+    self_train,
+    train_split_maps,
+    work_size_cams,
+)
 
 
 def make_generic_localizer(
@@ -41,7 +49,7 @@ def make_generic_localizer(
 ) -> Path:
     """Self-train the generic localizer on the train splits ``sources`` ((kind, root) pairs)
     and write it to ``out``; returns the path."""
-    cfg = cfg or LocalizerConfig()
+    cfg = cfg or GENERIC_LOCALIZER
     if threads is not None:
         torch.set_num_threads(threads)
     config = default_config(backbone)
@@ -67,7 +75,10 @@ def make_generic_localizer(
         )
         used.append({"dataset": kind, "split": "train", "images": len(train.records)})
     start = time.perf_counter()
-    history = self_train(head, concatenated(parts), cfg, pipeline.arm, progress=progress)
+    data = concatenated(parts)
+    history = self_train(
+        head, data, cfg, pipeline.arm, cams=work_size_cams(data), threads=threads, progress=progress
+    )
     out = out or generic_localizer_path(backbone, config.input_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {
@@ -94,7 +105,7 @@ def main() -> None:
         if not sep:
             parser.error(f"--train takes KIND=ROOT, got {item!r}")
         sources.append((kind, root))
-    cfg = LocalizerConfig(**json.loads(args.settings))
+    cfg = dataclasses.replace(GENERIC_LOCALIZER, **json.loads(args.settings))
     path = make_generic_localizer(
         sources, args.out, backbone=args.backbone, cfg=cfg, threads=args.threads
     )

@@ -7,7 +7,8 @@ docs/accuracy.md). No box or mask annotation is ever used:
 - round 0 fits it on the CAM's confident cells of the train split (object: map > ``cam_high``,
   background: map < ``cam_low``, the rest ignored);
 - each further round refines the previous head's maps of the train split with ARM (the
-  pipeline's own settings), keeps the reliable bands (object >= ``high``, background <=
+  pipeline's own settings; averaged first with the image's CAM when the bundle's ARM refines
+  that blend, ``foreground_cam``), keeps the reliable bands (object >= ``high``, background <=
   ``low``, the rest ignored) and fits again, from scratch;
 - with class maps (enough images per class), the class rounds then fit one layer per class on
   that class's images, the same way: labels from ARM on the last class-agnostic maps, then on
@@ -257,6 +258,18 @@ def class_cams(
     return out
 
 
+def work_size_cams(data: TrainSplitMaps) -> np.ndarray:
+    """(N, W, W) float16: the round-0 CAMs of ``data`` (the CAM ``foreground_cam`` blends)
+    upsampled bilinearly from the head's grid to the work size of ``data.images``."""
+    size = data.images.shape[1]
+    out = np.zeros((len(data.cams), size, size), np.float16)
+    for start in range(0, len(out), 64):
+        t = torch.from_numpy(data.cams[start : start + 64])[:, None]
+        up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        out[start : start + 64] = up[:, 0].numpy()
+    return out
+
+
 def bands(maps: np.ndarray, high: float, low: float, strict: bool) -> np.ndarray:
     """(N, g, g) int8 labels: 1 object, 0 background, -1 ignored."""
     labels = np.full(maps.shape, -1, np.int8)
@@ -399,6 +412,7 @@ def self_train(
     arm: ArmConfig,
     *,
     classes: np.ndarray | None = None,
+    cams: np.ndarray | None = None,
     class_cams: np.ndarray | None = None,
     threads: int | None = None,
     checkpoint: Callable[[str, ForegroundHead], None] | None = None,
@@ -407,8 +421,9 @@ def self_train(
     """Round 0 on the CAM bands, then ``cfg.rounds`` rounds on ARM's refinement; with class maps
     in ``head`` (``classes``: (N,) class index per train image), ``cfg.class_rounds`` fits of
     them after, their labels from ARM on the maps blended with ``class_cams`` ((N, W, W), each
-    image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given.
-    Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
+    image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given;
+    likewise the class-agnostic rounds' labels on the blend with ``cams`` ((N, W, W), the
+    CAM the bundle's ``foreground_cam`` blends: :func:`work_size_cams`). Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
     ``class-round{r}``).
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
@@ -416,11 +431,12 @@ def self_train(
     (docs/accuracy.md, "ARM and SGRM on the learned localizer's maps")."""
     if head.classes and (classes is None or len(classes) != len(data.features)):
         raise ValueError("a head with class maps needs the class index of every train image")
-    if class_cams is not None and class_cams.shape != data.images.shape[:3]:
-        raise ValueError(
-            f"class_cams must be one work-size map per train image, {data.images.shape[:3]}, "
-            f"got {class_cams.shape}"
-        )
+    for name, given in (("cams", cams), ("class_cams", class_cams)):
+        if given is not None and given.shape != data.images.shape[:3]:
+            raise ValueError(
+                f"{name} must be one work-size map per train image, {data.images.shape[:3]}, "
+                f"got {given.shape}"
+            )
     class_rounds = cfg.class_rounds if head.classes else 0
     fits = [("round", r, None) for r in range(cfg.rounds + 1)]
     fits += [("class-round", r, classes) for r in range(class_rounds)]
@@ -446,7 +462,7 @@ def self_train(
         if checkpoint is not None:
             checkpoint(f"{kind}{round_index}", head)
         if step < len(fits) - 1:
-            blend = class_cams if fits[step + 1][2] is not None else None
+            blend = class_cams if fits[step + 1][2] is not None else cams
             maps = refined_maps(
                 predict(head, data.features, own), data.images, arm, threads, cams=blend
             )

@@ -443,18 +443,20 @@ def _self_train_foreground(
         path = out / f"foreground-{name}.pt"
         write_atomic(path, lambda tmp: torch.save(fitted.state_dict(), tmp))
 
-    # Class rounds label the map the bundle's ARM will refine (the class CAM blend, by default).
-    blended = class_maps and config.bundle_settings(class_maps=True).get("arm_input") == (
-        "class_foreground_cam"
-    )
+    # The rounds label the map the bundle's ARM will refine: the class map blended with the
+    # class CAM (class_foreground_cam), or the class-agnostic one (foreground_cam).
+    arm_input = config.bundle_settings(class_maps=class_maps).get("arm_input")
+    blended = arm_input in ("foreground_cam", "class_foreground_cam")
     cam = dataclasses.replace(pipeline.cam, size=pipeline.work_size)
+    own_cams = class_cams(heads, data.grid, classes, cam) if blended else None
     history = self_train(
         head,
         data,
         fg_config,
         pipeline.arm,
         classes=classes if class_maps else None,
-        class_cams=class_cams(heads, data.grid, classes, cam) if blended else None,
+        cams=own_cams if arm_input == "foreground_cam" else None,
+        class_cams=own_cams if class_maps and arm_input == "class_foreground_cam" else None,
         threads=config.threads,
         checkpoint=checkpoint,
         progress=config.progress,
@@ -468,7 +470,8 @@ def _self_train_foreground(
         "grid": head.grid,
         "images": len(records),
         "class_maps": class_maps,
-        "class_rounds_on_cam_blend": blended,
+        "class_rounds_on_cam_blend": class_maps and arm_input == "class_foreground_cam",
+        "rounds_on_cam_blend": arm_input == "foreground_cam",
         "fewest_images_per_class": int(counts.min()),
         "rounds_history": history,
         "seconds": time.perf_counter() - start,
