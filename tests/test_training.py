@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -210,6 +211,7 @@ def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> Non
     assert [r["class_maps"] for r in fg["rounds_history"]] == [False, False, True, True, True]
     assert fg["class_maps"] and fg["fewest_images_per_class"] == 2
     assert fg["class_rounds_on_cam_blend"]  # the bundle's ARM refines the class CAM blend
+    assert not fg["rounds_on_cam_blend"]  # the class-agnostic rounds only seed the class rounds
     assert fg["layers"] == ["blocks.2", "blocks.4", "blocks.6"] and fg["grid"] == 8
     assert fg["images"] == 6 and fg["cam_source"] == "imagenet"
     assert sorted(p.name for p in (tmp_path / "run").glob("foreground-*.pt")) == [
@@ -228,6 +230,13 @@ def test_foreground_rounds_are_trained_saved_and_exported(tmp_path: Path) -> Non
     bundle = Bundle.load(export_bundle(tmp_path / "bundle", heads_path=str(result.heads_path)))
     assert bundle.outputs[-2:] == ["foreground", "foreground_classes"]
     assert list(tmp_path.joinpath("cache").glob("localizer-wsol-train-*.done"))
+    # without class maps, a bundle that refines the blend labels its rounds on it
+    blended = dataclasses.replace(
+        config, out=tmp_path / "run2", foreground_class_maps=False, arm_input="foreground_cam"
+    )
+    fg = train(blended).metrics["foreground"]
+    assert fg["rounds_on_cam_blend"] and not fg["class_maps"]
+    assert [r["round"] for r in fg["rounds_history"]] == [0, 1]
 
 
 @pytest.mark.slow
