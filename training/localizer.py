@@ -46,7 +46,7 @@ from ..models.backbones import BackboneConfig, backbone_spec, list_backbones
 from ..models.heads import ForegroundHead, Heads
 from ..pipeline import blend_maps
 from ..stages.arm import ArmConfig, refine
-from ..stages.cam import CamConfig, cam_map
+from ..stages.cam import CamConfig, cam_map, upsample
 from .config import LocalizerConfig
 
 LOCALIZER_CACHE_VERSION = 2
@@ -260,13 +260,12 @@ def class_cams(
 
 def work_size_cams(data: TrainSplitMaps) -> np.ndarray:
     """(N, W, W) float16: the round-0 CAMs of ``data`` (the CAM ``foreground_cam`` blends)
-    upsampled bilinearly from the head's grid to the work size of ``data.images``."""
+    upsampled from the head's grid to the work size of ``data.images`` as the pipeline
+    upsamples its maps."""
     size = data.images.shape[1]
     out = np.zeros((len(data.cams), size, size), np.float16)
-    for start in range(0, len(out), 64):
-        t = torch.from_numpy(data.cams[start : start + 64])[:, None]
-        up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-        out[start : start + 64] = up[:, 0].numpy()
+    for i, cam in enumerate(data.cams):
+        out[i] = upsample(cam, size, "bilinear")
     return out
 
 
@@ -422,9 +421,9 @@ def self_train(
     in ``head`` (``classes``: (N,) class index per train image), ``cfg.class_rounds`` fits of
     them after, their labels from ARM on the maps blended with ``class_cams`` ((N, W, W), each
     image's class CAM at the work size of ``data.images``: :func:`class_cams`) when given;
-    likewise the class-agnostic rounds' labels on the blend with ``cams`` ((N, W, W), the
-    CAM the bundle's ``foreground_cam`` blends: :func:`work_size_cams`). Per-round stats; ``checkpoint(name, head)`` after each fit (``round{r}``,
-    ``class-round{r}``).
+    likewise the class-agnostic rounds' labels on the blend with ``cams`` ((N, W, W), the CAM
+    the bundle's ``foreground_cam`` blends: :func:`work_size_cams`). Per-round stats;
+    ``checkpoint(name, head)`` after each fit (``round{r}``, ``class-round{r}``).
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
     with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels

@@ -446,9 +446,10 @@ def _self_train_foreground(
     # The rounds label the map the bundle's ARM will refine: the class map blended with the
     # class CAM (class_foreground_cam), or the class-agnostic one (foreground_cam).
     arm_input = config.bundle_settings(class_maps=class_maps).get("arm_input")
-    blended = arm_input in ("foreground_cam", "class_foreground_cam")
     cam = dataclasses.replace(pipeline.cam, size=pipeline.work_size)
-    own_cams = class_cams(heads, data.grid, classes, cam) if blended else None
+    own_cams = None
+    if arm_input in ("foreground_cam", "class_foreground_cam"):
+        own_cams = class_cams(heads, data.grid, classes, cam)
     history = self_train(
         head,
         data,
@@ -456,7 +457,7 @@ def _self_train_foreground(
         pipeline.arm,
         classes=classes if class_maps else None,
         cams=own_cams if arm_input == "foreground_cam" else None,
-        class_cams=own_cams if class_maps and arm_input == "class_foreground_cam" else None,
+        class_cams=own_cams if arm_input == "class_foreground_cam" else None,
         threads=config.threads,
         checkpoint=checkpoint,
         progress=config.progress,
