@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 CAM_SOURCES = ("imagenet", "heads")
 
+_LEARNED_MAP_SGRM: dict[str, Any] = {"keep_reliable": True, "init": "data", "width": 16}
 _FOREGROUND: dict[str, Any] = {
     "arm": {"iterations": 20},
     "box_threshold": 0.3,
@@ -26,9 +27,7 @@ _FOREGROUND: dict[str, Any] = {
         "gamma_h1": 0.45,
         "gamma_l2": 0.2,
         "gamma_h2": 0.45,
-        "keep_reliable": True,
-        "init": "data",
-        "width": 16,
+        **_LEARNED_MAP_SGRM,
     },
 }
 _FOREGROUND_CAM: dict[str, Any] = {
@@ -39,9 +38,7 @@ _FOREGROUND_CAM: dict[str, Any] = {
         "gamma_h2": 0.6,
         "stop_error": 0.02,
         "box_mode": "largest",
-        "keep_reliable": True,
-        "init": "data",
-        "width": 16,
+        **_LEARNED_MAP_SGRM,
     },
 }
 _CLASS_FOREGROUND_CAM: dict[str, Any] = {
