@@ -22,62 +22,19 @@ regressed box, and the regressed box on the train split against its own pseudo b
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from localizer_probe import boxes_scored, gt_boxes, report, swept, trained_probe
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from lcar_deploy.boxes import threshold_boxes
-from lcar_deploy.bundle import cache_dir
-from lcar_deploy.config import preset, resolve_config, settings_of
-from lcar_deploy.datasets import Dataset, load_dataset
-from lcar_deploy.image_io import load_image
-from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
-from lcar_deploy.models.backbones import build_backbone, default_config
-from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
-from lcar_deploy.training.localizer import (
-    TrainSplitMaps,
-    empty_head,
-    predict,
-    refined_maps,
-    self_train,
-    train_split_maps,
-    work_size_cams,
-)
-
-
-def gt_boxes(dataset: Dataset) -> list[np.ndarray]:
-    out = []
-    for record in dataset.records:
-        size = record.size or load_image(record.path).original_size
-        out.append(record.scaled_boxes(EVAL_SIZE, size))
-    return out
-
-
-def summary(acc: BoxAccuracyAccumulator) -> list[float]:
-    d = acc.to_dict()
-    return [round(d["gt_known"], 1), round(d["gt"]["70"], 1), round(d["gt"]["90"], 1),
-            round(d["max_box_acc_v2"], 1)]  # fmt: skip
-
-
-def swept(maps: np.ndarray, gts: list[np.ndarray]) -> list[float]:
-    acc = BoxAccuracyAccumulator()
-    for score_map, gt in zip(maps, gts, strict=True):
-        acc.add_scoremap(np.asarray(score_map, np.float32), gt)
-    return summary(acc)
-
-
-def boxes_scored(boxes: np.ndarray, gts: list[np.ndarray]) -> list[float]:
-    acc = BoxAccuracyAccumulator()
-    for box, gt in zip(boxes, gts, strict=True):
-        acc.add_mask_box(gt, boxes=np.asarray(box, np.int64))
-    return summary(acc)
+from lcar_deploy.metrics import EVAL_SIZE
+from lcar_deploy.training.localizer import predict
 
 
 def map_boxes(maps: np.ndarray, threshold: float) -> np.ndarray:
@@ -179,55 +136,30 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    cfg = LocalizerConfig(class_rounds=0)
-    config = default_config("efficientnet_lite0")
-    backbone = functools.cache(lambda: build_backbone(config))
-    head = empty_head(backbone(), config, cfg.layers)
-    cache = cache_dir() / "features"
-    work = preset("default").work_size
-
-    def split(name: str) -> tuple[Dataset, TrainSplitMaps]:
-        dataset = load_dataset(args.dataset, args.root, name)
-        return dataset, train_split_maps(dataset, backbone, config, None, None, head, cfg, cache,
-                                         work)  # fmt: skip
-
-    _, train_maps = split("train")
-    test, test_maps = split(args.test_split)
-    arm_input = "foreground_cam" if args.blend else "foreground"
-    settings = resolve_config(settings_of(preset("default")), settings=MAP_SETTINGS[arm_input])
-    train_cams = work_size_cams(train_maps) if args.blend else None
-    self_train(head, train_maps, cfg, preset("default").arm, cams=train_cams,
-               threads=args.threads)  # fmt: skip
+    probe = trained_probe(args.dataset, args.root, args.test_split, args.blend, args.threads)
     print(f"localizer trained ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    def refined(data: TrainSplitMaps, cams: np.ndarray | None) -> np.ndarray:
-        return refined_maps(predict(head, data.features), data.images, settings.arm,
-                            args.threads, cams=cams, at_grid=False)  # fmt: skip
-
-    train_refined = refined(train_maps, train_cams)
-    test_refined = refined(test_maps, work_size_cams(test_maps) if args.blend else None)
-    pseudo = map_boxes(train_refined, settings.box_threshold)
+    threshold = probe.settings.box_threshold
+    train_refined = probe.refined(predict(probe.head, probe.train.features), True, args.threads)
+    test_refined = probe.refined(predict(probe.head, probe.test.features), False, args.threads)
+    pseudo = map_boxes(train_refined, threshold)
     print(f"pseudo boxes ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    test_gt = gt_boxes(test)
+    test_gt = gt_boxes(probe.test_set)
     table = {
         "localizer + ARM (swept)": swept(test_refined, test_gt),
-        f"localizer + ARM box at {settings.box_threshold}": boxes_scored(
-            to_pixels(map_boxes(test_refined, settings.box_threshold)), test_gt
+        f"localizer + ARM box at {threshold}": boxes_scored(
+            to_pixels(map_boxes(test_refined, threshold)), test_gt
         ),
     }
-    train_features, test_features = pooled(train_maps.features), pooled(test_maps.features)
+    train_features, test_features = pooled(probe.train.features), pooled(probe.test.features)
     model = fit_regressor(train_features, torch.from_numpy(pseudo), args.epochs, args.width,
                           args.lr, args.seed)  # fmt: skip
     table["box head"] = boxes_scored(to_pixels(regress(model, test_features)), test_gt)
     table["box head on train, vs its pseudo boxes"] = boxes_scored(
         to_pixels(regress(model, train_features)), [b[None] for b in to_pixels(pseudo)]
     )
-    print(f"done ({time.perf_counter() - start:.0f} s); columns: GT-known, GT@70, GT@90, MaxV2")
-    for name, values in table.items():
-        print(f"{name:>40}: {values}")
-    if args.out:
-        args.out.write_text(json.dumps(table, indent=1))
+    print(f"done ({time.perf_counter() - start:.0f} s)")
+    report(table, args.out)
 
 
 if __name__ == "__main__":

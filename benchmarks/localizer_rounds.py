@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from localizer_probe import gt_boxes, report, swept
 
 from lcar_deploy.bundle import cache_dir
 from lcar_deploy.config import preset, resolve_config, settings_of
-from lcar_deploy.datasets import Dataset, load_dataset
-from lcar_deploy.image_io import load_image
-from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
+from lcar_deploy.datasets import load_dataset
+from lcar_deploy.metrics import EVAL_SIZE
 from lcar_deploy.models.backbones import build_backbone, default_config
 from lcar_deploy.models.heads import ForegroundHead
 from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
@@ -40,16 +40,6 @@ from lcar_deploy.training.localizer import (
     self_train,
     train_split_maps,
 )
-
-
-def scores(maps: np.ndarray, dataset: Dataset) -> list[float]:
-    acc = BoxAccuracyAccumulator()
-    for score_map, record in zip(maps, dataset.records, strict=True):
-        size = record.size or load_image(record.path).original_size
-        acc.add_scoremap(np.asarray(score_map, np.float32), record.scaled_boxes(EVAL_SIZE, size))
-    d = acc.to_dict()
-    return [round(d["gt_known"], 1), round(d["gt"]["70"], 1), round(d["gt"]["90"], 1),
-            round(d["max_box_acc_v2"], 1)]  # fmt: skip
 
 
 def upsampled(maps: np.ndarray) -> np.ndarray:
@@ -88,7 +78,8 @@ def main() -> None:
         )
     test = load_dataset(args.dataset, args.root, args.test_split)
     test_maps = train_split_maps(test, backbone, config, None, None, head, cfg, cache, work)
-    table = {"cam (round-0 labels)": scores(upsampled(test_maps.cams), test)}
+    gts = gt_boxes(test)
+    table = {"cam (round-0 labels)": swept(upsampled(test_maps.cams), gts)}
     start = time.perf_counter()
     # Each round's map is refined as a trained bundle refines it (the default preset with the
     # foreground map's settings).
@@ -96,19 +87,15 @@ def main() -> None:
 
     def score_round(name: str, fitted: ForegroundHead) -> None:
         maps = predict(fitted, test_maps.features)
-        table[f"{name} head"] = scores(upsampled(maps), test)
+        table[f"{name} head"] = swept(upsampled(maps), gts)
         refined = refined_maps(maps, test_maps.images, arm, args.threads, at_grid=False)
-        table[f"{name} head+arm"] = scores(refined, test)
+        table[f"{name} head+arm"] = swept(refined, gts)
         print(f"{name}: head {table[f'{name} head']}, head+arm {table[f'{name} head+arm']} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 
     self_train(head, concatenated(train_parts), cfg, preset("default").arm,
                threads=args.threads, checkpoint=score_round)  # fmt: skip
-    print("columns: GT-known, GT@70, GT@90, MaxBoxAccV2")
-    for name, values in table.items():
-        print(f"{name:>24}: {values}")
-    if args.out:
-        args.out.write_text(json.dumps(table, indent=1))
+    report(table, args.out, width=24)
 
 
 if __name__ == "__main__":
