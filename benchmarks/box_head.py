@@ -21,14 +21,12 @@ regressed box, and the regressed box on the train split against its own pseudo b
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from localizer_probe import boxes_scored, gt_boxes, report, swept, trained_probe
+from localizer_probe import boxes_scored, gt_boxes, probe_parser, report, run_probe, swept
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
@@ -122,22 +120,12 @@ def regress(model: BoxRegressor, features: torch.Tensor) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--test-split", default="test")
-    parser.add_argument("--blend", action="store_true", help="refine the CAM blend")
+    parser = probe_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    probe = trained_probe(args.dataset, args.root, args.test_split, args.blend, args.threads)
-    print(f"localizer trained ({time.perf_counter() - start:.0f} s)", flush=True)
+    probe, start = run_probe(args)
     threshold = probe.settings.box_threshold
     train_refined = probe.refined(predict(probe.head, probe.train.features), True, args.threads)
     test_refined = probe.refined(predict(probe.head, probe.test.features), False, args.threads)

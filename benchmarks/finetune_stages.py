@@ -27,12 +27,11 @@ import argparse
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from localizer_probe import Probe, gt_boxes, report, swept, trained_probe
+from localizer_probe import Probe, gt_boxes, probe_parser, report, run_probe, swept
 from torch import nn
 from tqdm import tqdm
 
@@ -171,25 +170,15 @@ def tuned_maps(top: TunedTop, inputs: np.ndarray, frozen: np.ndarray) -> np.ndar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--test-split", default="test")
-    parser.add_argument("--blend", action="store_true", help="refine the CAM blend")
+    parser = probe_parser(__doc__)
     parser.add_argument("--stages", type=int, choices=(1, 2), default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4, help="the stages' AdamW rate")
     parser.add_argument("--area", type=float, default=0.0)
     parser.add_argument("--background", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    probe = trained_probe(args.dataset, args.root, args.test_split, args.blend, args.threads)
+    probe, start = run_probe(args)
     labels = probe.next_labels(args.threads)
-    print(f"localizer trained ({time.perf_counter() - start:.0f} s)", flush=True)
     train_inputs = stage_inputs(probe, probe.train_set, args.stages)
     test_inputs = stage_inputs(probe, probe.test_set, args.stages)
     top = TunedTop(probe, args.stages)

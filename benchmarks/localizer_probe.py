@@ -6,12 +6,15 @@ Imported by ``box_head.py`` and ``finetune_stages.py`` (run from the repository 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from lcar_deploy.bundle import cache_dir
@@ -86,6 +89,28 @@ def trained_probe(kind: str, root: Path, test_split: str, blend: bool, threads: 
     self_train(head, train, cfg, preset("default").arm, cams=train_cams, threads=threads)
     return Probe(head, backbone(), config, train, test, maps["train"][0], maps[test_split][0],
                  settings, cfg, train_cams, test_cams)  # fmt: skip
+
+
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every localizer benchmark takes; a script adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--blend", action="store_true", help="refine the CAM blend")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="write the table as JSON here")
+    return parser
+
+
+def run_probe(args: argparse.Namespace) -> tuple[Probe, float]:
+    """:func:`trained_probe` for :func:`probe_parser`'s options; the probe and the start time."""
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    probe = trained_probe(args.dataset, args.root, args.test_split, args.blend, args.threads)
+    print(f"localizer trained ({time.perf_counter() - start:.0f} s)", flush=True)
+    return probe, start
 
 
 def gt_boxes(dataset: Dataset) -> list[np.ndarray]:
