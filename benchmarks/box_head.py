@@ -115,8 +115,8 @@ def fit_regressor(
 
 @torch.inference_mode()
 def regress(model: BoxRegressor, features: torch.Tensor) -> np.ndarray:
-    return torch.cat([model(features[s : s + 64].float()) for s in range(0, len(features), 64)])\
-        .numpy()  # fmt: skip
+    parts = [model(features[s : s + 64].float()) for s in range(0, len(features), 64)]
+    return torch.cat(parts).numpy()
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from lcar_deploy.bundle import cache_dir
 from lcar_deploy.datasets import Dataset
 from lcar_deploy.image_io import load_rgb, resize_rgb, to_chw_float
+from lcar_deploy.io import write_atomic
 from lcar_deploy.training.features import dataset_identity
 from lcar_deploy.training.localizer import predict
 
@@ -70,7 +72,12 @@ def stage_inputs(probe: Probe, dataset: Dataset, stages: int) -> np.ndarray:
                     out = np.zeros((len(records), 2, *h.shape[1:]), np.float16)
                 out[start : start + len(chunk), view] = h.numpy().astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, out)
+
+    write_atomic(path, save)
     return out
 
 
