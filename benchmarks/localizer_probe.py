@@ -1,7 +1,8 @@
 """What the localizer benchmarks share: a self-trained localizer on cached features, and scoring.
 
-Imported by ``box_head.py``, ``finetune_stages.py`` and ``localizer_rounds.py`` (run from the
-repository root as ``python benchmarks/<script>.py``, which puts this folder on the path).
+Imported by ``box_head.py``, ``class_head.py``, ``finetune_stages.py`` and
+``localizer_rounds.py`` (run from the repository root as ``python benchmarks/<script>.py``,
+which puts this folder on the path).
 """
 
 from __future__ import annotations
