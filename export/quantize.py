@@ -74,7 +74,7 @@ class _Reader:
 
 
 def quantize_int8(model: Path, images: list[np.ndarray]) -> dict[str, Any]:
-    """Replace the float32 graph at ``model`` by its int8 one (QDQ, per-channel weights,
+    """Replace the float32 graph at ``model`` by its int8 one (QDQ, per-channel 7-bit weights,
     min/max calibration over ``images``); returns the manifest's ``quantization`` entry."""
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -94,6 +94,9 @@ def quantize_int8(model: Path, images: list[np.ndarray]) -> dict[str, Any]:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            # 7-bit weights: x86 CPUs without VNNI (AVX2 only) saturate u8 x s8 products in
+            # int16 (VPMADDUBSW); docs/accuracy.md, "int8 bundles".
+            reduce_range=True,
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=False,
         )

@@ -421,9 +421,9 @@ def test_int8_bundle_loads_runs_and_stays_close(
     for name, value in expected.items():
         assert got[name].shape == value.shape and got[name].dtype == np.float32
         # uint8 activations: 256 steps over each tensor's calibrated range, rounding at every
-        # one of the ~17 quantized layers. The error measured here is 5-8 % RMS of the float
-        # output (correlation > 0.99); 15 % and 0.98 leave room without letting a broken
-        # graph (correlation near 0) through.
+        # one of the ~17 quantized layers. The error measured here is 6-10 % RMS of the float
+        # output (correlation > 0.99; 16-22 % with 8-bit weights on a CPU without VNNI, which
+        # saturates); 15 % and 0.98 leave room without letting a broken graph through.
         error = np.sqrt(np.mean((got[name] - value) ** 2)) / np.sqrt(np.mean(value**2))
         assert error < 0.15, name
         assert np.corrcoef(got[name].ravel(), value.ravel())[0, 1] > 0.98, name
