@@ -114,7 +114,7 @@ def export(
     quantize: Annotated[
         Quantize,
         typer.Option(
-            help="int8: onnxruntime static quantization of the ONNX graph (QDQ, per-channel "
+            help="int8: onnxruntime static quantization of the ONNX graph (QDQ, per-channel 7-bit "
             "weights), calibrated on --calibration-images."
         ),
     ] = Quantize.none,
