@@ -717,7 +717,12 @@ def train(
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights file.")] = None,
     input_size: Annotated[
-        int | None, typer.Option(min=32, help="Backbone input side S (default: the backbone's).")
+        int | None,
+        typer.Option(
+            min=32,
+            help="Backbone input side S (default 448 for efficientnet_lite0, the backbone's "
+            "own for the others).",
+        ),
     ] = None,
     grid_layer: Annotated[
         str | None, typer.Option(help="Backbone layer of the CAM grid (default: head / tokens).")

@@ -77,6 +77,16 @@ def test_export_help_shows_the_extra_in_brackets() -> None:
     assert "pip install 'lcar-deploy[backbones]'" in " ".join(stdout.split())
 
 
+def test_train_help_names_the_trained_input_size() -> None:
+    from lcar_deploy.models.backbones import backbone_spec
+
+    code, stdout, _ = invoke("train", "--help")
+    size = backbone_spec("efficientnet_lite0").trained_input_size
+    assert code == 0
+    words = " ".join(re.sub("[│╭╮╰╯─]", " ", stdout).split())
+    assert f"S (default {size} for" in words
+
+
 def test_train_refuses_a_bundle_folder_that_is_not_a_bundle_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -290,3 +290,16 @@ def test_bundle_settings_pick_arm_input_by_dataset() -> None:
         resolve_config(settings_of(preset("default")), settings=settings)
     with pytest.raises(ValueError, match="arm_input must be one of"):
         TrainConfig("cub", "r", "o", arm_input="edges")
+
+
+def test_trained_bundles_default_to_the_backbones_trained_input_size() -> None:
+    from lcar_deploy.models.backbones import backbone_spec
+
+    lite0 = backbone_spec("efficientnet_lite0")
+    assert lite0.trained_input_size is not None and lite0.trained_input_size > lite0.input_size
+    assert TrainConfig("cub", "r", "o").backbone_config().input_size == lite0.trained_input_size
+    assert TrainConfig("cub", "r", "o", input_size=320).backbone_config().input_size == 320
+    lite1 = TrainConfig("cub", "r", "o", backbone="efficientnet_lite1").backbone_config()
+    assert lite1.input_size == backbone_spec("efficientnet_lite1").input_size
+    dino = TrainConfig("cub", "r", "o", backbone="dino_vits16").backbone_config()
+    assert dino.input_size == backbone_spec("dino_vits16").input_size == 224

@@ -141,7 +141,8 @@ class TrainConfig:
         runs; test_split: split evaluated after training (``None``: none; skipped when absent).
     out: output folder.
     backbone, weights: backbone name and weights file (``None``: the embedded weights);
-        input_size: S (``None``: the backbone's default); grid_layer: the CAM head's grid
+        input_size: S (``None``: the backbone's for a trained bundle,
+        ``BackboneSpec.trained_input_size``); grid_layer: the CAM head's grid
         (``None``: default, ``head`` for the EfficientNet-Lites); affinity_layer: recorded in the
         heads for the graph cut (``None``: default).
     epochs, lr, batch_size, weight_decay: AdamW with a cosine schedule over ``epochs``.
@@ -284,9 +285,10 @@ class TrainConfig:
         return 0 if self.dataset == "ilsvrc" else 512
 
     def backbone_config(self) -> BackboneConfig:
-        from ..models.backbones import default_config
+        from ..models.backbones import backbone_spec, default_config
 
-        base = default_config(self.backbone, self.input_size)
+        size = self.input_size or backbone_spec(self.backbone).trained_input_size
+        base = default_config(self.backbone, size)
         return dataclasses.replace(
             base,
             grid_layer=self.grid_layer or base.grid_layer,

@@ -64,7 +64,9 @@ class BackboneSpec:
     input_size: default S (why these values: docs/method.md, "Backbone"); grid_layer /
     affinity_layer: default layers of the CAM grid and of the graph cut; foreground_layers /
     foreground_stride: the layers the foreground head reads and the stride of its grid (S /
-    stride cells a side; why these: docs/method.md, section 7); mean / std: the input
+    stride cells a side; why these: docs/method.md, section 7); trained_input_size: S of the
+    bundles ``lcar-deploy train`` makes unless told (``None``: ``input_size``; why Lite0's is
+    larger: docs/accuracy.md, "A trained bundle at S = 448"); mean / std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
     words; build: ``(config, weights file or None, random_init) -> nn.Module``.
@@ -81,6 +83,7 @@ class BackboneSpec:
     build: Builder
     foreground_layers: tuple[str, ...]
     foreground_stride: int
+    trained_input_size: int | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -335,6 +338,7 @@ for _name in EFFICIENTNET_LITES:
             build=_build_lite,
             foreground_layers=("blocks.2", "blocks.4", "blocks.6"),
             foreground_stride=8,
+            trained_input_size=448 if _name == "efficientnet_lite0" else None,
         )
     )
 register_backbone(
