@@ -37,25 +37,12 @@ from lcar_deploy.training.localizer import (
     class_cams,
     empty_head,
     fit_class_maps,
+    labelled_cells,
     predict,
     refined_maps,
     self_train,
     train_split_maps,
 )
-
-
-def labelled_cells(
-    features: np.ndarray, labels: np.ndarray, classes: np.ndarray, stride: int
-) -> tuple[torch.Tensor, ...]:
-    """Features, labels and class index of the labelled cells (every ``stride``-th per axis)."""
-    xs, ys, cs = [], [], []
-    for start in range(0, len(labels), 64):
-        y = labels[start : start + 64, ::stride, ::stride]
-        keep = y >= 0
-        xs.append(np.asarray(features[start : start + 64, ::stride, ::stride], np.float32)[keep])
-        ys.append(y[keep].astype(np.float32))
-        cs.append(np.broadcast_to(classes[start : start + 64, None, None], y.shape)[keep])
-    return tuple(torch.from_numpy(np.concatenate(v)) for v in (xs, ys, cs))
 
 
 def fit_mlp(
@@ -149,7 +136,8 @@ def main() -> None:
     labels = bands(last_maps, cfg.high, cfg.low, strict=False)
     fit_class_maps(head, train.features, labels, classes, cfg)
     score("linear (default)", predict(head, test.features, test_classes))
-    cells = labelled_cells(train.features, labels, classes, cfg.cell_stride)
+    x, y, images = labelled_cells(train.features, labels, np.arange(len(labels)), cfg.cell_stride)
+    cells = x, y, torch.from_numpy(classes[images])
     for hidden in args.hidden:
         for seed in args.seeds:
             net = fit_mlp(cells, n_classes, hidden, args, seed)

@@ -314,22 +314,31 @@ def fit_class_maps(
     return stats
 
 
+def labelled_cells(
+    features: np.ndarray, labels: np.ndarray, rows: np.ndarray, stride: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The labelled cells (every ``stride``-th per axis) of images ``rows``: float32 features
+    (M, D), labels (M,) and each cell's image index (M,), in image order."""
+    xs, ys, images = [], [], []
+    for start in range(0, len(rows), 64):
+        part = rows[start : start + 64]
+        y = labels[part, ::stride, ::stride]
+        keep = y >= 0
+        f = np.asarray(features[part][:, ::stride, ::stride])
+        xs.append(f[keep])
+        ys.append(y[keep])
+        images.append(np.broadcast_to(part[:, None, None], y.shape)[keep])
+    x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
+    y = torch.from_numpy(np.concatenate(ys).astype(np.float32))
+    return x, y, np.concatenate(images)
+
+
 def _fit_linear(
     features: np.ndarray, labels: np.ndarray, rows: np.ndarray, cfg: LocalizerConfig
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Logistic regression by L-BFGS on the labelled cells of images ``rows``: weight (D,),
     bias (1,), stats."""
-    s = cfg.cell_stride
-    xs, ys = [], []
-    for start in range(0, len(rows), 64):
-        part = rows[start : start + 64]
-        y = labels[part, ::s, ::s].reshape(-1)
-        keep = y >= 0
-        f = np.asarray(features[part][:, ::s, ::s]).reshape(len(y), -1)
-        xs.append(f[keep])
-        ys.append(y[keep])
-    x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
-    y = torch.from_numpy(np.concatenate(ys).astype(np.float32))
+    x, y, _ = labelled_cells(features, labels, rows, cfg.cell_stride)
     positive = float(y.mean()) if len(y) else 0.0
     if not 0.0 < positive < 1.0:
         raise ValueError("the pseudo labels hold only one class; widen the bands")
