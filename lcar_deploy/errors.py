@@ -65,3 +65,24 @@ class ConvertError(LcarError, ValueError):
 class QuantizationError(LcarError, ValueError):
     """An int8 export that cannot be made: a calibration folder that is missing or holds no
     decodable image, or a format that has no ONNX graph to quantize."""
+
+
+MAX_SHOWN = 200
+"""Characters of a user's value (a path, a line, a name) shown in a message at most."""
+
+
+def printable(value: object, limit: int = MAX_SHOWN) -> str:
+    """``value`` as text safe for a terminal or a log: control characters (newlines, escape
+    sequences) and lone surrogates escaped as ``\\n``, ``\\x1b``, ``\\udcff``; longer than
+    ``limit`` characters cut in the middle with ``...``."""
+    text = str(value)
+    escaped = "".join(
+        c
+        if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF
+        else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text
+    )
+    if len(escaped) > limit:
+        half = (limit - 3) // 2
+        escaped = f"{escaped[:half]}...{escaped[-half:]}"
+    return escaped
