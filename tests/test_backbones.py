@@ -109,7 +109,7 @@ class TestDinov2:
             build_backbone(default_config("dinov2_vits14"))
         junk = tmp_path / "encoder.onnx"
         junk.write_bytes(b"\x00not onnx")
-        with pytest.raises(WeightsError, match="encoder.onnx"):
+        with pytest.raises(WeightsError, match=r"encoder\.onnx"):
             build_backbone(default_config("dinov2_vits14"), junk)
 
 
