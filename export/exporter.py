@@ -216,6 +216,7 @@ def export_bundle(
         settings = merge_settings(extra.get("settings", {}), settings or {})
     else:
         config = default_config(backbone, input_size)
+    settings = merge_settings(backbone_spec(backbone).settings, settings or {})
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
     name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"
     base = settings_of(preset(name))

@@ -389,6 +389,7 @@ class Localizer:
             maps["cam"] = cam_maps
         arm_input = self.arm_input
         need_cut = deepest >= 1 and ("graphcut" in methods or arm_input == "graphcut")
+        cut_seeds = seeds if cfg.graph_cut.orient == "cam" else None
         e_low = None
         if need_cut:
             tick = time.perf_counter()
@@ -397,7 +398,7 @@ class Localizer:
             ).astype(np.float32)
             if "graphcut" in methods:
                 e_full = eigen_scoremaps(e_low, work)
-                maps["graphcut"] = e_full if seeds is None else orient(e_full, seeds)
+                maps["graphcut"] = e_full if cut_seeds is None else orient(e_full, cut_seeds)
             times["graph_cut"] = time.perf_counter() - tick
 
         if deepest >= 2:
@@ -409,7 +410,7 @@ class Localizer:
                 chw,
                 cfg.arm,
                 backend=cfg.arm_backend,
-                seed=seeds if arm_input == "graphcut" else None,
+                seed=cut_seeds if arm_input == "graphcut" else None,
                 num_threads=self.threads,
             )
             times["arm"] = time.perf_counter() - tick

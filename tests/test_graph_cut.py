@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lcar_deploy.errors import SettingError
 from lcar_deploy.stages.graph_cut import (
     GraphCutConfig,
     affinity_graph,
@@ -105,3 +106,10 @@ def test_scoremap_range_and_config_checks() -> None:
         GraphCutConfig(solver="lobpcg")
     with pytest.raises(ValueError, match="features must be"):
         second_eigenvector(np.zeros((4, 4)))
+
+
+def test_orientation_setting() -> None:
+    assert GraphCutConfig().orient == "cam"
+    assert GraphCutConfig(orient="tokencut").orient == "tokencut"
+    with pytest.raises(SettingError, match="orient"):
+        GraphCutConfig(orient="largest")

@@ -21,6 +21,7 @@ from lcar_deploy.stages.sgrm import (
     _pointwise_argmax,
     _replicate_pad,
     _strided_patches,
+    band_map,
     batched_forward,
     cls_pixel_weights,
     data_init_params,
@@ -58,6 +59,27 @@ def test_threshold_labels_eq12() -> None:
     # Strict inequalities: exactly gamma_l / gamma_h are ignored.
     expected = np.array([[0, 0, IGNORE, IGNORE], [IGNORE, 1, 1, 1]], dtype=np.uint8)
     np.testing.assert_array_equal(threshold_labels(refined, 0.1, 0.6), expected)
+
+
+def test_band_map_takes_the_maps_mean_to_one_half() -> None:
+    rng = np.random.default_rng(0)
+    peaked = (rng.random((32, 32)) ** 6).astype(np.float32)  # mean ~0.14, few pixels high
+    assert band_map(peaked, "absolute") is peaked
+    relative = band_map(peaked, "mean")
+    assert relative.dtype == np.float32
+    # ARM's split of eq. 10, E > mean(E), is the split at 0.5 of the band map.
+    np.testing.assert_array_equal(relative > 0.5, peaked > peaked.mean())
+    order = np.argsort(peaked, axis=None)
+    assert np.all(np.diff(relative.reshape(-1)[order]) >= 0)  # monotone: the order is kept
+    assert relative.min() >= 0.0 and relative.max() <= 1.0
+    # Under the paper's bands the peaked map has almost no object; relative, about a third.
+    absolute_object = (sgrm_labels(peaked, np.zeros((32, 32), int), PAPER_CUB)[0] == 1).mean()
+    cfg = replace(PAPER_CUB, bands="mean")
+    relative_object = (sgrm_labels(peaked, np.zeros((32, 32), int), cfg)[0] == 1).mean()
+    assert absolute_object < 0.1 < relative_object
+    flat = np.full((4, 4), 0.5, np.float32)
+    np.testing.assert_allclose(band_map(flat, "mean"), flat, atol=1e-6)
+    np.testing.assert_array_equal(band_map(np.zeros((4, 4), np.float32), "mean"), 0.0)
 
 
 def test_superpixel_mean() -> None:

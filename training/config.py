@@ -16,7 +16,7 @@ from ..names import ARM_INPUTS
 if TYPE_CHECKING:
     from ..models.backbones import BackboneConfig
 
-CAM_SOURCES = ("imagenet", "heads")
+CAM_SOURCES = ("imagenet", "heads", "graphcut")
 
 _LEARNED_MAP_SGRM: dict[str, Any] = {"keep_reliable": True, "init": "data", "width": 16}
 _FOREGROUND: dict[str, Any] = {
@@ -77,7 +77,9 @@ class LocalizerConfig:
     rounds: fits after round 0, each on ARM's refinement of the previous fit's maps (averaged
         with the image's CAM first when the bundle's ARM refines that blend, ``foreground_cam``).
     cam_source: round 0's map, ``imagenet`` (the backbone's ImageNet classifier, softmax-weighted
-        top ``top_k`` CAM, class-agnostic) or ``heads`` (the trained CAM head, the image's label).
+        top ``top_k`` CAM, class-agnostic), ``heads`` (the trained CAM head, the image's label)
+        or ``graphcut`` (ARM's refinement of the graph cut, oriented without a CAM, banded by
+        ``high`` / ``low``: for the self-supervised ViTs, whose CAM is weak).
     cam_high, cam_low: round 0's bands on the min-max normalised CAM.
     high, low: later rounds' bands on the ARM-refined map (object >= high, background <= low).
     l2: L2 penalty on the weights; max_iter: L-BFGS iterations per round.
@@ -164,8 +166,9 @@ class TrainConfig:
     foreground: also self-train the foreground head, the learned class-agnostic localizer
         (:mod:`.localizer`), on the train split (why: docs/method.md, section 7; the numbers:
         docs/accuracy.md, "The learned localizer").
-    foreground_pseudo: its round-0 map, ``imagenet`` (embedded classifier's top-5 CAM) or
-        ``heads`` (the trained CAM head); ``None``: imagenet for the EfficientNet-Lites, else heads.
+    foreground_pseudo: its round-0 map, ``imagenet`` (embedded classifier's top-5 CAM),
+        ``heads`` (the trained CAM head) or ``graphcut`` (the graph cut refined by ARM);
+        ``None``: the backbone's ``BackboneSpec.foreground_seed``.
     foreground_rounds: its self-training rounds after round 0 (``None``: the
         :class:`LocalizerConfig` default).
     foreground_class_maps: also fit the head's class maps: ``None`` when every class has
@@ -252,9 +255,7 @@ class TrainConfig:
 
         if not self.foreground:
             return None
-        pseudo = self.foreground_pseudo or (
-            "imagenet" if backbone_spec(self.backbone).has_classifier else "heads"
-        )
+        pseudo = self.foreground_pseudo or backbone_spec(self.backbone).foreground_seed
         options: dict[str, Any] = {}
         if self.foreground_rounds is not None:
             options["rounds"] = self.foreground_rounds

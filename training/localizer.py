@@ -5,7 +5,9 @@ localizer learnt from class labels only (docs/method.md, section 7; the measurem
 docs/accuracy.md). No box or mask annotation is ever used:
 
 - round 0 fits it on the CAM's confident cells of the train split (object: map > ``cam_high``,
-  background: map < ``cam_low``, the rest ignored);
+  background: map < ``cam_low``, the rest ignored) or, with ``cam_source = "graphcut"`` (the
+  self-supervised ViTs, whose CAM is weak), on ARM's refinement of the graph cut (TokenCut's
+  orientation, no CAM), banded as the later rounds are;
 - each further round refines the previous head's maps of the train split with ARM (the
   pipeline's own settings; averaged first with the image's CAM when the bundle's ARM refines
   that blend, ``foreground_cam``), keeps the reliable bands (object >= ``high``, background <=
@@ -47,9 +49,10 @@ from ..models.heads import ForegroundHead, Heads
 from ..pipeline import blend_maps
 from ..stages.arm import ArmConfig, refine
 from ..stages.cam import CamConfig, cam_map, upsample
+from ..stages.graph_cut import GraphCutConfig, eigenvector_scoremap, second_eigenvector
 from .config import LocalizerConfig
 
-LOCALIZER_CACHE_VERSION = 2
+LOCALIZER_CACHE_VERSION = 3
 
 
 @dataclass
@@ -57,7 +60,7 @@ class TrainSplitMaps:
     """What the rounds need of the train split.
 
     features: (N, g, g, D) float16, flip-averaged head inputs (a memmap); cams: (N, g, g)
-    float32 round-0 maps in [0, 1]; images: (N, W, W, 3) uint8 RGB at the pipeline's work size;
+    float32 round-0 maps in [0, 1] (the CAM, or the graph cut's eigenvector map); images: (N, W, W, 3) uint8 RGB at the pipeline's work size;
     grid: (N, h, w, Dg) float16 flip-averaged CAM-head inputs (a memmap; ``None``: not kept).
     """
 
@@ -102,6 +105,17 @@ def _mirror(x: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.flip(x, dims=(axis,))
 
 
+def _heads_identity(heads: Heads | None) -> str | None:
+    """A digest of the trained heads' weights (their CAMs are round 0's labels)."""
+    if heads is None:
+        return None
+    digest = hashlib.sha256()
+    for name, value in sorted(heads.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_key(
     dataset: Dataset,
     config: BackboneConfig,
@@ -109,7 +123,10 @@ def _cache_key(
     head: ForegroundHead,
     cfg: LocalizerConfig,
     work: int,
+    heads: Heads | None = None,
 ) -> str:
+    """What the cache depends on, round 0's labels included: the CAM's source and, for the
+    trained heads, their weights; for the graph cut, its settings."""
     from .features import _weights_identity, dataset_identity
 
     key = {
@@ -120,6 +137,8 @@ def _cache_key(
         "layers": list(head.layers),
         "grid": head.grid,
         "cam": [cfg.cam_source, cfg.top_k],
+        "heads": _heads_identity(heads) if cfg.cam_source == "heads" else None,
+        "graph_cut": asdict(GraphCutConfig()) if cfg.cam_source == "graphcut" else None,
         "work_size": work,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -147,7 +166,7 @@ def train_split_maps(
             f"cam_source='imagenet' needs an ImageNet classifier ({', '.join(with_classifier)}), "
             f"not {config.name}"
         )
-    key = _cache_key(dataset, config, weights, head, cfg, work_size)
+    key = _cache_key(dataset, config, weights, head, cfg, work_size, heads)
     base = cache_dir / f"localizer-{dataset.kind}-{dataset.split}-{key}"
     paths = {
         name: base.with_name(f"{base.name}-{name}.npy")
@@ -209,6 +228,13 @@ def _compute_maps(
                 paths["grid"], mode="w+", dtype=np.float16, shape=(n, *cam_in.shape[1:])
             )
         grid[start : start + len(chunk)] = cam_in.numpy().astype(np.float16)
+        if cfg.cam_source == "graphcut":
+            affinity = 0.5 * (views[0]["affinity"] + _mirror(views[1]["affinity"], 2))
+            for i in range(len(chunk)):
+                eigen = eigenvector_scoremap(second_eigenvector(affinity[i].numpy()), work_size)
+                cams[start + i] = _to_grid(eigen[None], g)[0]
+                rgb[start + i] = resize_rgb(images[i], work_size)
+            continue
         if cfg.cam_source == "imagenet":
             grid_cams = [
                 model.model.classifier(v["stages"]["head"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -449,7 +475,11 @@ def self_train(
     fits = [("round", r, None) for r in range(cfg.rounds + 1)]
     fits += [("class-round", r, classes) for r in range(class_rounds)]
     history = []
-    labels = bands(data.cams, cfg.cam_high, cfg.cam_low, strict=True)
+    if cfg.cam_source == "graphcut":
+        refined = refined_maps(data.cams, data.images, arm, threads)
+        labels = bands(refined, cfg.high, cfg.low, strict=False)
+    else:
+        labels = bands(data.cams, cfg.cam_high, cfg.cam_low, strict=True)
     for step, (kind, round_index, own) in enumerate(
         tqdm(fits, desc="foreground rounds", disable=not progress)
     ):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -68,7 +69,10 @@ class BackboneSpec:
     foreground_stride: the layers the foreground head reads and the stride of its grid (S /
     stride cells a side; why these: docs/method.md, section 7); trained_input_size: S of the
     bundles ``lcar-deploy train`` makes unless told (``None``: ``input_size``; why Lite0's is
-    larger: docs/accuracy.md, "A trained bundle at S = 448"); mean / std: the input
+    larger: docs/accuracy.md, "A trained bundle at S = 448"); foreground_seed: the map the
+    foreground head's first self-training round is labelled on (``imagenet``, ``heads`` or
+    ``graphcut``: ``LocalizerConfig.cam_source``); settings: stage settings its bundles record
+    over the preset's (why: docs/method.md, "Backbone"); mean / std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
     words; build: ``(config, weights file or None, random_init) -> nn.Module``.
@@ -86,6 +90,8 @@ class BackboneSpec:
     foreground_layers: tuple[str, ...]
     foreground_stride: int
     trained_input_size: int | None = None
+    foreground_seed: str = "heads"
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -383,6 +389,7 @@ for _name in EFFICIENTNET_LITES:
             foreground_layers=("blocks.2", "blocks.4", "blocks.6"),
             foreground_stride=8,
             trained_input_size=448 if _name == "efficientnet_lite0" else None,
+            foreground_seed="imagenet",
         )
     )
 register_backbone(
@@ -416,6 +423,8 @@ register_backbone(
         build=_build_dinov2,
         foreground_layers=("blocks.3", "blocks.7", "blocks.11"),
         foreground_stride=14,
+        foreground_seed="graphcut",
+        settings={"graph_cut": {"orient": "tokencut"}},
     )
 )
 

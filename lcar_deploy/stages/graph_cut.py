@@ -35,6 +35,7 @@ from ..config_check import check_fields, check_range
 from .cam import minmax_normalize, upsample
 
 Solver = Literal["eigh", "normalized"]
+Orientation = Literal["cam", "tokencut"]
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,16 @@ class GraphCutConfig:
         TokenCut writes it, LAPACK ``gvx``): the same vector; ``normalized`` is faster and,
         unlike multi-threaded ``eigh``, does not slow down on a loaded machine (timings:
         docs/accuracy.md, "Speed and memory").
+    orient: which side of the cut is the object: ``cam`` (eqs. 10-11: the side holding more of
+        the SD-CAM seed, when the bundle has heads) or ``tokencut`` (TokenCut's rule alone:
+        the side of the node of largest ``|E_l|``; for backbones whose CAM is weaker than
+        their graph cut, e.g. DINOv2: docs/method.md, section 3).
     """
 
     tau: float = 0.2
     eps: float = 1e-5
     solver: Solver = "normalized"
+    orient: Orientation = "cam"
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -107,6 +107,7 @@ IGNORE = 255
 StopRule = Literal["pooled", "balanced"]
 ClsNorm = Literal["class", "image"]
 Init = Literal["random", "data"]
+Bands = Literal["absolute", "mean"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,11 @@ class SgrmConfig:
             are, object above ``gamma_h1`` and background below ``gamma_l1``, so the net
             re-predicts the ignored band only (:func:`keep_reliable`; False: the paper's
             output, where up to ``stop_error`` of the reliable pixels may flip).
+        bands: what the gammas of eq. 12 are read on: ``"absolute"``: the refined map as it is
+            (the paper's); ``"mean"``: the map raised to the power ``p`` that takes its own
+            mean to 0.5 (:func:`band_map`), so the bands follow each map's level: ARM's split
+            of eq. 10 (``E > mean(E)``) sits at 0.5 whatever the map's spread (a peaked map,
+            mean 0.1, has its object above 0.6 in a few pixels only).
         init: the Aggregation Net's initial weights: ``"random"``, PyTorch's default drawn
             from the image's seed (:func:`init_params`, the paper's fresh net), or ``"data"``,
             computed from the image itself with no randomness (:func:`data_init_params`: the
@@ -194,6 +200,7 @@ class SgrmConfig:
     mask_vote: bool = True
     keep_reliable: bool = False
     init: Init = "random"
+    bands: Bands = "absolute"
 
     max_width: ClassVar[int] = 256
     max_kernel: ClassVar[int] = 15
@@ -344,6 +351,18 @@ def threshold_labels(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return labels
 
 
+def band_map(refined: np.ndarray, bands: str) -> np.ndarray:
+    """The map the gammas of eq. 12 are read on: ``refined`` itself (``"absolute"``) or, for
+    ``"mean"``, ``refined ** p`` with ``p = log 0.5 / log mean(refined)`` (the mean taken into
+    [1e-3, 1 - 1e-3]): monotone, so the order of the pixels is kept, and the map's mean goes
+    to 0.5."""
+    if bands == "absolute":
+        return refined
+    mean = float(np.clip(np.mean(refined), 1e-3, 1 - 1e-3))
+    power = np.log(0.5) / np.log(mean)
+    return np.power(np.clip(refined, 0.0, 1.0), power).astype(refined.dtype)
+
+
 def sgrm_labels(
     refined: np.ndarray, segments: np.ndarray, cfg: SgrmConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -352,11 +371,13 @@ def sgrm_labels(
     Args:
         refined: (H, W) float refined map ``E_hk`` in [0, 1].
         segments: (H, W) int superpixel ids.
-        cfg: uses ``gamma_l1``, ``gamma_h1``, ``gamma_l2``, ``gamma_h2``.
+        cfg: uses ``gamma_l1``, ``gamma_h1``, ``gamma_l2``, ``gamma_h2`` on
+            :func:`band_map` of ``refined`` by ``bands``.
 
     Returns:
         ``(y_cls, y_s_star)``, both (H, W) uint8 in {0, 1, 255}.
     """
+    refined = band_map(refined, cfg.bands)
     y_cls = threshold_labels(refined, cfg.gamma_l1, cfg.gamma_h1)
     y_s_star = threshold_labels(superpixel_mean(refined, segments), cfg.gamma_l2, cfg.gamma_h2)
     return y_cls, y_s_star
