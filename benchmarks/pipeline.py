@@ -1,7 +1,9 @@
 """Per-stage speed of every method, SGRM's reference loop vs its fast path, and localize's
-throughput with and without the pipelined engine, in one run.
+throughput with and without the pipelined engine, in one run; with ``--compare``, ms/image of every
+method for each of several bundles (e.g. one per backbone) on the same images, side by side.
 
     python benchmarks/pipeline.py [--bundle DIR] [--images 50] [--threads 2] [--batch-size 8]
+                                  [--compare DIR [DIR ...]]
 
 Runs on the first N CUB test images of ../shared/data (or $LCAR_SHARED_DATA), all methods
 sharing one pass (the stages they have in common run once, as in `lcar-deploy eval`), and
@@ -11,6 +13,8 @@ test-time flip (the ``backbone`` stage). Then times SGRM alone on the same refin
 with and without the flip (PipelineConfig.flip), and `localize`'s steady-state throughput
 (method lcar, from the second batch's result on) with the plain loop and pipelined
 (lcar_deploy.engines: decoding and the backbone of the next batch on a second thread).
+``--compare`` first times each named bundle with its own settings and prints each method's
+ms/image and its ratio to the first bundle's.
 """
 
 from __future__ import annotations
@@ -39,14 +43,66 @@ def shared_data() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def stage_times(
+    localizer: Localizer, images: list[np.ndarray], batch_size: int
+) -> tuple[dict[str, float], float, list[np.ndarray], list[int]]:
+    """Every method on ``images`` in one pass: summed ms per stage, wall seconds, ARM's maps and
+    SGRM's steps."""
+    stage_ms = dict.fromkeys(STAGES, 0.0)
+    refined, steps = [], []
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        results = localizer.run_methods(batch)
+        for j in range(len(batch)):  # each stage once, from a method that runs it
+            timed = {s: ms for m in METHODS for s, ms in results[m][j].timings_ms.items()}
+            for stage, ms in timed.items():
+                stage_ms[stage] += ms
+            steps.append(results["lcar"][j].sgrm_steps)
+        refined.extend(loc.map for loc in results["arm"])
+    return stage_ms, time.perf_counter() - start, refined, steps
+
+
+def compare_bundles(
+    paths: list[Path], images: list[np.ndarray], threads: int, batch_size: int
+) -> None:
+    """ms/image of every method for each bundle (its own settings), same images, one run."""
+    rows = []
+    for path in paths:
+        bundle = load_bundle(path, print)
+        localizer = Localizer(
+            bundle, PipelineConfig.from_settings(bundle.settings), device="cpu", threads=threads
+        )
+        localizer.run_methods(images[:batch_size])  # warm-up
+        stage_ms = stage_times(localizer, images, batch_size)[0]
+        per_method = {
+            m: sum(stage_ms[s] for s in method_stages(m, localizer.arm_input)) / len(images)
+            for m in METHODS
+        }
+        rows.append((f"{bundle.backbone} S={bundle.input_size}", per_method))
+    print(f"\nms/image per method and bundle ({len(images)} images, {threads} threads)")
+    print(f"{'bundle':<32}" + "".join(f"{m:>10}" for m in METHODS) + f"{'lcar/first':>12}")
+    for name, per_method in rows:
+        ratio = per_method["lcar"] / rows[0][1]["lcar"]
+        print(
+            f"{name:<32}" + "".join(f"{per_method[m]:>10.0f}" for m in METHODS) + f"{ratio:>12.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="default: the default bundle")
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--compare", type=Path, nargs="+", help="bundles to time side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare:
+        data = load_dataset("cub", shared_data() / "CUB_200_2011", "test", limit=args.images)
+        compare_bundles(
+            args.compare, [load_rgb(r.path) for r in data], args.threads, args.batch_size
+        )
     bundle = load_bundle(args.bundle, print)
     config = PipelineConfig.from_settings(bundle.settings)
     localizer = Localizer(bundle, config, device="cpu", threads=args.threads)
@@ -57,19 +113,8 @@ def main() -> None:
         f"S={bundle.input_size}), {args.threads} threads, providers {localizer.providers}"
     )
 
-    stage_ms = dict.fromkeys(STAGES, 0.0)
-    refined, affinity, steps = [], [], []
-    start = time.perf_counter()
-    for i in range(0, len(images), args.batch_size):
-        batch = images[i : i + args.batch_size]
-        results = localizer.run_methods(batch)
-        for i in range(len(batch)):  # each stage once, from a method that runs it
-            timed = {s: ms for m in METHODS for s, ms in results[m][i].timings_ms.items()}
-            for stage, ms in timed.items():
-                stage_ms[stage] += ms
-            steps.append(results["lcar"][i].sgrm_steps)
-        refined.extend(loc.map for loc in results["arm"])
-    wall = time.perf_counter() - start
+    stage_ms, wall, refined, steps = stage_times(localizer, images, args.batch_size)
+    affinity = []
     for i in range(0, len(images), args.batch_size):  # SGRM's semantic input, for the check below
         affinity.extend(localizer.backbone_outputs(images[i : i + args.batch_size])["affinity"])
     n = len(images)

@@ -148,6 +148,39 @@ def test_self_training_rounds_refit_on_arm_refined_maps() -> None:
     assert (prob[~obj] < 0.5).mean() > 0.9
 
 
+def test_graph_cut_seed_labels_round_0_on_its_arm_refinement() -> None:
+    """With cam_source graphcut, round 0's map is the graph cut's eigenvector map, and its
+    labels are ARM's refinement of it banded as later rounds are (high / low): a coarse,
+    blurred cut over an image whose colours mark the object gives a clean object label."""
+    n, side = 6, 8
+    rng = np.random.default_rng(2)
+    obj = np.zeros((n, side, side), bool)
+    obj[:, 2:6, 2:6] = True
+    features = rng.normal(0, 0.2, (n, side, side, 4))
+    features[..., 0] += np.where(obj, 1.0, -1.0)
+    yy, xx = np.mgrid[0:side, 0:side]
+    blurred = np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 8.0)  # no band of its own
+    cut = np.broadcast_to(blurred / blurred.max(), (n, side, side)).astype(np.float32)
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 8:24, 8:24] = 220
+    data = TrainSplitMaps(features.astype(np.float16), cut.copy(), images)
+    cfg = LocalizerConfig(rounds=0, cell_stride=1, cam_source="graphcut")
+    head = ForegroundHead(["x"], [4], side)
+    history = self_train(head, data, cfg, PipelineConfig().arm, threads=1, progress=False)
+    camlike = ForegroundHead(["x"], [4], side)
+    cam_history = self_train(
+        camlike,
+        data,
+        dataclasses.replace(cfg, cam_source="heads"),
+        PipelineConfig().arm,
+        threads=1,
+        progress=False,
+    )
+    assert history[0]["ignored_share"] != cam_history[0]["ignored_share"]
+    prob = predict(head, data.features)
+    assert (prob[obj] > 0.5).mean() > 0.9 and (prob[~obj] < 0.5).mean() > 0.9
+
+
 def _two_classes(
     n: int = 12, side: int = 6
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -382,3 +415,34 @@ def test_unknown_layer_is_refused() -> None:
     backbone = build_backbone(config, random_init=True)
     with pytest.raises(ValueError, match=r"no layer 'blocks\.9'"):
         empty_head(backbone, config, ("blocks.9",))
+
+
+def test_the_cache_key_names_what_labels_round_0() -> None:
+    """The cached round-0 maps come from the trained heads' CAM (cam_source heads) or the
+    graph cut: other heads, or another source, is another cache."""
+    from lcar_deploy.datasets import Dataset
+    from lcar_deploy.training.localizer import _cache_key
+
+    data = Dataset("cub", Path("/data"), "train", [], [1, 2], ["a", "b"], Path("/data"))
+    config = default_config("efficientnet_lite0", 96)
+    head = ForegroundHead(["x"], [4], 12)
+    heads_cfg = HeadsConfig(
+        backbone="efficientnet_lite0",
+        input_size=96,
+        grid_layer="head",
+        affinity_layer="blocks.4",
+        grid_dim=8,
+        global_dim=8,
+        num_classes=2,
+    )
+    torch.manual_seed(0)
+    first, second = Heads(heads_cfg), Heads(heads_cfg)
+    on_heads = LocalizerConfig(cam_source="heads")
+
+    def key(cfg: LocalizerConfig, heads: Heads | None) -> str:
+        return _cache_key(data, config, None, head, cfg, 224, heads)
+
+    assert key(on_heads, first) == key(on_heads, first)
+    assert key(on_heads, first) != key(on_heads, second)
+    on_cut = LocalizerConfig(cam_source="graphcut")
+    assert key(on_cut, first) == key(on_cut, second) != key(on_heads, first)
