@@ -138,7 +138,7 @@ def export(
         typer.Option(
             help="Without --heads: also export the generic class-agnostic localizer shipped "
             "for the embedded weights (EfficientNet-Lite0 at 384), which ARM then refines "
-            "with the class CAM (docs/accuracy.md, 'A generic localizer for the default bundle')."
+            "with the class CAM (docs/experiments/2026-12-localizer.md, 'A generic localizer for the default bundle')."
         ),
     ] = True,
     random_init: Annotated[

@@ -46,7 +46,7 @@ class GraphCutConfig:
     solver: ``normalized`` (``D^-1/2 u``, default) or ``eigh`` (the generalised problem as
         TokenCut writes it, LAPACK ``gvx``): the same vector; ``normalized`` is faster and,
         unlike multi-threaded ``eigh``, does not slow down on a loaded machine (timings:
-        docs/accuracy.md, "Speed and memory").
+        docs/experiments/2026-12-speed-and-memory.md, "Speed and memory").
     """
 
     tau: float = 0.2
@@ -130,7 +130,7 @@ def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = Non
     config = config or GraphCutConfig()
     h, w = np.shape(features)[:2]
     # One BLAS thread: on a few hundred nodes, threads only add contention (timings:
-    # docs/accuracy.md, "Speed and memory").
+    # docs/experiments/2026-12-speed-and-memory.md, "Speed and memory").
     with threadpool_limits(1):
         graph = affinity_graph(features, config.tau, config.eps)
         return orient_eigenvector(cut_eigenvector(graph, config.solver)).reshape(h, w)
