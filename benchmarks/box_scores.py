@@ -1,4 +1,4 @@
-"""How well the box score ranks boxes, and what ``--boxes all`` finds (docs/accuracy.md,
+"""How well the box score ranks boxes, and what ``--boxes all`` finds (docs/experiments/2026-12-own-datasets.md,
 "Box scores").
 
 On a dataset's test split with boxes, with the GT class (GT-known), for ``arm`` (at the

@@ -1,4 +1,4 @@
-"""Calibrated values against the test-set optimum (docs/accuracy.md, "Calibration").
+"""Calibrated values against the test-set optimum (docs/experiments/2026-12-own-datasets.md, "Calibration").
 
 ``calibrate`` chooses ARM's box threshold and SGRM's label band on held-out images with boxes;
 the same function run on the test images gives the test-set optimum and the test accuracy at

@@ -6,7 +6,7 @@ time is the fastest of the repeats (the run least disturbed by other load on a s
 divided by the batch size. Also prints how far the int8 outputs are from the float32 ones.
 
     python benchmarks/int8.py --float ~/.cache/lcar-deploy/bundles/default-efficientnet_lite0-384-localizer-<digest> \\
-        --int8 /tmp/i16/int8-default --images /tmp/i16/ilsvrc-calib [--threads 2] [--repeats 3]
+        --int8 /tmp/int8/int8-default --images /tmp/int8/ilsvrc-calib [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations

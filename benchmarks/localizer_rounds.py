@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from localizer_probe import gt_boxes, report, swept
 
 from lcar_deploy.bundle import cache_dir
 from lcar_deploy.config import preset, resolve_config, settings_of
-from lcar_deploy.datasets import load_dataset
-from lcar_deploy.metrics import EVAL_SIZE
+from lcar_deploy.datasets import Dataset, load_dataset
+from lcar_deploy.image_io import load_image
+from lcar_deploy.metrics import EVAL_SIZE, BoxAccuracyAccumulator
 from lcar_deploy.models.backbones import build_backbone, default_config
 from lcar_deploy.models.heads import ForegroundHead
 from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
@@ -40,6 +40,39 @@ from lcar_deploy.training.localizer import (
     self_train,
     train_split_maps,
 )
+
+
+def gt_boxes(dataset: Dataset) -> list[np.ndarray]:
+    """Each record's GT boxes at the evaluation size."""
+    out = []
+    for record in dataset.records:
+        size = record.size or load_image(record.path).original_size
+        out.append(record.scaled_boxes(EVAL_SIZE, size))
+    return out
+
+
+def summary(acc: BoxAccuracyAccumulator) -> list[float]:
+    """GT-known, GT@70, GT@90, MaxBoxAccV2."""
+    d = acc.to_dict()
+    return [round(d["gt_known"], 1), round(d["gt"]["70"], 1), round(d["gt"]["90"], 1),
+            round(d["max_box_acc_v2"], 1)]  # fmt: skip
+
+
+def swept(maps: np.ndarray, gts: list[np.ndarray]) -> list[float]:
+    """:func:`summary` of (N, 224, 224) maps, each swept over the threshold."""
+    acc = BoxAccuracyAccumulator()
+    for score_map, gt in zip(maps, gts, strict=True):
+        acc.add_scoremap(np.asarray(score_map, np.float32), gt)
+    return summary(acc)
+
+
+def report(table: dict[str, list[float]], out: Path | None, width: int = 40) -> None:
+    """Print the table's rows (and write it as JSON to ``out``)."""
+    print("columns: GT-known, GT@70, GT@90, MaxBoxAccV2")
+    for name, values in table.items():
+        print(f"{name:>{width}}: {values}")
+    if out:
+        out.write_text(json.dumps(table, indent=1))
 
 
 def upsampled(maps: np.ndarray) -> np.ndarray:

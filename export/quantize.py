@@ -95,7 +95,7 @@ def quantize_int8(model: Path, images: list[np.ndarray]) -> dict[str, Any]:
             weight_type=QuantType.QInt8,
             per_channel=True,
             # 7-bit weights: x86 CPUs without VNNI (AVX2 only) saturate u8 x s8 products in
-            # int16 (VPMADDUBSW); docs/accuracy.md, "int8 bundles".
+            # int16 (VPMADDUBSW); docs/experiments/2026-12-int8.md, "int8 bundles".
             reduce_range=True,
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=False,

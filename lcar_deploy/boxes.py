@@ -145,7 +145,7 @@ def box_scores(score_map: np.ndarray, mask: np.ndarray, boxes: list[Box]) -> lis
     the region's pixels over the mask's: a box stands out when the map is high on it and low
     elsewhere, and when it holds most of what the map found (a speck beside the object scores
     low). Clipped to [0, 1]; an empty region scores 0. Why this rule, and how well it ranks
-    good boxes above bad ones: docs/accuracy.md, "Box scores".
+    good boxes above bad ones: docs/experiments/2026-12-own-datasets.md, "Box scores".
     """
     score_map = np.asarray(score_map, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)

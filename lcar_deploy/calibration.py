@@ -17,7 +17,7 @@ threshold first, are chosen on a few images *with* boxes that are not the test s
 
 The chosen values go into a copy of the bundle (its files copied, the manifest's ``settings``
 changed, a ``calibration`` entry added); the bundle itself is never changed. Run on the test
-images, the same function gives the test-set optimum to compare with (docs/accuracy.md).
+images, the same function gives the test-set optimum to compare with (docs/experiments/2026-12-own-datasets.md).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class CalibrationConfig:
         smoothed with before its best threshold is taken (0: the plain argmax, wsolevaluation's
         rule). On 100 images one image is a point of accuracy, and the curve's argmax jumps
         between neighbouring peaks; the smoothed curve's best is the middle of a good plateau
-        (docs/accuracy.md, "Calibration").
+        (docs/experiments/2026-12-own-datasets.md, "Calibration").
     batch_size: images per backbone / SGRM batch.
     """
 

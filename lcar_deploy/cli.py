@@ -138,7 +138,7 @@ def export(
         typer.Option(
             help="Without --heads: also export the generic class-agnostic localizer shipped "
             "for the embedded weights (EfficientNet-Lite0 at 384), which ARM then refines "
-            "with the class CAM (docs/accuracy.md, 'A generic localizer for the default bundle')."
+            "with the class CAM (docs/experiments/2026-12-localizer.md, 'A generic localizer for the default bundle')."
         ),
     ] = True,
     random_init: Annotated[
@@ -504,6 +504,38 @@ def convert(
     except LcarError as exc:
         raise fail(str(exc)) from None
     typer.echo(str(written))
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  lcar-deploy localize photos --out runs/photos --overlays\n\n"
+        "  lcar-deploy review runs/photos\n\n"
+        "Writes RUN/review.html: the overlays as thumbnails, the images with no object first, "
+        "then by box score, lowest first; filter by class, other orders, 100 a page. Open it "
+        "in a browser (file://, no server, no network). Run it again after more images are "
+        "localized: the page is replaced."
+    )
+)
+def review(
+    run: Annotated[
+        Path, typer.Argument(help="The --out folder of lcar-deploy localize (with --overlays).")
+    ],
+) -> None:
+    """Write a static review page (review.html) of a localize run's boxes."""
+    from .review import write_review
+
+    try:
+        page, shown = write_review(run)
+    except LcarError as exc:
+        raise fail(str(exc)) from None
+    with_overlay = sum(item.src is not None for item in shown.items)
+    note = "" if with_overlay else "; no overlays: run localize with --overlays"
+    typer.echo(
+        f"{len(shown.items)} images, {with_overlay} with an overlay, {shown.failed} failed{note}",
+        err=True,
+    )
+    typer.echo(str(page))
 
 
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)

@@ -51,7 +51,7 @@ class PipelineConfig:
     min_box_score: a region is an object when its score (:func:`lcar_deploy.boxes.box_scores`,
         in [0, 1]) is at least this, in [0, 1]; an image with none is ``no_object`` (no box).
         0.1 is under the lowest score of the CUB and ILSVRC-mini test boxes (0.16 / 0.14): it
-        drops faint regions and specks, not the object of an image (docs/accuracy.md, "Box
+        drops faint regions and specks, not the object of an image (docs/experiments/2026-12-own-datasets.md, "Box
         scores").
     arm_backend: ``auto | cuda | cpp | reference``.
     sgrm_device: torch device of the SGRM nets (``cpu``, ``cuda`` or ``cuda:N``).
@@ -60,7 +60,7 @@ class PipelineConfig:
     flip: test-time horizontal flip: the backbone also sees each image mirrored, and every
         output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
         Twice the backbone time (why it is on: docs/method.md, section 1; its gain:
-        docs/accuracy.md).
+        docs/experiments/2026-11-first-defaults.md).
     """
 
     method: Method = "lcar"

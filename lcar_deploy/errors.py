@@ -62,6 +62,12 @@ class ConvertError(LcarError, ValueError):
     and the reason."""
 
 
+class ReviewError(LcarError, ValueError):
+    """A run folder ``lcar-deploy review`` cannot make a page of: not a ``localize`` run, a
+    ``predictions.jsonl`` line that is not a prediction record, or a ``review.html`` that is not
+    ours. The message names the file (and line) and the reason."""
+
+
 class QuantizationError(LcarError, ValueError):
     """An int8 export that cannot be made: a calibration folder that is missing or holds no
     decodable image, or a format that has no ONNX graph to quantize."""

@@ -66,7 +66,7 @@ own map (``class_`` inputs) takes the settings of the class-agnostic one, but fo
 on the class CAM blend, whose refined map's best threshold is lower. SGRM's
 label bands sit around each map's best threshold, its mask keeps the reliable pixels, and its
 Aggregation Net (16 channels) starts from the image's own data init, not a seeded random one.
-Measurements: docs/accuracy.md, "ARM and SGRM on the learned localizer's maps" and "SGRM
+Measurements: docs/experiments/2026-12-localizer.md, "ARM and SGRM on the learned localizer's maps" and "SGRM
 without a seed"."""
 
 
@@ -91,7 +91,7 @@ class LocalizerConfig:
         the last class-agnostic fit, each later one on the previous class fit's (each map
         averaged with the image's class CAM first when the bundle's ARM refines that blend).
     class_min_images: the class maps are fitted only when every class has at least this many
-        train images (fewer overfit; the measurements: docs/accuracy.md, "Class maps").
+        train images (fewer overfit; the measurements: docs/experiments/2026-12-class-maps.md, "Class maps").
     """
 
     rounds: int = 2
@@ -130,7 +130,7 @@ class LocalizerConfig:
 GENERIC_LOCALIZER = LocalizerConfig(rounds=3)
 """How the default bundle's generic localizer is self-trained (:mod:`.generic_localizer`): one
 round more than a trained head, its labels on the CAM blend converge a round later
-(docs/accuracy.md, "The generic localizer labelled on the CAM blend")."""
+(docs/experiments/2026-12-localizer.md, "The generic localizer labelled on the CAM blend")."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class TrainConfig:
     progress: show tqdm progress bars.
     foreground: also self-train the foreground head, the learned class-agnostic localizer
         (:mod:`.localizer`), on the train split (why: docs/method.md, section 7; the numbers:
-        docs/accuracy.md, "The learned localizer").
+        docs/experiments/2026-12-localizer.md, "The learned localizer").
     foreground_pseudo: its round-0 map, ``imagenet`` (embedded classifier's top-5 CAM),
         ``heads`` (the trained CAM head) or ``graphcut`` (the graph cut refined by ARM);
         ``None``: the backbone's ``BackboneSpec.foreground_seed``.
@@ -176,7 +176,7 @@ class TrainConfig:
     arm_input: the coarse map the bundle's ARM refines (``lcar_deploy.config.PipelineConfig``);
         ``None``: ``class_foreground_cam`` when the foreground head has class maps, else
         ``foreground_cam`` on ``ilsvrc`` (several objects per image: the class CAM says which
-        one, measured in docs/accuracy.md), else the pipeline's ``auto``.
+        one, measured in docs/experiments/2026-12-localizer.md), else the pipeline's ``auto``.
     max_bad_share: images that cannot be decoded are skipped and listed in ``metrics.json``
         while they are at most this share of a split; more is an error.
     """

@@ -180,7 +180,7 @@ def compute_features(
 
     The backbone runs in channels-last memory format (faster on CPU for the depthwise
     convolutions of efficientnet_lite0, and no page-fault storm); small batches (the default
-    8) are faster than large ones on CPU for the same reason (timings: docs/accuracy.md,
+    8) are faster than large ones on CPU for the same reason (timings: docs/experiments/2026-12-speed-and-memory.md,
     "Speed and memory").
     """
     loader = DataLoader(

@@ -2,7 +2,7 @@
 
 The foreground head (:class:`lcar_deploy.models.heads.ForegroundHead`) is a class-agnostic
 localizer learnt from class labels only (docs/method.md, section 7; the measurements:
-docs/accuracy.md). No box or mask annotation is ever used:
+docs/experiments/2026-12-localizer.md). No box or mask annotation is ever used:
 
 - round 0 fits it on the CAM's confident cells of the train split (object: map > ``cam_high``,
   background: map < ``cam_low``, the rest ignored) or, with ``cam_source = "graphcut"`` (the
@@ -462,7 +462,7 @@ def self_train(
 
     ``arm`` is the pipeline's ARM (the paper's ``k`` = 50), not the fewer iterations a bundle
     with the head runs on its maps (``MAP_SETTINGS``): the smoother maps are the better labels
-    (docs/accuracy.md, "ARM and SGRM on the learned localizer's maps")."""
+    (docs/experiments/2026-12-localizer.md, "ARM and SGRM on the learned localizer's maps")."""
     if head.classes and (classes is None or len(classes) != len(data.features)):
         raise ValueError("a head with class maps needs the class index of every train image")
     for name, given in (("cams", cams), ("class_cams", class_cams)):

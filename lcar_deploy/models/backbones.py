@@ -69,10 +69,11 @@ class BackboneSpec:
     foreground_stride: the layers the foreground head reads and the stride of its grid (S /
     stride cells a side; why these: docs/method.md, section 7); trained_input_size: S of the
     bundles ``lcar-deploy train`` makes unless told (``None``: ``input_size``; why Lite0's is
-    larger: docs/accuracy.md, "A trained bundle at S = 448"); foreground_seed: the map the
-    foreground head's first self-training round is labelled on (``imagenet``, ``heads`` or
-    ``graphcut``: ``LocalizerConfig.cam_source``); settings: stage settings its bundles record
-    over the preset's (why: docs/method.md, "Backbone"); mean / std: the input
+    larger: docs/experiments/2026-12-trained-bundle-448.md, "A trained bundle at S = 448");
+    foreground_seed: the map the foreground head's first self-training round is labelled on
+    (``imagenet``, ``heads`` or ``graphcut``: ``LocalizerConfig.cam_source``); settings: stage
+    settings its bundles record over the preset's (why: docs/method.md, "Backbone"); mean /
+    std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
     words; build: ``(config, weights file or None, random_init) -> nn.Module``.

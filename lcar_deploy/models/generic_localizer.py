@@ -5,7 +5,7 @@ train split we have (CUB and ILSVRC-mini; images and the embedded classifier's C
 or mask), so that the untrained default bundle also has a learned localizer to blend with its
 ImageNet CAM (``arm_input = foreground_cam``). It is made by
 ``python -m lcar_deploy.training.generic_localizer`` (:mod:`lcar_deploy.training.
-generic_localizer`); why and how well: docs/accuracy.md, "A generic localizer for the default
+generic_localizer`); why and how well: docs/experiments/2026-12-localizer.md, "A generic localizer for the default
 bundle".
 """
 

@@ -47,7 +47,7 @@ class GraphCutConfig:
     solver: ``normalized`` (``D^-1/2 u``, default) or ``eigh`` (the generalised problem as
         TokenCut writes it, LAPACK ``gvx``): the same vector; ``normalized`` is faster and,
         unlike multi-threaded ``eigh``, does not slow down on a loaded machine (timings:
-        docs/accuracy.md, "Speed and memory").
+        docs/experiments/2026-12-speed-and-memory.md, "Speed and memory").
     orient: which side of the cut is the object: ``cam`` (eqs. 10-11: the side holding more of
         the SD-CAM seed, when the bundle has heads) or ``tokencut`` (TokenCut's rule alone:
         the side of the node of largest ``|E_l|``; for backbones whose CAM is weaker than
@@ -136,7 +136,7 @@ def second_eigenvector(features: np.ndarray, config: GraphCutConfig | None = Non
     config = config or GraphCutConfig()
     h, w = np.shape(features)[:2]
     # One BLAS thread: on a few hundred nodes, threads only add contention (timings:
-    # docs/accuracy.md, "Speed and memory").
+    # docs/experiments/2026-12-speed-and-memory.md, "Speed and memory").
     with threadpool_limits(1):
         graph = affinity_graph(features, config.tau, config.eps)
         return orient_eigenvector(cut_eigenvector(graph, config.solver)).reshape(h, w)

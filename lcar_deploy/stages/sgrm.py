@@ -19,7 +19,7 @@ bounding box of its largest 8-connected component (or of all foreground pixels).
 
 Defaults that depart from the paper (its values are :data:`PAPER_CUB`): with the paper's
 settings the mask bloats far beyond the object on ARM-refined maps of real CUB images. Why each
-default is what it is: docs/method.md, section 5; the measurements: docs/accuracy.md. The
+default is what it is: docs/method.md, section 5; the measurements: docs/experiments/2026-12-sgrm.md. The
 changes:
 
 - ``gamma_l1 = gamma_l2 = 0.6``, ``gamma_h1 = gamma_h2 = 0.75`` (paper 0.1 / 0.6 / 0.1 / 0.4):
@@ -75,7 +75,7 @@ Behaviour to know: training stops at the first step where the reliable region is
 mask keeps the net's state at that moment. It tends to spill a few pixels into the uncertain
 band around the object, can keep small stray blobs (up to ``stop_error`` of the reliable
 background may disagree; twice that with ``"balanced"``), and with ``init = "random"`` it
-depends on the init seed (``sgrm_seed``; docs/accuracy.md gives the spread).
+depends on the init seed (``sgrm_seed``; docs/experiments/2026-11-first-defaults.md gives the spread).
 
 Two implementations: :func:`sgrm_reference` (one image, ``nn.Module`` + ``torch.optim.SGD``,
 written to be read against the paper) and :func:`sgrm_batched` (the fast path: several images'
@@ -1030,7 +1030,7 @@ def sgrm_batched(
         threads: CPU threads (default: torch's). On the CPU, with two or more, the images are
             split into that many interleaved parts trained at once, each on one thread (torch's
             pool set to 1 meanwhile): SGRM's small operations gain little from torch's own
-            threads (docs/accuracy.md, "SGRM on two threads").
+            threads (docs/experiments/2026-12-speed-and-memory.md, "SGRM on two threads").
 
     Returns:
         One :class:`SgrmResult` per image, in input order.
