@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from lcar_deploy.errors import ConvertError
+from lcar_deploy.errors import ConvertError, OutputError
 from lcar_deploy.formats import convert_predictions, read_predictions
 
 # Two images: a.jpg (80 x 60) with two objects of class 7 "cat", sub/b.png (50 x 40) with one of
@@ -271,9 +271,13 @@ def test_min_score_and_repeatable_atomic_outputs(run: Path) -> None:
     )
     assert [a["score"] for a in kept["annotations"]] == [0.9, 0.7]
     folder = convert_predictions(run / "predictions.jsonl", "yolo")
-    (folder / "stale.txt").write_text("from before")
+    (folder / "labels" / "a.txt").write_text("edited")
     convert_predictions(run / "predictions.jsonl", "yolo")
-    assert not (folder / "stale.txt").exists()  # the folder is replaced whole
+    assert (folder / "labels" / "a.txt").read_text().count("\n") == 2  # replaced whole
+    (folder / "mine.txt").write_text("the user's")
+    with pytest.raises(OutputError, match="holds mine.txt, which lcar-deploy did not write"):
+        convert_predictions(run / "predictions.jsonl", "yolo")
+    assert (folder / "mine.txt").read_text() == "the user's"
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
