@@ -187,7 +187,7 @@ def check_folder(
     folder = Path(folder)
     try:
         info = folder.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # to be made: make_dirs says why not
         return False
     except OSError as exc:
         raise _refusal(folder, f"cannot be used ({exc.strerror or exc})", option) from None

@@ -41,7 +41,8 @@ from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluation import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
-from lcar_deploy.localize import LocalizeOptions, localize_folder
+from lcar_deploy.io import write_mark
+from lcar_deploy.localize import OUTPUT_KIND, LocalizeOptions, localize_folder
 from lcar_deploy.pipeline import BackboneRun, Localizer
 from lcar_deploy.stages.sgrm import SgrmConfig
 
@@ -329,6 +330,7 @@ def test_a_second_run_on_a_held_output_folder_is_refused(
     src = image_folder(tmp_path / "images", small_photo, 2)
     out = tmp_path / "out"
     out.mkdir()
+    write_mark(out, OUTPUT_KIND)  # as the running localize has
     holder_code = (
         "import fcntl, os, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
@@ -555,7 +557,11 @@ def test_output_folder_that_cannot_be_created(
     assert "file.txt/sub: cannot create the output folder (Not a directory)" in stderr
     code, _, stderr = invoke(*base, "--out", blocked, "--overlays")
     assert code == cli.EXIT_ERROR
-    assert "blocked/overlays: cannot create the output folder (File exists)" in stderr
+    assert "blocked: exists and is not an empty folder nor a localize output" in stderr
+    write_mark(blocked, OUTPUT_KIND)  # an earlier run's folder, with a file in the way
+    code, _, stderr = invoke(*base, "--out", blocked, "--overlays")
+    assert code == cli.EXIT_ERROR
+    assert "blocked/overlays: cannot create the output folder (is a link or not a folder" in stderr
     assert not (blocked / "predictions.jsonl").exists()
     eval_args = ["eval", "--dataset", "ilsvrc", "--root", src, "--bundle", small_bundle]
     meta = src / "metadata" / "test"
