@@ -192,8 +192,10 @@ def check_folder(
     except OSError as exc:
         raise _refusal(folder, f"cannot be used ({exc.strerror or exc})", option) from None
     if stat.S_ISLNK(info.st_mode):
-        if whole or not folder.is_dir():
-            raise _refusal(folder, "is a link, not a folder", option)
+        if not folder.is_dir():
+            raise _refusal(folder, "is a link that leads to no folder (broken, or a loop)", option)
+        if whole:
+            raise _refusal(folder, "is a link (a folder replaced whole is never a link)", option)
         info = folder.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise _refusal(folder, f"exists and is not a folder ({_kind_of(info.st_mode)})", option)

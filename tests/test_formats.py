@@ -275,7 +275,7 @@ def test_min_score_and_repeatable_atomic_outputs(run: Path) -> None:
     convert_predictions(run / "predictions.jsonl", "yolo")
     assert (folder / "labels" / "a.txt").read_text().count("\n") == 2  # replaced whole
     (folder / "mine.txt").write_text("the user's")
-    with pytest.raises(OutputError, match="holds mine.txt, which lcar-deploy did not write"):
+    with pytest.raises(OutputError, match=r"holds mine\.txt, which lcar-deploy did not write"):
         convert_predictions(run / "predictions.jsonl", "yolo")
     assert (folder / "mine.txt").read_text() == "the user's"
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
