@@ -66,6 +66,7 @@ from .image_io import ImageError, LoadedImage, image_extensions, load_image
 from .io import (
     MARK,
     JsonlWriter,
+    check_folder,
     claim_folder,
     json_text,
     make_subdirs,
@@ -367,7 +368,9 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     """
     differences = []
     if before.get("method", _MISSING) != now["method"]:
-        differences.append(f"method {before.get('method', 'missing')} before, {now['method']} now")
+        differences.append(
+            f"method {_show(before.get('method', _MISSING))} before, {now['method']} now"
+        )
     if before.get("class_id", _MISSING) != now["class_id"]:
         old_class, new_class = before.get("class_id", _MISSING), now["class_id"]
         differences.append(
@@ -378,7 +381,8 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     old_bundle = old_bundle if isinstance(old_bundle, dict) else {}
     if old_bundle.get("sha256") != now["bundle"]["sha256"]:
         differences.append(
-            f"bundle {old_bundle.get('path', 'unknown')} before, {now['bundle']['path']} now "
+            f"bundle {printable(old_bundle.get('path', 'unknown'), 80)} before, "
+            f"{printable(now['bundle']['path'], 80)} now "
             "(their model files differ)"
         )
     ignored = {"method", *EXECUTION_SETTINGS}
@@ -682,6 +686,7 @@ def localize_folder(
     is left), :class:`RunInterrupted` on Ctrl-C.
     """
     spec = localizer if isinstance(localizer, LocalizerSpec) else LocalizerSpec.of(localizer)
+    check_folder(out, OUTPUT_KIND, legacy=earlier_run)  # before the inputs: says more
     _check_inputs_outside(Path(root), out, images)
     with output_lock(out):
         if options.force:
@@ -747,10 +752,18 @@ def _check_inputs_outside(root: Path, out: Path, images: Sequence[LabelledImage]
         except (OSError, RuntimeError):
             return False
 
-    if images is None and (within(root) or os.path.lexists(root / MARK)):
+    if images is None and within(root):
         raise OutputError(
-            f"{printable(root)}: is an output folder of lcar-deploy (or inside {printable(out)}); "
-            "its files are results, not images to localize"
+            f"{printable(root)}: lies in the output folder {printable(out)}; its files are "
+            "results, not images to localize"
+        )
+    resolved = root.resolve() if images is None else None
+    if resolved is not None and any(
+        os.path.lexists(folder / MARK) for folder in (resolved, *resolved.parents)
+    ):
+        raise OutputError(
+            f"{printable(root)}: is (or lies in) an output folder of lcar-deploy; its files are "
+            "results, not images to localize"
         )
     for path, rel, _ in images or ():
         if within(path):
