@@ -368,9 +368,8 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     """
     differences = []
     if before.get("method", _MISSING) != now["method"]:
-        differences.append(
-            f"method {_show(before.get('method', _MISSING))} before, {now['method']} now"
-        )
+        old_method = printable(before.get("method", "missing"), 80)
+        differences.append(f"method {old_method} before, {now['method']} now")
     if before.get("class_id", _MISSING) != now["class_id"]:
         old_class, new_class = before.get("class_id", _MISSING), now["class_id"]
         differences.append(
