@@ -149,14 +149,14 @@ def relative_name(path: Path, root: Path) -> str:
 
 def output_name(rel: str) -> str:
     """The name, relative to ``masks/`` and ``overlays/``, that the outputs of the image
-    ``rel`` are written under: ``rel`` itself when it is a plain relative path of printable
-    names that fit a file system; else ``<16 hex digits of its sha256>-<its file name, only
+    ``rel`` are written under: ``rel`` itself when it is a plain relative path (no ``..``,
+    ``.`` or empty name, not absolute, no NUL) whose names fit a file system; else ``<16 hex digits of its sha256>-<its file name, only
     letters, digits, '.', '_' and '-'>``, which cannot climb and is unique to ``rel``."""
     parts = rel.split("/")
     if (
-        printable(rel, len(rel) * 12) == rel
+        "\0" not in rel
         and not rel.startswith("/")
-        and all(p not in ("", ".", "..") and len(p.encode()) <= _NAME_BYTES for p in parts)
+        and all(p not in ("", ".", "..") and len(os.fsencode(p)) <= _NAME_BYTES for p in parts)
     ):
         return rel
     digest = hashlib.sha256(rel.encode("utf-8", "surrogatepass")).hexdigest()[:16]

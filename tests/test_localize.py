@@ -1059,26 +1059,24 @@ def test_csv_paths_that_climb_write_nothing_outside(
 
 
 def test_output_names_are_the_path_or_a_key_that_cannot_climb() -> None:
-    assert output_name("a/b c/é.jpg") == "a/b c/é.jpg"
+    for plain in ("a/b c/é.jpg", "..\\x.jpg", "x\n.jpg", os.fsdecode(b"caf\xe9.jpg")):
+        assert output_name(plain) == plain  # cannot climb: named as before
     keys = {
         rel: output_name(rel)
         for rel in [
             "../victim/x.jpg",
-            "..\\x.jpg",
             "/etc/x.jpg",
             "a//x.jpg",
             "./x.jpg",
-            "x\n.jpg",
-            "\x1b[31mx.jpg",
-            os.fsdecode(b"caf\xe9.jpg"),
+            "a/../../x.jpg",
+            "x\0.jpg",
             "x" * 300 + ".jpg",
             "../victim/x.jpg ",
         ]
     }
     assert len(set(keys.values())) == len(keys)
-    for rel, key in keys.items():
-        if rel != "..\\x.jpg":
-            assert "/" not in key and re.fullmatch(r"[0-9a-f]{16}-[A-Za-z0-9._-]{1,100}", key)
+    for key in keys.values():
+        assert "/" not in key and re.fullmatch(r"[0-9a-f]{16}-[A-Za-z0-9._-]{1,100}", key)
     assert output_name("../victim/x.jpg").endswith("-x.jpg")
 
 
