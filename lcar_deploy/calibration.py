@@ -38,13 +38,16 @@ from .config import PipelineConfig, check_evaluable, settings_of
 from .datasets import Dataset, Record
 from .errors import DatasetError, SettingError
 from .image_io import ImageError, load_image, resize_rgb
-from .io import replace_folder, write_atomic
+from .io import check_folder, json_text, replace_folder, write_atomic
 from .metrics import BoxAccuracyAccumulator
 from .names import CALIBRATE_METHODS
 from .pipeline import Localizer
 from .stages.sgrm import sgrm_batched
 
 REPORT = "calibration.json"
+OUTPUT_KIND = "calibrate"
+"""The kind of folder ``calibrate`` writes: it replaces only a folder of that kind
+(:func:`lcar_deploy.io.replace_folder`), never the user's bundle or another folder."""
 
 
 @dataclass(frozen=True)
@@ -278,10 +281,10 @@ def write_calibrated_bundle(
 ) -> Path:
     """A copy of ``bundle`` in ``out`` whose settings are ``config`` calibrated; its manifest
     records the calibration (``source``: what it was calibrated on). ``out`` appears whole or
-    not at all; it may not be the bundle's own folder."""
+    not at all; it may not be the bundle's own folder, and must be absent, empty or an earlier
+    calibrated copy (:func:`check_output`)."""
     out = Path(out)
-    if out.resolve() == bundle.path.resolve():
-        raise SettingError("out", f"{out} is the bundle itself; calibrate writes a copy")
+    check_output(out, bundle)
     manifest = json.loads(json.dumps(bundle.manifest))
     manifest["settings"] = settings_of(calibrated_config(config, calibration))
     manifest["calibration"] = {
@@ -298,12 +301,20 @@ def write_calibrated_bundle(
         tmp.mkdir()
         for name in bundle.manifest["files"]:
             shutil.copy2(bundle.path / name, tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        (tmp / REPORT).write_text(json.dumps(calibration.to_dict(), indent=2))
+        (tmp / MANIFEST).write_text(json_text(manifest, indent=2))
+        (tmp / REPORT).write_text(json_text(calibration.to_dict(), indent=2))
 
-    replace_folder(out, build)
+    replace_folder(out, build, OUTPUT_KIND)
     Bundle.load(out)  # the copy loads and verifies
     return out
+
+
+def check_output(out: Path, bundle: Bundle) -> None:
+    """SettingError when ``out`` is the bundle itself; OutputError unless ``out`` is absent,
+    empty or a copy calibrate wrote (holding only its files): checked before calibrating."""
+    if out.resolve() == bundle.path.resolve():
+        raise SettingError("out", f"{out} is the bundle itself; calibrate writes a copy")
+    check_folder(out, OUTPUT_KIND, whole=True)
 
 
 def report_lines(calibration: Calibration) -> list[str]:
@@ -327,7 +338,7 @@ def report_lines(calibration: Calibration) -> list[str]:
 
 
 def save_report(calibration: Calibration, path: Path) -> None:
-    text = json.dumps(calibration.to_dict(), indent=2)
+    text = json_text(calibration.to_dict(), indent=2)
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
@@ -354,6 +365,7 @@ def run_calibration(
     spec = LocalizerSpec.from_bundle(
         bundle, method="lcar", preset=preset, settings=settings, device=device, notify=notify
     )
+    check_output(Path(out), spec.bundle)
     gt_class = uses_gt_class(spec.bundle, dataset)
     if gt_class and dataset.kind in NAMED_CLASSES:
         dataset = with_bundle_classes(dataset, spec.bundle)

@@ -18,6 +18,14 @@ and swapped in.
 - ``labelstudio``: ``labelstudio.json``, Label Studio tasks with pre-annotations
   (``predictions``: ``rectanglelabels`` results in percent of the image, ``score``).
 
+Confinement: only files inside the run's image root (``run.json``'s ``images`` or
+``images=``), named like images, are linked, and only the run's own ``masks/`` are read; a
+path that climbs out (``..``, absolute, a link leaving the root) is an error naming the line.
+A folder output is written only where :func:`lcar_deploy.io.replace_folder` allows (absent,
+empty, or an earlier conversion to the same format); a file output only where it is absent or
+an earlier conversion to the same format (recognised by its first bytes): ``predictions.jsonl``,
+the run folder and the user's files are never overwritten.
+
 Box conventions: a record's box is inclusive pixels ``[x0, y0, x1, y1]``; it covers the
 continuous rectangle ``[x0, x1 + 1) x [y0, y1 + 1)``, which is what COCO, YOLO and Label Studio
 describe. Images with ``status: error`` are left out (counted in the summary); an image with
@@ -26,17 +34,16 @@ no object is kept, with no box. Every schema: docs/formats.md.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from .errors import ConvertError, OutputError
-from .io import replace_folder, write_atomic
+from .errors import ConvertError, OutputError, printable
+from .io import json_text, open_regular, parse_json, read_regular, replace_folder, write_atomic
 from .names import OUTPUT_FORMATS
 
 TARGETS = {
@@ -49,6 +56,17 @@ TARGETS = {
 assert tuple(TARGETS) == OUTPUT_FORMATS
 
 RUN_INFO = "run.json"
+MASKS = "masks"
+MAX_RUN_INFO_BYTES = 16 << 20
+MAX_SIDE = 2**31 - 1
+"""Largest image side (and class id) a record may give: what PNG and TIFF can hold."""
+MAX_MASK_PIXELS = 2 * 89_478_485
+"""Largest mask read (Pillow's own decompression-bomb limit): a run writes none larger."""
+SIGNATURES = {
+    "coco": b'{"info": {"description": "lcar-deploy predictions"',
+    "labelstudio": b'[{"predictions": [{"model_version": "lcar-deploy"',
+}
+"""How a file output of an earlier conversion begins: only such a file is overwritten."""
 LABEL_STUDIO_NAMES = ("label", "image")
 """``from_name`` / ``to_name`` of the Label Studio results: a labelling config
 ``<Image name="image" value="$image"/><RectangleLabels name="label" toName="image">``."""
@@ -81,7 +99,8 @@ class Predictions:
 
     images: the ``ok`` images in file order; failed: how many lines were ``status: error``;
     classes: (class id, name) of every class with a box, by class id; folder: where the file
-    is; images_root: the folder the paths are relative to (``run.json``'s ``images``), or None.
+    is; images_root: the folder the paths are relative to (``run.json``'s ``images``), or None
+    (root_problem: why, when ``run.json`` is there but unusable).
     """
 
     images: list[ImageEntry]
@@ -89,10 +108,25 @@ class Predictions:
     classes: list[tuple[int, str]]
     folder: Path
     images_root: Path | None
+    root_problem: str = ""
 
 
 def _bad(path: Path, lineno: int, reason: str) -> ConvertError:
-    return ConvertError(f"{path}:{lineno}: {reason}")
+    return ConvertError(f"{printable(path, 100)}:{lineno}: {reason}")
+
+
+def _shown(value: Any) -> str:
+    """A value of a record for a message: its JSON, bounded."""
+    return printable(repr(value), 80)
+
+
+def _plain_relative(text: str) -> bool:
+    """Whether ``text`` is a relative path that stays where it is joined (no ``..``, not
+    absolute, no empty or NUL part)."""
+    if not text or "\0" in text:
+        return False
+    pure = PurePosixPath(text)
+    return not pure.is_absolute() and ".." not in pure.parts and not text.endswith("/")
 
 
 def _box(path: Path, lineno: int, value: Any, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -101,10 +135,12 @@ def _box(path: Path, lineno: int, value: Any, size: tuple[int, int]) -> tuple[in
         or len(value) != 4
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-        raise _bad(path, lineno, f"box {value!r} is not [x0, y0, x1, y1] of integers")
+        raise _bad(path, lineno, f"box {_shown(value)} is not [x0, y0, x1, y1] of integers")
     x0, y0, x1, y1 = value
     if not (0 <= x0 <= x1 < size[0] and 0 <= y0 <= y1 < size[1]):
-        raise _bad(path, lineno, f"box {value} is not inside the {size[0]} x {size[1]} image")
+        raise _bad(
+            path, lineno, f"box {_shown(value)} is not inside the {size[0]} x {size[1]} image"
+        )
     return x0, y0, x1, y1
 
 
@@ -113,9 +149,11 @@ def _entry(path: Path, lineno: int, record: dict, min_score: float) -> ImageEntr
     if (
         not isinstance(size, list)
         or len(size) != 2
-        or not all(isinstance(v, int) and v > 0 for v in size)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
     ):
-        raise _bad(path, lineno, f"image_size {size!r} is not [width, height]")
+        raise _bad(path, lineno, f"image_size {_shown(size)} is not [width, height]")
+    if max(size) > MAX_SIDE:
+        raise _bad(path, lineno, f"image_size {_shown(size)} is larger than any image")
     width, height = size
     boxes = record.get("boxes", [])
     scores = record.get("box_scores")
@@ -128,48 +166,56 @@ def _entry(path: Path, lineno: int, record: dict, min_score: float) -> ImageEntr
     class_id, class_name = record.get("class_id"), record.get("class_name")
     if boxes and not (isinstance(class_id, int) and isinstance(class_name, str)):
         raise _bad(path, lineno, "boxes without a class (class_id and class_name are needed)")
+    if boxes and not 0 <= class_id <= MAX_SIDE:
+        raise _bad(path, lineno, f"class_id {_shown(class_id)} is not a class id")
     detections = []
     for value, score in zip(boxes, scores, strict=True):
         if score is not None and not (isinstance(score, int | float) and 0 <= score <= 1):
-            raise _bad(path, lineno, f"box score {score!r} is not a number in [0, 1]")
+            raise _bad(path, lineno, f"box score {_shown(score)} is not a number in [0, 1]")
         if score is not None and score < min_score:
             continue
         box = _box(path, lineno, value, (width, height))
         detections.append(Detection(box, score, class_id, class_name))
     mask = record.get("mask")
-    return ImageEntry(
-        record["path"], (width, height), tuple(detections), mask if isinstance(mask, str) else None
-    )
+    if mask is not None and not (
+        isinstance(mask, str)
+        and _plain_relative(mask)
+        and PurePosixPath(mask).parts[0] == MASKS
+        and len(PurePosixPath(mask).parts) > 1
+    ):
+        raise _bad(path, lineno, f"mask {_shown(mask)} is not a file in the run's {MASKS}/")
+    return ImageEntry(record["path"], (width, height), tuple(detections), mask)
 
 
 def read_predictions(path: str | Path, min_score: float = 0.0) -> Predictions:
     """Read and check ``predictions.jsonl`` (:class:`ConvertError` naming the line at fault);
     boxes scored below ``min_score`` are dropped."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"{path}: predictions file not found")
+    try:
+        data = read_regular(path)
+    except FileNotFoundError:
+        raise ConvertError(f"{printable(path)}: predictions file not found") from None
+    except OSError as exc:
+        raise ConvertError(f"{printable(path)}: cannot read ({exc.strerror or exc})") from None
     images: list[ImageEntry] = []
     failed = 0
     seen: dict[str, int] = {}
     classes: dict[int, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"{path}: cannot read ({exc})") from None
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _bad(path, lineno, f"not JSON ({exc})") from None
+            record = parse_json(line)
+        except ValueError as exc:
+            raise _bad(path, lineno, str(exc)) from None
         if not isinstance(record, dict) or not isinstance(record.get("path"), str):
             raise _bad(path, lineno, "not a prediction record (no path)")
-        if record["path"] in seen:
-            raise _bad(
-                path, lineno, f"{record['path']} again (first on line {seen[record['path']]})"
-            )
-        seen[record["path"]] = lineno
+        rel = record["path"]
+        if not rel or "\0" in rel:
+            raise _bad(path, lineno, f"path {_shown(rel)} is not a file name")
+        if rel in seen:
+            raise _bad(path, lineno, f"{printable(rel)} again (first on line {seen[rel]})")
+        seen[rel] = lineno
         if record.get("status") != "ok":
             failed += 1
             continue
@@ -178,12 +224,24 @@ def read_predictions(path: str | Path, min_score: float = 0.0) -> Predictions:
             if classes.setdefault(det.class_id, det.class_name) != det.class_name:
                 raise _bad(path, lineno, f"class id {det.class_id} has two names")
         images.append(entry)
-    root = None
-    info = path.parent / RUN_INFO
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        images_root = json.loads(info.read_text()).get("images")
-        root = Path(images_root) if isinstance(images_root, str) else None
-    return Predictions(images, failed, sorted(classes.items()), path.parent, root)
+    root, problem = _images_root(path.parent / RUN_INFO)
+    return Predictions(images, failed, sorted(classes.items()), path.parent, root, problem)
+
+
+def _images_root(info: Path) -> tuple[Path | None, str]:
+    """``run.json``'s ``images`` folder, or None and why not (empty: no ``run.json``)."""
+    try:
+        record = parse_json(read_regular(info, limit=MAX_RUN_INFO_BYTES))
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, str(exc)
+    images = record.get("images") if isinstance(record, dict) else None
+    if not isinstance(images, str) or not images or "\0" in images:
+        return None, f"images {_shown(images)} is not a folder"
+    return Path(images), ""
 
 
 def _categories(preds: Predictions) -> dict[int, int]:
@@ -191,20 +249,46 @@ def _categories(preds: Predictions) -> dict[int, int]:
     return {cid: i for i, (cid, _) in enumerate(preds.classes)}
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, its links followed, lies inside ``folder`` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
 def _mask(preds: Predictions, entry: ImageEntry) -> np.ndarray | None:
-    """The image's saved mask (H, W) bool, None when the run saved none."""
+    """The image's saved mask (H, W) bool, None when the run saved none. Only a regular file
+    inside the run's ``masks/`` is read, its size checked before it is decoded."""
     if entry.mask is None:
         return None
+    import warnings
+
     from PIL import Image
 
     file = preds.folder / entry.mask
+    shown = printable(file)
+    if not _inside(file, preds.folder / MASKS) or (preds.folder / MASKS).is_symlink():
+        raise ConvertError(
+            f"{shown}: the mask of {printable(entry.path)} is not in the run's "
+            f"{MASKS}/ (a link leaves it)"
+        )
     try:
-        with Image.open(file) as image:
-            mask = np.asarray(image.convert("L")) > 127
-    except OSError as exc:
-        raise ConvertError(f"{file}: cannot read the mask of {entry.path} ({exc})") from None
-    if mask.shape != (entry.size[1], entry.size[0]):
-        raise ConvertError(f"{file}: mask is {mask.shape[::-1]}, the image {entry.size}")
+        with os.fdopen(open_regular(file), "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as image:
+                if image.size != entry.size:
+                    raise ConvertError(f"{shown}: mask is {image.size}, the image {entry.size}")
+                if entry.size[0] * entry.size[1] > MAX_MASK_PIXELS:
+                    raise ConvertError(f"{shown}: mask of {entry.size} is too large to read")
+                mask = np.asarray(image.convert("L")) > 127
+    except ConvertError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many types on malformed data
+        reason = getattr(exc, "strerror", None) or printable(exc, 100)
+        raise ConvertError(
+            f"{shown}: cannot read the mask of {printable(entry.path)} ({reason})"
+        ) from None
     return mask
 
 
@@ -283,9 +367,8 @@ def label_studio_tasks(preds: Predictions, url_prefix: str = "") -> list[dict[st
                 }
             )
         scores = [d.score for d in entry.detections if d.score is not None]
-        tasks.append(
+        tasks.append(  # "predictions" first: SIGNATURES recognises the file by it
             {
-                "data": {"image": url_prefix + entry.path},
                 "predictions": [
                     {
                         "model_version": "lcar-deploy",
@@ -293,42 +376,74 @@ def label_studio_tasks(preds: Predictions, url_prefix: str = "") -> list[dict[st
                         "result": results,
                     }
                 ],
+                "data": {"image": url_prefix + entry.path},
             }
         )
     return tasks
 
 
-def _flat_names(preds: Predictions) -> dict[str, str]:
+def _flat_names(preds: Predictions, xml: bool = False) -> dict[str, str]:
     """{relative path: file name without folders} for the YOLO / VOC folders, which are flat
-    (``a/b.jpg`` -> ``a__b.jpg``); ConvertError when two images would share a file stem."""
+    (``a/b.jpg`` -> ``a__b.jpg``; ``xml``: characters XML cannot hold, such as control
+    characters or bytes that are not UTF-8, escaped as :func:`printable` does); ConvertError
+    when two images would share a file stem."""
     names: dict[str, str] = {}
     stems: dict[str, str] = {}
     for entry in preds.images:
         flat = entry.path.replace(os.sep, "__")
+        if xml:
+            flat = printable(flat, len(flat) * 12)
         stem = os.path.splitext(flat)[0]
         if stem in stems:
             raise ConvertError(
-                f"{stems[stem]} and {entry.path} would share the label file {stem}: rename one"
+                f"{printable(stems[stem])} and {printable(entry.path)} would share the label "
+                f"file {printable(stem)}: rename one"
             )
         stems[stem] = entry.path
         names[entry.path] = flat
     return names
 
 
-def _link_images(preds: Predictions, images_root: Path | None, folder: Path) -> dict[str, str]:
+def _image_source(root: Path, rel: str) -> Path:
+    """The image ``rel`` of the run, checked to be a regular file inside ``root`` and named
+    like an image: nothing else is ever linked."""
+    from .image_io import image_extensions
+
+    source = root / rel
+    if not _plain_relative(rel) or not _inside(source, root):
+        raise ConvertError(
+            f"{printable(rel)}: not inside the image folder {printable(root)} (a path or a "
+            "link that leaves it); only the run's images are linked"
+        )
+    if not rel.lower().endswith(image_extensions()):
+        raise ConvertError(f"{printable(rel)}: not named like an image; only images are linked")
+    try:
+        info = source.stat()
+    except OSError:
+        raise ConvertError(
+            f"{printable(source)}: image of {printable(rel)} not found (is --images right?)"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConvertError(f"{printable(source)}: image of {printable(rel)} is not a regular file")
+    return source.resolve()
+
+
+def _link_images(
+    preds: Predictions, images_root: Path | None, folder: Path, xml: bool = False
+) -> dict[str, str]:
     """Links to every image in ``folder`` under its flat name; {relative path: flat name}."""
     root = images_root or preds.images_root
     if root is None:
+        why = f" ({preds.root_problem})" if preds.root_problem else ""
         raise ConvertError(
-            f"{preds.folder / RUN_INFO}: does not say where the images are; give --images"
+            f"{printable(preds.folder / RUN_INFO)}: does not say where the images are{why}; "
+            "give --images"
         )
-    names = _flat_names(preds)
+    names = _flat_names(preds, xml)
+    sources = {rel: _image_source(root, rel) for rel in names}
     folder.mkdir(parents=True)
     for rel, flat in names.items():
-        source = (root / rel).resolve()
-        if not source.is_file():
-            raise ConvertError(f"{source}: image of {rel} not found (is --images right?)")
-        (folder / flat).symlink_to(source)
+        (folder / flat).symlink_to(sources[rel])
     return names
 
 
@@ -376,12 +491,13 @@ def write_yolo(
 def write_voc(
     preds: Predictions, folder: Path, images_root: Path | None = None, final: Path | None = None
 ) -> None:
-    """``folder/JPEGImages`` (links) and ``folder/Annotations/*.xml``."""
+    """``folder/JPEGImages`` (links) and ``folder/Annotations/*.xml``; names with characters
+    XML cannot hold are escaped (:func:`_flat_names`)."""
     from supervision.dataset.formats.pascal_voc import detections_to_pascal_voc
 
     index = _categories(preds)
-    classes = [name for _, name in preds.classes]
-    names = _link_images(preds, images_root, folder / "JPEGImages")
+    classes = [printable(name, len(name) * 12) for _, name in preds.classes]
+    names = _link_images(preds, images_root, folder / "JPEGImages", xml=True)
     annotations = folder / "Annotations"
     annotations.mkdir()
     for entry in preds.images:
@@ -418,16 +534,46 @@ def convert_predictions(
     root = Path(images).resolve() if images is not None else None
     try:
         if to in ("coco", "labelstudio"):
+            check_file_target(target, to)
             document = (
                 coco_document(preds) if to == "coco" else label_studio_tasks(preds, url_prefix)
             )
-            text = json.dumps(document)
+            try:
+                text = json_text(document)
+            except ValueError as exc:
+                raise ConvertError(f"{printable(target)}: {exc}") from None
             write_atomic(target, lambda tmp: tmp.write_text(text))
         else:
             writer = write_yolo if to == "yolo" else write_voc
-            replace_folder(target, lambda tmp: writer(preds, tmp, root, target.resolve()))
+            replace_folder(
+                target, lambda tmp: writer(preds, tmp, root, target.resolve()), f"convert-{to}"
+            )
     except OSError as exc:
         raise OutputError(
-            f"{exc.filename or target}: cannot write ({exc.strerror or exc})"
+            f"{printable(exc.filename or target)}: cannot write ({exc.strerror or exc})"
         ) from None
     return target
+
+
+def check_file_target(target: Path, to: str) -> None:
+    """:class:`OutputError` unless ``target`` is absent or a regular file an earlier
+    conversion to ``to`` wrote (it begins with :data:`SIGNATURES`' bytes): predictions, the
+    run's other files and the user's files are never overwritten."""
+    try:
+        info = target.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"{printable(target)}: cannot be used ({exc.strerror or exc})") from None
+    head = b""
+    if stat.S_ISREG(info.st_mode):
+        try:
+            with os.fdopen(open_regular(target, follow=False), "rb") as f:
+                head = f.read(len(SIGNATURES[to]))
+        except OSError:
+            head = b""
+    if head != SIGNATURES[to] and not (to == "labelstudio" and head.strip() == b"[]"):
+        raise OutputError(
+            f"{printable(target)}: exists and is not a {to} file written by lcar-deploy convert "
+            "(it would be overwritten); choose another --out"
+        )

@@ -26,8 +26,16 @@ Robustness rules:
 - Ctrl-C stops the run with :class:`RunInterrupted` (a ``KeyboardInterrupt``) saying how many
   images are done; every line written is complete.
 - Masks and overlays are named after the whole relative path (``masks/a.jpg.png``), so
-  ``a.jpg`` and ``a.png`` never overwrite each other; an output folder inside the input folder
-  is not searched for images.
+  ``a.jpg`` and ``a.png`` never overwrite each other; a path that could climb out of the
+  folder (``../a.jpg`` in a CSV list, an absolute path) or that a file system cannot take gets
+  a unique key instead (:func:`output_name`).
+- The output folder is new, empty or an earlier run's (:func:`lcar_deploy.io.claim_folder`):
+  never the input folder or another folder of the user's. Nothing in it is written through a
+  link (a link placed there is an error), ``predictions.jsonl``, ``run.json`` and ``.lock``
+  are regular files only (a FIFO is refused, never waited on).
+- The tool's outputs are never inputs: an output folder inside the input folder, and any
+  folder marked as an output of lcar-deploy (another run, a conversion), are not searched for
+  images; an input inside the output folder is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -51,9 +61,20 @@ from .boxes import box_to_original, mask_to_original
 from .bundle import Bundle
 from .config import PipelineConfig
 from .engines import Mapped, map_batches
-from .errors import LabelsError, OutputError
+from .errors import LabelsError, OutputError, printable
 from .image_io import ImageError, LoadedImage, image_extensions, load_image
-from .io import JsonlWriter, make_dirs, write_atomic
+from .io import (
+    MARK,
+    JsonlWriter,
+    check_folder,
+    claim_folder,
+    json_text,
+    make_subdirs,
+    open_regular,
+    parse_json,
+    read_regular,
+    write_atomic,
+)
 from .names import Engine
 from .pipeline import BackboneRun, Localization, Localizer, LocalizerSpec
 
@@ -62,6 +83,11 @@ SUMMARY = "summary.json"
 RUN_INFO = "run.json"
 LOCK = ".lock"
 RUN_INFO_VERSION = 1
+OUTPUT_KIND = "localize"
+"""The kind of output folder ``localize`` writes (:func:`lcar_deploy.io.claim_folder`)."""
+MAX_RUN_INFO_BYTES = 16 << 20
+_NAME_BYTES = 200
+"""Longest file or folder name (bytes) an output is named after as it is; longer: a key."""
 NAMES_SHOWN = 3
 """How many failed files (and files that are not images) the summary names."""
 
@@ -89,15 +115,22 @@ class RunInterrupted(KeyboardInterrupt):
 
 def iter_files(root: Path, exclude: Path | None = None) -> Iterator[tuple[Path, bool]]:
     """(path, named like an image) of every file under ``root`` (nested, sorted), except
-    under ``exclude``.
+    under ``exclude`` and under any folder marked as an output of lcar-deploy (its masks and
+    overlays are not images to localize).
 
     Symlinked folders are not followed (no loops). Every entry with an image name counts as an
     image, broken links and special files included: :func:`load_image` reports why they fail.
     """
     extensions = image_extensions()
     skip = exclude.resolve() if exclude is not None else None
+
+    def searched(folder: Path) -> bool:
+        if folder.is_symlink():
+            return True  # listed, never entered: os.walk does not follow it
+        return folder.resolve() != skip and not os.path.lexists(folder / MARK)
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() != skip)
+        dirnames[:] = sorted(d for d in dirnames if searched(Path(dirpath) / d))
         for name in sorted(filenames):
             yield Path(dirpath) / name, name.lower().endswith(extensions)
 
@@ -114,9 +147,26 @@ def relative_name(path: Path, root: Path) -> str:
     return os.fsdecode(os.fsencode(path.relative_to(root)))
 
 
+def output_name(rel: str) -> str:
+    """The name, relative to ``masks/`` and ``overlays/``, that the outputs of the image
+    ``rel`` are written under: ``rel`` itself when it is a plain relative path (no ``..``,
+    ``.`` or empty name, not absolute, no NUL) whose names fit a file system; else ``<16 hex digits of its sha256>-<its file name, only
+    letters, digits, '.', '_' and '-'>``, which cannot climb and is unique to ``rel``."""
+    parts = rel.split("/")
+    if (
+        "\0" not in rel
+        and not rel.startswith("/")
+        and all(p not in ("", ".", "..") and len(os.fsencode(p)) <= _NAME_BYTES for p in parts)
+    ):
+        return rel
+    digest = hashlib.sha256(rel.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", parts[-1])[:100]
+    return f"{digest}-{tail}"
+
+
 def some_names(names: Sequence[str], total: int) -> str:
-    """``a, b, c and 4 more``: the first names of ``total``."""
-    shown = ", ".join(names[:NAMES_SHOWN])
+    """``a, b, c and 4 more``: the first names of ``total`` (escaped, bounded)."""
+    shown = ", ".join(printable(n) for n in names[:NAMES_SHOWN])
     rest = total - min(len(names), NAMES_SHOWN)
     return f"{shown} and {rest} more" if rest > 0 else shown
 
@@ -133,18 +183,26 @@ def is_output_failure(exc: OSError) -> bool:
     return exc.errno in OUTPUT_ERRNOS
 
 
+def _record(line: bytes) -> dict | None:
+    """The record of a line of ``predictions.jsonl``; None for a line that is not one."""
+    try:
+        record = parse_json(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("path"), str) else None
+
+
 def _records(predictions: Path) -> Iterator[dict]:
-    """The complete record lines of ``predictions`` (other lines and a partial last one skipped)."""
-    with predictions.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
-                yield record
+    """The complete record lines of ``predictions`` (other lines and a partial last one
+    skipped; none when it is not a regular file of its own)."""
+    try:
+        data = read_regular(predictions, follow=False)
+    except OSError:
+        return
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
+        record = _record(line)
+        if record is not None:
+            yield record
 
 
 def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
@@ -152,30 +210,33 @@ def read_done(predictions: Path, retry_errors: bool) -> dict[str, str]:
 
     Drops a partial last line left by a crash (the file is truncated in place, which needs no
     free space) and, with ``retry_errors``, the error lines (the file is rewritten atomically);
-    lines that are not records are kept as they are.
+    lines that are not records are kept as they are. An OSError when the file is a link or not
+    a regular file.
     """
-    if not predictions.exists():
+    if not os.path.lexists(predictions):
         return {}
-    data = predictions.read_bytes()
-    end = data.rfind(b"\n") + 1
-    keep: list[bytes] = []
-    done: dict[str, str] = {}
-    for line in data[:end].splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("path"), str):
-            if retry_errors and record.get("status") == "error":
-                continue
-            done[record["path"]] = str(record.get("status"))
-        keep.append(line)
-    kept = b"".join(keep)
-    if len(kept) < len(data):
-        if data.startswith(kept):
-            os.truncate(predictions, len(kept))
-        else:
-            write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
+    fd = open_regular(predictions, os.O_RDWR, follow=False)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        keep: list[bytes] = []
+        done: dict[str, str] = {}
+        for line in data[:end].splitlines(keepends=True):
+            record = _record(line)
+            if record is not None:
+                if retry_errors and record.get("status") == "error":
+                    continue
+                done[record["path"]] = str(record.get("status"))
+            keep.append(line)
+        kept = b"".join(keep)
+        if len(kept) < len(data):
+            if data.startswith(kept):
+                os.ftruncate(fd, len(kept))
+            else:
+                write_atomic(predictions, lambda tmp: tmp.write_bytes(kept))
+    finally:
+        os.close(fd)
     return done
 
 
@@ -206,18 +267,22 @@ def save_overlay(image: LoadedImage, result: Localization, work: int, path: Path
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder ``out`` (created) for the block.
+    """Hold an exclusive lock on the folder ``out`` (created, or claimed:
+    :func:`lcar_deploy.io.claim_folder`) for the block.
 
     ``flock`` on ``OUT/.lock``, not waiting: :class:`OutputError` at once when another process
     (or another call in this one) holds it. The file records the holder's pid for that message
     and is never removed: a run that opened it just before the removal would lock a file that
     no longer exists, next to a new one.
     """
-    make_dirs(out)
+    claim_folder(out, OUTPUT_KIND, legacy=earlier_run)
     try:
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(out / LOCK, os.O_RDWR | os.O_CREAT, follow=False)
     except OSError as exc:
-        raise OutputError(f"{out}: cannot write to the output folder ({_reason(exc)})") from None
+        where = out / LOCK if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EMLINK) else out
+        raise OutputError(
+            f"{printable(where)}: cannot write to the output folder ({_reason(exc)})"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -240,6 +305,19 @@ def output_lock(out: Path) -> Iterator[None]:
                 os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+def earlier_run(folder: Path) -> bool:
+    """Whether ``folder`` holds the results of a run from before output folders were marked:
+    a ``run.json`` recording a run, or a ``predictions.jsonl`` whose first line is a record."""
+    try:
+        info = parse_json(read_regular(folder / RUN_INFO, follow=False, limit=MAX_RUN_INFO_BYTES))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and "format_version" in info and "method" in info:
+        return True
+    first = next(_records(folder / PREDICTIONS), None)
+    return first is not None and "status" in first
 
 
 def run_identity(
@@ -278,7 +356,7 @@ _MISSING: Any = object()
 
 
 def _show(value: Any) -> str:
-    return "missing" if value is _MISSING else json.dumps(value)
+    return "missing" if value is _MISSING else printable(json.dumps(value), 80)
 
 
 def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -290,7 +368,8 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     """
     differences = []
     if before.get("method", _MISSING) != now["method"]:
-        differences.append(f"method {before.get('method', 'missing')} before, {now['method']} now")
+        old_method = printable(before.get("method", "missing"), 80)
+        differences.append(f"method {old_method} before, {now['method']} now")
     if before.get("class_id", _MISSING) != now["class_id"]:
         old_class, new_class = before.get("class_id", _MISSING), now["class_id"]
         differences.append(
@@ -301,7 +380,8 @@ def identity_differences(before: dict[str, Any], now: dict[str, Any]) -> list[st
     old_bundle = old_bundle if isinstance(old_bundle, dict) else {}
     if old_bundle.get("sha256") != now["bundle"]["sha256"]:
         differences.append(
-            f"bundle {old_bundle.get('path', 'unknown')} before, {now['bundle']['path']} now "
+            f"bundle {printable(old_bundle.get('path', 'unknown'), 80)} before, "
+            f"{printable(now['bundle']['path'], 80)} now "
             "(their model files differ)"
         )
     ignored = {"method", *EXECUTION_SETTINGS}
@@ -329,13 +409,24 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
     info_path = out / RUN_INFO
     predictions = out / PREDICTIONS
     has_lines = predictions.is_file() and predictions.stat().st_size > 0
+    if os.path.lexists(predictions) and (predictions.is_symlink() or not predictions.is_file()):
+        raise OutputError(
+            f"{printable(predictions)}: is a link or not a regular file (lcar-deploy writes its "
+            "results into a file of its own); remove it, or use another --out"
+        )
     before: dict[str, Any] | None = None
-    if has_lines and info_path.exists():
+    if has_lines and os.path.lexists(info_path):
         try:
-            before = json.loads(info_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            before = parse_json(read_regular(info_path, follow=False, limit=MAX_RUN_INFO_BYTES))
+        except OSError as exc:
             raise OutputError(
-                f"{info_path}: unreadable ({exc}); use --force to start over, or another --out"
+                f"{printable(info_path)}: unreadable ({_reason(exc)}); use --force to start "
+                "over, or another --out"
+            ) from None
+        except ValueError as exc:
+            raise OutputError(
+                f"{printable(info_path)}: unreadable ({exc}); use --force to start over, or "
+                "another --out"
             ) from None
         if not isinstance(before, dict):
             raise OutputError(
@@ -359,7 +450,8 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
         )
     if before is None:
         try:
-            write_atomic(info_path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2)))
+            text = json_text(identity, indent=2)
+            write_atomic(info_path, lambda tmp: tmp.write_text(text))
         except OSError as exc:
             raise OutputError(_stopped(exc, info_path, predictions)) from None
 
@@ -478,7 +570,9 @@ class LocalizeOptions:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 5)
+    """``value`` to 5 decimals; None for None and for a value that is not finite (NaN from
+    broken heads: JSON has no NaN)."""
+    return None if value is None or not math.isfinite(value) else round(value, 5)
 
 
 def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, method: str) -> dict:
@@ -504,9 +598,18 @@ def _ok_record(rel: str, image: LoadedImage, result: Localization, work: int, me
 
 
 def prepare_output(out: Path, options: LocalizeOptions) -> None:
-    """Create ``out`` and the folders ``options`` write to; OutputError when one cannot be made."""
+    """Create the folders ``options`` write to in ``out``; OutputError when one cannot be made
+    or is a link."""
     wanted = (("masks", options.save_masks), ("overlays", options.overlays))
-    make_dirs(out, *(out / folder for folder, want in wanted if want))
+    for folder, want in wanted:
+        if want:
+            try:
+                make_subdirs(out, folder)
+            except OSError as exc:
+                raise OutputError(
+                    f"{printable(exc.filename or out / folder)}: cannot create the output folder "
+                    f"({_reason(exc)})"
+                ) from None
 
 
 def _save_files(
@@ -518,15 +621,18 @@ def _save_files(
     options: LocalizeOptions,
     written: list[Path],
 ) -> dict[str, str]:
-    """Write the mask / overlay of one image (appended to ``written`` once on disk); their
-    paths relative to ``out``."""
+    """Write the mask / overlay of one image (appended to ``written`` once on disk), named by
+    :func:`output_name`, never through a link; their paths relative to ``out``."""
     names = {}
+    key = output_name(rel)
     if options.save_masks:
-        names["mask"] = f"masks/{rel}.png"
+        names["mask"] = f"masks/{key}.png"
+        make_subdirs(out, os.path.dirname(names["mask"]))
         save_mask(result.mask, image.original_size, out / names["mask"])
         written.append(out / names["mask"])
     if options.overlays:
-        names["overlay"] = f"overlays/{rel}.jpg"
+        names["overlay"] = f"overlays/{key}.jpg"
+        make_subdirs(out, os.path.dirname(names["overlay"]))
         save_overlay(image, result, work, out / names["overlay"])
         written.append(out / names["overlay"])
     return names
@@ -579,6 +685,8 @@ def localize_folder(
     is left), :class:`RunInterrupted` on Ctrl-C.
     """
     spec = localizer if isinstance(localizer, LocalizerSpec) else LocalizerSpec.of(localizer)
+    check_folder(out, OUTPUT_KIND, legacy=earlier_run)  # before the inputs: says more
+    _check_inputs_outside(Path(root), out, images)
     with output_lock(out):
         if options.force:
             clear_output(out)
@@ -632,6 +740,38 @@ def localize_folder(
     return summary
 
 
+def _check_inputs_outside(root: Path, out: Path, images: Sequence[LabelledImage] | None) -> None:
+    """OutputError when an input lies in the output folder (its files are the tool's outputs,
+    not images to localize): the input folder, or an image a list names."""
+    target = out.resolve()
+
+    def within(path: Path) -> bool:
+        try:
+            return path.resolve().is_relative_to(target)
+        except (OSError, RuntimeError):
+            return False
+
+    if images is None and within(root):
+        raise OutputError(
+            f"{printable(root)}: lies in the output folder {printable(out)}; its files are "
+            "results, not images to localize"
+        )
+    resolved = root.resolve() if images is None else None
+    if resolved is not None and any(
+        os.path.lexists(folder / MARK) for folder in (resolved, *resolved.parents)
+    ):
+        raise OutputError(
+            f"{printable(root)}: is (or lies in) an output folder of lcar-deploy; its files are "
+            "results, not images to localize"
+        )
+    for path, rel, _ in images or ():
+        if within(path):
+            raise OutputError(
+                f"{printable(rel)}: lies in the output folder {printable(out)}; its files are "
+                "results, not images to localize"
+            )
+
+
 def _run(
     config: PipelineConfig,
     out: Path,
@@ -674,10 +814,14 @@ def _run(
                         if is_output_failure(exc):
                             raise
                         error = f"{rel}: cannot write its mask or overlay ({exc})"
+                if error is None:
+                    try:
+                        writer.write(record)
+                    except ValueError as exc:  # nothing was written: the line says why
+                        error = f"{rel}: {exc}"
                 if error is not None:
-                    record = {"path": rel, "status": "error", "error": error}
                     _remove(written)
-                writer.write(record)
+                    writer.write({"path": rel, "status": "error", "error": error})
             except OSError as exc:
                 _remove(written)
                 raise stopped(exc, predictions) from None
@@ -712,7 +856,7 @@ def _run(
                 raise stopped(exc, predictions) from None
     try:
         write_atomic(
-            out / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary.to_dict(), indent=2))
+            out / SUMMARY, lambda tmp: tmp.write_text(json_text(summary.to_dict(), indent=2))
         )
     except OSError as exc:
         raise stopped(exc, out / SUMMARY) from None

@@ -1,10 +1,12 @@
 """calibrate: the threshold and band chosen are the best on the images given, written into a
 copy of the bundle (the bundle itself unchanged); too few images, bad bands, the bundle as its
-own output are refused; the command line; the real CUB train split (slow)."""
+own output are refused; an --out that is not new, empty or an earlier calibrated copy is
+refused before calibrating; the command line; the real CUB train split (slow)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,17 @@ from PIL import Image
 
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.calibration import (
+    OUTPUT_KIND,
     CalibrationConfig,
     band_values,
     best_index,
     calibrate,
+    check_output,
     run_calibration,
 )
 from lcar_deploy.datasets import load_dataset
-from lcar_deploy.errors import DatasetError, SettingError
+from lcar_deploy.errors import DatasetError, OutputError, SettingError
+from lcar_deploy.io import MARK
 from lcar_deploy.pipeline import Localizer
 
 BANDS = CalibrationConfig(bands=((0.25, 0.5), (0.5, 0.7)), min_images=3)
@@ -131,3 +136,34 @@ def test_real_cub_train_boxes(shared_data: Path, tmp_path: Path) -> None:
     result = calibrate(localizer, data, gt_class=False, config=config, progress=False)
     assert result.images == 20
     assert result.accuracy_at("arm", result.box_threshold) >= result.before["gt_known"]
+
+
+def test_out_is_new_empty_or_an_earlier_calibrated_copy(small_bundle: Path, tmp_path: Path) -> None:
+    """Checked before calibrating: a folder of the user's, an exported bundle, /proc/self are
+    refused with nothing changed; an earlier calibrated copy (only its files) is ours."""
+    bundle = Bundle.load(small_bundle)
+    listed = scenes_csv(tmp_path / "scenes", bundle.class_names[1], count=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    exported = tmp_path / "exported"
+    shutil.copytree(small_bundle, exported)
+    before = {p: p.read_bytes() for p in [*mine.iterdir(), *exported.iterdir()]}
+    args = ["calibrate", "--dataset", "csv", "--root", listed, "--bundle", small_bundle, *FAST]
+    for out, says in [
+        (mine, "mine: exists and is not an empty folder nor a calibrate output"),
+        (exported, "exported: exists and is not an empty folder nor a calibrate output"),
+        (Path("/proc/self"), "/proc/self: is a link (a folder replaced whole is never a link)"),
+        (listed, "list.csv: exists and is not a folder"),
+    ]:
+        code, _, stderr = invoke(*args, "--out", out)
+        assert code == 1 and says in stderr and len(stderr) < 300, stderr
+    assert {p: p.read_bytes() for p in before} == before
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / MARK).write_text(json.dumps({"kind": OUTPUT_KIND, "files": ["manifest.json"]}))
+    (copy / "manifest.json").write_text("{}")
+    check_output(copy, bundle)
+    (copy / "extra.onnx").write_text("not written by calibrate")
+    with pytest.raises(OutputError, match=r"holds extra\.onnx, which lcar-deploy did not write"):
+        check_output(copy, bundle)

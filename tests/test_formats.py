@@ -1,22 +1,30 @@
 """convert: every format read back by a real client (pycocotools and COCOeval, supervision's
-YOLO and VOC loaders, Label Studio's task schema), repeatable and atomic; malformed lines."""
+YOLO and VOC loaders, Label Studio's task schema), repeatable and atomic; malformed lines;
+hostile runs (an --out that is the run, its predictions or the user's files; paths and masks
+that leave the run; FIFOs; decompression bombs; JSON Python cannot hold; names XML cannot
+hold), run as separate processes where a crash or a hang is possible."""
 
 from __future__ import annotations
 
 import json
+import os
+import struct
+import subprocess
+import zlib
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import supervision as sv
-from helpers import invoke
+from helpers import invoke, lcar_deploy_command
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from lcar_deploy.errors import ConvertError
+from lcar_deploy.errors import ConvertError, OutputError
 from lcar_deploy.formats import convert_predictions, read_predictions
+from lcar_deploy.io import write_mark
 
 # Two images: a.jpg (80 x 60) with two objects of class 7 "cat", sub/b.png (50 x 40) with one of
 # class 3 "dog"; c.jpg has no object; d.jpg failed.
@@ -271,9 +279,13 @@ def test_min_score_and_repeatable_atomic_outputs(run: Path) -> None:
     )
     assert [a["score"] for a in kept["annotations"]] == [0.9, 0.7]
     folder = convert_predictions(run / "predictions.jsonl", "yolo")
-    (folder / "stale.txt").write_text("from before")
+    (folder / "labels" / "a.txt").write_text("edited")
     convert_predictions(run / "predictions.jsonl", "yolo")
-    assert not (folder / "stale.txt").exists()  # the folder is replaced whole
+    assert (folder / "labels" / "a.txt").read_text().count("\n") == 2  # replaced whole
+    (folder / "mine.txt").write_text("the user's")
+    with pytest.raises(OutputError, match=r"holds mine\.txt, which lcar-deploy did not write"):
+        convert_predictions(run / "predictions.jsonl", "yolo")
+    assert (folder / "mine.txt").read_text() == "the user's"
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -314,3 +326,223 @@ def test_cli_convert(run: Path) -> None:
     assert code == 0 and stdout.strip() == str(run / "v")
     code, _, stderr = invoke("convert", run / "nothing.jsonl", "--to", "coco")
     assert code == 1 and "nothing.jsonl: predictions file not found" in stderr
+
+
+# --- hostile runs: nothing lost, nothing read or linked outside, bounded messages -------------
+
+
+def convert_cli(*args: str | Path, timeout: float = 120) -> tuple[int, str]:
+    """``lcar-deploy convert ARGS`` as a separate process (a crash or a hang is seen as such):
+    (exit code, stderr)."""
+    done = subprocess.run(
+        [*lcar_deploy_command(), "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        errors="replace",
+    )
+    return done.returncode, done.stderr
+
+
+def assert_clear_error(code: int, stderr: str, *expected: str) -> None:
+    """Exit 1 with one bounded error line, no traceback, naming what it should."""
+    assert code == 1, stderr
+    assert stderr.startswith("error: ") and "Traceback" not in stderr, stderr
+    assert len(stderr.strip()) < 300 and stderr.count("\n") == 1, stderr
+    for text in expected:
+        assert text in stderr, stderr
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_convert_never_writes_over_the_run_or_the_users_files(run: Path, tmp_path: Path) -> None:
+    predictions = run / "predictions.jsonl"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"the user's photo")
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    before = snapshot(tmp_path)
+    for to, out, says in [
+        ("yolo", run, "out: exists and is not an empty folder nor a convert-yolo output"),
+        ("voc", predictions, "predictions.jsonl: exists and is not a folder"),
+        ("coco", predictions, "predictions.jsonl: exists and is not a coco file written by"),
+        ("labelstudio", run / "run.json", "run.json: exists and is not a labelstudio file"),
+        ("yolo", mine, "mine: exists and is not an empty folder nor a convert-yolo output"),
+        ("coco", tmp_path / "notes.json", "notes.json: exists and is not a coco file"),
+        ("coco", mine, "mine: exists and is not a coco file"),
+        ("yolo", tmp_path / "images", "images: exists and is not an empty folder"),
+    ]:
+        code, _, stderr = invoke("convert", predictions, "--to", to, "--out", out)
+        assert_clear_error(code, stderr, says)
+    write_mark(run, "localize")
+    code, _, stderr = invoke("convert", predictions, "--to", "yolo", "--out", run)
+    assert_clear_error(code, stderr, "is a localize output of lcar-deploy, not a convert-yolo")
+    (run / ".lcar-deploy").unlink()
+    assert snapshot(tmp_path) == before  # nothing deleted, overwritten or left behind
+    for to in ("coco", "labelstudio", "yolo", "voc"):  # its own outputs: written again
+        for _ in range(2):
+            code, _, stderr = invoke("convert", predictions, "--to", to)
+            assert code == 0, stderr
+
+
+def test_convert_out_that_cannot_be_written(run: Path, tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for to, out, says in [
+        ("yolo", Path("/proc/self"), "/proc/self: is a link (a folder replaced whole is never"),
+        ("voc", Path("/proc/self/fd"), "/proc/self/fd: exists and is not an empty folder"),
+        ("coco", Path("/proc/self/coco.json"), "cannot write"),
+        ("voc", loop, "loop: is a link that leads to no folder"),
+        ("coco", loop, "loop: exists and is not a coco file"),
+    ]:
+        code, stderr = convert_cli(run / "predictions.jsonl", "--to", to, "--out", out)
+        assert_clear_error(code, stderr, says)
+
+
+def rewrite(run: Path, change: dict, rel: str = "a.jpg") -> None:
+    """Change the record of ``rel`` in the run's predictions."""
+    lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    for record in lines:
+        if record["path"] == rel:
+            record.update(change)
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.mark.parametrize("to", ["yolo", "voc"])
+def test_only_the_runs_images_are_linked(run: Path, tmp_path: Path, to: str) -> None:
+    images = tmp_path / "images"
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not for the dataset")
+    (images / "leak.jpg").symlink_to(secret)
+    (images / "notes.txt").write_text("not an image")
+    for path, says in [
+        ("../secret.jpg", "../secret.jpg: not inside the image folder"),
+        (str(secret), "secret.jpg: not inside the image folder"),
+        ("/etc/shadow", "/etc/shadow: not inside the image folder"),
+        ("leak.jpg", "leak.jpg: not inside the image folder"),
+        ("notes.txt", "notes.txt: not named like an image"),
+    ]:
+        rewrite(run, {"path": path})
+        code, _, stderr = invoke("convert", run / "predictions.jsonl", "--to", to)
+        assert_clear_error(code, stderr, says)
+        rewrite(run, {"path": "a.jpg"}, path)
+        assert not (run / to).exists()
+        assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_coco_reads_only_the_runs_own_masks(run: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((60, 80), 255, np.uint8)).save(outside)
+    (run / "masks" / "linked.png").symlink_to(outside)
+    for mask, says in [
+        ("../outside.png", "mask '../outside.png' is not a file in the run's masks/"),
+        (str(outside), "is not a file in the run's masks/"),
+        ("masks/../../outside.png", "is not a file in the run's masks/"),
+        ("masks/linked.png", "masks/linked.png: the mask of a.jpg is not in the run's masks/"),
+    ]:
+        rewrite(run, {"mask": mask})
+        code, _, stderr = invoke("convert", run / "predictions.jsonl", "--to", "coco")
+        assert_clear_error(code, stderr, says)
+    assert not (run / "coco.json").exists()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of a grey PNG of that size, no pixel data: a decompression bomb's
+    header, which is all that a size check may read."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "bomb", "bomb in its record", "folder", "truncated"])
+def test_a_mask_that_cannot_be_read_is_a_clear_error(run: Path, kind: str) -> None:
+    mask = run / "masks" / "a.jpg.png"
+    mask.unlink()
+    if kind == "fifo":
+        os.mkfifo(mask)
+    elif kind == "folder":
+        mask.mkdir()
+    elif kind == "truncated":
+        mask.write_bytes(png_header(80, 60))
+    else:
+        mask.write_bytes(png_header(60_000, 60_000))
+    if kind == "bomb in its record":
+        rewrite(run, {"image_size": [60_000, 60_000]})
+    code, stderr = convert_cli(run / "predictions.jsonl", "--to", "coco", timeout=60)
+    assert_clear_error(code, stderr, "masks/a.jpg.png")
+    assert not (run / "coco.json").exists()
+
+
+def test_a_fifo_as_predictions_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "predictions.jsonl"
+    os.mkfifo(fifo)
+    code, stderr = convert_cli(fifo, "--to", "coco", timeout=60)
+    assert_clear_error(
+        code, stderr, r"predictions.jsonl: cannot read (not a regular file (a FIFO))"
+    )
+
+
+GOOD = '{"path": "a.jpg", "status": "ok", "image_size": [10, 10], "boxes": []}'
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("[" * 200_000 + "]" * 200_000, ":2: not JSON Python can read (nested deeper than 64)"),
+        ('{"path": "x.jpg", "status": "ok", "image_size": [' + "7" * 5000 + ", 5]}", "digits"),
+        (
+            '{"path": "x.jpg", "status": "ok", "image_size": [10, 10], "class_id": 1, '
+            '"class_name": "a", "boxes": [[' + "9" * 400 + ', 0, 1, 1]], "box_scores": [0.5]}',
+            ":2: box [99999",
+        ),
+        ('{"path": "x.jpg", "status": "ok", "image_size": [' + "8" * 400 + ", 5]}", "larger than"),
+        ('{"path": "x\\u0000.jpg", "status": "ok", "image_size": [10, 10]}', "is not a file name"),
+        (
+            '{"path": "x.jpg", "status": "ok", "image_size": [10, 10], "mask": "masks/\\u0000"}',
+            "mask",
+        ),
+        ('{"path": "x.jpg", "status": "ok", "image_size": [NaN, 10]}', "NaN is not a number"),
+        ('{"path": "x.jpg", "status": "ok", "image_size": [' + "1, " * 5_000_000 + "1]}", ":2:"),
+        ('{"path": "' + "\\u001b[31m" * 100_000 + '", "status": "ok"}', ":2: image_size None"),
+        ("x" * 50_000_000, ":2: not JSON (Expecting value at character 0)"),
+    ],
+)
+def test_hostile_lines_are_named_and_bounded(tmp_path: Path, line: str, says: str) -> None:
+    file = tmp_path / "predictions.jsonl"
+    file.write_text(GOOD + "\n" + line + "\n")
+    code, stderr = convert_cli(file, "--to", "coco")
+    assert_clear_error(code, stderr, says, "predictions.jsonl:2:")
+    assert "\x1b" not in stderr
+
+
+def test_voc_and_yolo_take_control_characters_and_bytes_that_are_not_utf8(
+    run: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    raw = os.fsdecode(b"caf\xe9\x01.jpg")  # Latin-1 bytes and a control character
+    Image.new("RGB", (80, 60)).save(images / raw, format="JPEG")
+    rewrite(run, {"path": raw, "class_name": "cat\x07\nbell", "mask": None})
+    rewrite(run, {"class_name": "cat\x07\nbell"}, "c.jpg")
+    for to in ("voc", "yolo"):
+        code, stderr = convert_cli(run / "predictions.jsonl", "--to", to)
+        assert code == 0, stderr
+    dataset = sv.DetectionDataset.from_pascal_voc(
+        images_directory_path=str(run / "voc" / "JPEGImages"),
+        annotations_directory_path=str(run / "voc" / "Annotations"),
+    )
+    assert "cat\\x07\\nbell" in dataset.classes and len(dataset) == 3
+    xml = next((run / "voc" / "Annotations").glob("caf*.xml")).read_text()
+    assert "<filename>caf\\udce9\\x01.jpg</filename>" in xml
+    assert os.path.exists(run / "voc" / "JPEGImages" / "caf\\udce9\\x01.jpg")
+    names = {p.name for p in (run / "yolo" / "images").iterdir()}
+    assert raw in names  # YOLO keeps the file name's bytes

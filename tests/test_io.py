@@ -1,15 +1,31 @@
-"""Atomic writes and JSON lines (lcar_deploy/io.py): what is left on disk when a write fails."""
+"""lcar_deploy/io.py: atomic writes and JSON lines (what is left on disk when a write fails),
+the output folder rule (new, empty or the tool's own; nothing it did not write deleted), the
+safe readers of the tool's own files (FIFOs, links, hostile JSON)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lcar_deploy.io import JsonlWriter, _temp_path, write_atomic
+from lcar_deploy.errors import OutputError
+from lcar_deploy.io import (
+    MARK,
+    JsonlWriter,
+    _temp_path,
+    check_folder,
+    claim_folder,
+    json_text,
+    make_subdirs,
+    parse_json,
+    read_regular,
+    replace_folder,
+    write_atomic,
+)
 from lcar_deploy.localize import _TEMP_NAME
 
 
@@ -151,3 +167,151 @@ def test_jsonl_writer_takes_a_partial_line_back(
     writer.close()
     assert read_lines(path) == [{"path": "a.jpg"}, {"path": "c.jpg"}]
     assert writer.lines == 2
+
+
+def test_jsonl_writer_refuses_non_finite_numbers_and_links(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    writer = JsonlWriter(path)
+    with pytest.raises(ValueError, match="not finite"):
+        writer.write({"path": "a.jpg", "score": float("nan")})
+    writer.write({"path": "b.jpg", "score": None})
+    writer.close()
+    assert read_lines(path) == [{"path": "b.jpg", "score": None}]  # no bare NaN in the file
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    link = tmp_path / "linked.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(OSError, match="is a link"):
+        JsonlWriter(link)
+    (tmp_path / "hard.jsonl").hardlink_to(victim)
+    with pytest.raises(OSError, match="other hard links"):
+        JsonlWriter(tmp_path / "hard.jsonl")
+    assert victim.read_text() == "keep"
+
+
+# ------------------------------------------------------------------------------- safe readers
+
+
+def test_open_regular_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "predictions.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO\)"):
+        read_regular(fifo)  # a plain open() would wait for a writer forever
+    with pytest.raises(OSError, match=r"not a regular file \(a folder\)"):
+        read_regular(tmp_path)
+    link = tmp_path / "run.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    assert read_regular(link) == b"{}"
+    with pytest.raises(OSError, match="is a link"):
+        read_regular(link, follow=False)
+    with pytest.raises(OSError, match="larger than 1 bytes"):
+        read_regular(tmp_path / "elsewhere.json", limit=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64"),
+        ("[" * 70 + "]" * 70, "nested deeper than 64"),
+        ('{"box": [' + "9" * 5000 + "]}", "Exceeds the limit"),
+        ('{"score": NaN}', "NaN is not a number JSON allows"),
+        ('{"score": -Infinity}', "-Infinity is not a number"),
+        ('{"path": "a.jpg"', "not JSON"),
+        (b'{"path": "\xff"}', "not JSON"),
+    ],
+)
+def test_parse_json_gives_a_short_reason_for_what_python_cannot_hold(
+    text: str | bytes, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason) as info:
+        parse_json(text)
+    assert len(str(info.value)) < 200
+    assert parse_json('{"box": [' + "9" * 400 + "]}")["box"][0] == int("9" * 400)
+
+
+def test_json_text_never_writes_nan() -> None:
+    assert json_text({"a": [1.5, None]}) == '{"a": [1.5, null]}'
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="not finite"):
+            json_text({"score": bad})
+
+
+# ------------------------------------------------------------------------------ output folders
+
+
+def test_an_output_folder_is_new_empty_or_its_own(tmp_path: Path) -> None:
+    assert check_folder(tmp_path / "new", "localize") is False
+    (tmp_path / "empty").mkdir()
+    assert check_folder(tmp_path / "empty", "localize") is False
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"the user's")
+    with pytest.raises(OutputError, match=r"photos: exists and is not an empty folder nor a lo"):
+        claim_folder(mine, "localize")
+    assert sorted(p.name for p in mine.iterdir()) == ["cat.jpg"]  # nothing written
+    claim_folder(tmp_path / "run", "localize")
+    assert check_folder(tmp_path / "run", "localize") is True
+    with pytest.raises(
+        OutputError, match="is a localize output of lcar-deploy, not a convert-yolo"
+    ):
+        check_folder(tmp_path / "run", "convert-yolo")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        check_folder(mine / "cat.jpg", "localize")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(OutputError, match="loop: is a link that leads to no folder"):
+        claim_folder(loop, "localize")
+    with pytest.raises(OutputError, match="/proc/self: exists and is not an empty folder"):
+        claim_folder(Path("/proc/self"), "localize")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "predictions.jsonl").write_text("{}\n")
+    claim_folder(legacy, "localize", legacy=lambda folder: True)
+    assert check_folder(legacy, "localize") is True
+
+
+def test_a_folder_replaced_whole_must_hold_only_what_it_wrote(tmp_path: Path) -> None:
+    target = tmp_path / "yolo"
+
+    def build(files: dict[str, str]) -> Callable[[Path], None]:
+        def write(tmp: Path) -> None:
+            for name, text in files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_text(text)
+
+        return write
+
+    replace_folder(target, build({"labels/a.txt": "1", "data.yaml": "x"}), "convert-yolo")
+    replace_folder(target, build({"labels/b.txt": "2"}), "convert-yolo")
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        MARK,
+        "labels",
+        "labels/b.txt",
+    ]
+    (target / "labels" / "notes.txt").write_text("the user's")
+    with pytest.raises(OutputError, match=r"holds labels/notes.txt, which lcar-deploy did not"):
+        replace_folder(target, build({"labels/c.txt": "3"}), "convert-yolo")
+    assert (target / "labels" / "notes.txt").read_text() == "the user's"
+    users = tmp_path / "data"
+    users.mkdir()
+    (users / "keep.txt").write_text("x")
+    with pytest.raises(OutputError, match="data: exists and is not an empty folder"):
+        replace_folder(users, build({"a": "b"}), "convert-yolo")
+    assert [p.name for p in users.iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_make_subdirs_refuses_a_link_on_the_way(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    assert make_subdirs(out, "masks/a/b") == out / "masks" / "a" / "b"
+    (out / "overlays").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="is a link or not a folder"):
+        make_subdirs(out, "overlays/x")
+    for climbing in ("../x", "/abs"):
+        with pytest.raises(OSError, match="not a plain relative folder"):
+            make_subdirs(out, climbing)
+    assert list(elsewhere.iterdir()) == []

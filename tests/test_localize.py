@@ -2,7 +2,8 @@
 real images, the full method on tiny images, a failing image, a killed run resumed,
 ``--retry-errors``, one run at a time, a full or read-only disk, an output folder that cannot
 be created, a resume made differently, Ctrl-C and SIGTERM, TIFFs Pillow cannot read, files that
-are not images.
+are not images; the output folder's rule (new, empty or an earlier run; never the input), links
+and FIFOs placed in it, CSV paths that climb, hostile run.json and predictions lines.
 
 Runs use the ``cam`` or ``arm`` method of the small session bundle on small images; the full
 ``lcar`` method runs once, on tiny images. The tests that need a real small or read-only file
@@ -41,7 +42,14 @@ from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.evaluation import evaluate_batch
 from lcar_deploy.image_io import ImageError, load_image
-from lcar_deploy.localize import LocalizeOptions, localize_folder
+from lcar_deploy.io import write_mark
+from lcar_deploy.localize import (
+    OUTPUT_KIND,
+    LocalizeOptions,
+    _round,
+    localize_folder,
+    output_name,
+)
 from lcar_deploy.pipeline import BackboneRun, Localizer
 from lcar_deploy.stages.sgrm import SgrmConfig
 
@@ -329,6 +337,7 @@ def test_a_second_run_on_a_held_output_folder_is_refused(
     src = image_folder(tmp_path / "images", small_photo, 2)
     out = tmp_path / "out"
     out.mkdir()
+    write_mark(out, OUTPUT_KIND)  # as the running localize has
     holder_code = (
         "import fcntl, os, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
@@ -555,7 +564,11 @@ def test_output_folder_that_cannot_be_created(
     assert "file.txt/sub: cannot create the output folder (Not a directory)" in stderr
     code, _, stderr = invoke(*base, "--out", blocked, "--overlays")
     assert code == cli.EXIT_ERROR
-    assert "blocked/overlays: cannot create the output folder (File exists)" in stderr
+    assert "blocked: exists and is not an empty folder nor a localize output" in stderr
+    write_mark(blocked, OUTPUT_KIND)  # an earlier run's folder, with a file in the way
+    code, _, stderr = invoke(*base, "--out", blocked, "--overlays")
+    assert code == cli.EXIT_ERROR
+    assert "blocked/overlays: cannot create the output folder (is a link or not a folder" in stderr
     assert not (blocked / "predictions.jsonl").exists()
     eval_args = ["eval", "--dataset", "ilsvrc", "--root", src, "--bundle", small_bundle]
     meta = src / "metadata" / "test"
@@ -891,3 +904,182 @@ def test_a_setting_newer_than_the_earlier_run_counts_as_its_default() -> None:
     assert identity_differences(before, now) == []
     changed = {**now, "settings": {**now["settings"], "boxes": "all"}}
     assert identity_differences(before, changed) == ['setting boxes missing before, "all" now']
+
+
+# --- the output folder: nothing lost, nothing outside -------------------------------------------
+
+
+def localize_cli(*args: str | Path, timeout: float = 300) -> tuple[int, str]:
+    """``lcar-deploy localize ARGS`` as a separate process (a hang or a crash is seen as such):
+    (exit code, stderr)."""
+    done = subprocess.run(
+        [*lcar_deploy_command(), "localize", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        errors="replace",
+    )
+    return done.returncode, done.stderr
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else b""
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_output_folder_is_new_empty_or_an_earlier_run(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
+) -> None:
+    """The input folder, a folder holding it, or any folder of the user's is refused before
+    anything is written; an input inside a run folder is refused; a run folder inside the input
+    (this run's, or another's) is never searched for images."""
+    src = image_folder(tmp_path / "images", small_photo, 2)
+    before = tree(tmp_path)
+    for out in (src, tmp_path, Path("/proc/self/fd")):
+        code, _, stderr = invoke(*base_args(src, out, small_bundle), "--save-masks")
+        assert code == cli.EXIT_ERROR and "Traceback" not in stderr
+        assert "exists and is not an empty folder nor a localize output" in stderr, stderr
+    assert tree(tmp_path) == before
+    inner = src / "run"
+    for _ in range(2):  # the rerun localizes none of its own masks and overlays
+        code, _, stderr = invoke(*base_args(src, inner, small_bundle), "--save-masks", "--overlays")
+        assert code == 0, stderr
+    assert sorted(r["path"] for r in records_of(inner)) == ["img00.jpg", "img01.jpg"]
+    code, _, stderr = invoke(*base_args(src, src / "other", small_bundle))
+    assert code == 0, stderr
+    assert sorted(r["path"] for r in records_of(src / "other")) == ["img00.jpg", "img01.jpg"]
+    code, _, stderr = invoke(*base_args(inner / "masks", tmp_path / "again", small_bundle))
+    assert code == cli.EXIT_ERROR
+    assert "masks: is (or lies in) an output folder of lcar-deploy" in stderr, stderr
+    code, _, stderr = invoke(*base_args(inner, tmp_path / "again", small_bundle))
+    assert code == cli.EXIT_ERROR
+    assert "run: is (or lies in) an output folder of lcar-deploy" in stderr, stderr
+    code, _, stderr = invoke(*base_args(inner / "masks", inner, small_bundle))
+    assert code == cli.EXIT_ERROR
+    assert "masks: lies in the output folder" in stderr, stderr
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("name", ["predictions.jsonl", ".lock", "run.json", "masks", "overlays"])
+def test_links_in_the_output_folder_are_never_followed(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path, name: str
+) -> None:
+    src = image_folder(tmp_path / "images", small_photo, 1)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data.txt").write_text('{"the user\'s": 1}\n')
+    out = tmp_path / "out"
+    code, _, stderr = invoke(*base_args(src, out, small_bundle))
+    assert code == 0, stderr
+    if (out / name).exists():
+        (out / name).unlink()
+    target = victim if name in ("masks", "overlays") else victim / "data.txt"
+    (out / name).symlink_to(target)
+    before = tree(victim)
+    args = [*base_args(src, out, small_bundle), "--save-masks", "--overlays"]
+    code, stderr = localize_cli(*args[1:])
+    assert code == cli.EXIT_ERROR, stderr
+    assert f"{name}" in stderr and "link" in stderr and "Traceback" not in stderr, stderr
+    assert tree(victim) == before
+
+
+@pytest.mark.parametrize("name", ["predictions.jsonl", "run.json", ".lock"])
+def test_a_fifo_in_the_output_folder_is_refused_without_waiting(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path, name: str
+) -> None:
+    src = image_folder(tmp_path / "images", small_photo, 1)
+    out = tmp_path / "out"
+    code, _, stderr = invoke(*base_args(src, out, small_bundle))
+    assert code == 0, stderr
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    code, stderr = localize_cli(*base_args(src, out, small_bundle)[1:], timeout=120)
+    assert code == cli.EXIT_ERROR, stderr
+    assert name in stderr and "Traceback" not in stderr and len(stderr) < 300, stderr
+
+
+def test_hostile_run_json_and_predictions_are_named(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
+) -> None:
+    src = image_folder(tmp_path / "images", small_photo, 2)
+    out = tmp_path / "out"
+    code, _, stderr = invoke(*base_args(src, out, small_bundle), "--limit", "1")
+    assert code == 0, stderr
+    predictions = (out / "predictions.jsonl").read_bytes()
+    hostile = [
+        b"[" * 100_000 + b"\n",
+        b'{"path": "' + b"9" * 5000 + b'", "x": ' + b"9" * 5000 + b"}\n",
+        b'{"path": "a\\u0000.jpg", "status": "ok", "score": NaN}\n',
+    ]
+    (out / "predictions.jsonl").write_bytes(predictions + b"".join(hostile))
+    code, stderr = localize_cli(*base_args(src, out, small_bundle)[1:])
+    assert code == 0, stderr  # lines that are not records are kept, the other image is done
+    assert "1 ok, 0 failed, 1 already done" in stderr
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text('{"settings": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    code, stderr = localize_cli(*base_args(src, out, small_bundle)[1:])
+    assert code == cli.EXIT_ERROR and "Traceback" not in stderr and len(stderr) < 300, stderr
+    assert "run.json: unreadable (not JSON Python can read (nested deeper than 64))" in stderr
+    info["method"] = "x" * 1_000_000
+    (out / "run.json").write_text(json.dumps(info))
+    code, stderr = localize_cli(*base_args(src, out, small_bundle)[1:])
+    assert code == cli.EXIT_ERROR and len(stderr) < 1000, stderr
+    assert "holds the results of a run made differently" in stderr
+
+
+def test_csv_paths_that_climb_write_nothing_outside(
+    small_bundle: Path, small_photo: np.ndarray, tmp_path: Path
+) -> None:
+    bundle = Bundle.load(small_bundle)
+    cat = bundle.class_names[281]
+    image_folder(tmp_path / "victim", small_photo, 1)
+    (tmp_path / "victim" / "img00.jpg.png").write_bytes(b"the user's")
+    (tmp_path / "lists").mkdir()
+    listed = tmp_path / "lists" / "list.csv"
+    absolute = tmp_path / "victim" / "img00.jpg"
+    listed.write_text(f'../victim/img00.jpg,"{cat}"\n{absolute},"{cat}"\n')
+    before = tree(tmp_path / "victim")
+    out = tmp_path / "lists" / "out"
+    args = ["--labels", "csv", "--save-masks", "--overlays", "--bundle", small_bundle, *FAST]
+    code, stderr = localize_cli(listed, "--out", out, "--method", "cam", *args)
+    assert code == 0, stderr
+    assert tree(tmp_path / "victim") == before
+    records = records_of(out)
+    assert [r["path"] for r in records] == ["../victim/img00.jpg", str(absolute)]
+    names = [r["mask"] for r in records] + [r["overlay"] for r in records]
+    assert len(set(names)) == 4
+    for name in names:
+        assert (out / name).resolve().is_relative_to(out.resolve()) and (out / name).is_file()
+        assert ".." not in Path(name).parts
+    listed.write_text(f'out/masks/{Path(records[0]["mask"]).name},"{cat}"\n')
+    code, stderr = localize_cli(listed, "--out", out, "--method", "cam", *args)
+    assert code == cli.EXIT_ERROR and "lies in the output folder" in stderr, stderr
+
+
+def test_output_names_are_the_path_or_a_key_that_cannot_climb() -> None:
+    for plain in ("a/b c/é.jpg", "..\\x.jpg", "x\n.jpg", os.fsdecode(b"caf\xe9.jpg")):
+        assert output_name(plain) == plain  # cannot climb: named as before
+    keys = {
+        rel: output_name(rel)
+        for rel in [
+            "../victim/x.jpg",
+            "/etc/x.jpg",
+            "a//x.jpg",
+            "./x.jpg",
+            "a/../../x.jpg",
+            "x\0.jpg",
+            "x" * 300 + ".jpg",
+            "../victim/x.jpg ",
+        ]
+    }
+    assert len(set(keys.values())) == len(keys)
+    for key in keys.values():
+        assert "/" not in key and re.fullmatch(r"[0-9a-f]{16}-[A-Za-z0-9._-]{1,100}", key)
+    assert output_name("../victim/x.jpg").endswith("-x.jpg")
+
+
+def test_non_finite_scores_are_written_as_null() -> None:
+    assert _round(float("nan")) is None and _round(float("inf")) is None
+    assert _round(0.123456789) == 0.12346 and _round(None) is None
