@@ -453,7 +453,7 @@ def localize(
             written = convert_predictions(out / "predictions.jsonl", format.value)
         except LcarError as exc:
             raise fail(str(exc)) from None
-        typer.echo(f"{format.value}: {written}", err=True)
+        typer.echo(f"{format.value}: {', '.join(map(str, written))}", err=True)
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
@@ -463,12 +463,18 @@ def localize(
         "Examples:\n\n"
         "  lcar-deploy convert runs/photos/predictions.jsonl --to coco\n\n"
         "  lcar-deploy convert runs/photos/predictions.jsonl --to yolo --min-score 0.3\n\n"
+        "  lcar-deploy convert runs/photos/predictions.jsonl --to yolo --val-fraction 0.2 "
+        "--seed 0\n\n"
         "  lcar-deploy convert runs/photos/predictions.jsonl --to labelstudio "
         "--url-prefix /data/local-files/?d=photos/\n\n"
         "Writes, beside the file unless --out says otherwise: coco.json (COCO detection file, "
         "RLE masks when the run saved masks), yolo/ (images/ links, labels/*.txt, data.yaml), "
         "voc/ (JPEGImages/ links, Annotations/*.xml) or labelstudio.json (tasks with "
-        "predictions). Run it again at any time: the output is replaced whole. Schemas: "
+        "predictions). With --val-fraction 0.2, a train/val split for a detector: 20% of "
+        "each class's images (and of those with no object, kept as background) go to val, "
+        "the same ones for the same --seed; yolo/ then holds images/train, images/val, "
+        "labels/train, labels/val and a data.yaml naming both, coco writes coco_train.json "
+        "and coco_val.json. Run it again at any time: the output is replaced whole. Schemas: "
         "docs/formats.md."
     )
 )
@@ -488,6 +494,16 @@ def convert(
     url_prefix: Annotated[
         str, typer.Option(help="Label Studio: put before each image path in data.image.")
     ] = "",
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="yolo, coco: hold out this share of each class's images for validation, "
+            "in [0, 1), rounded per class (a class of one image stays in train); 0: no split."
+        ),
+    ] = 0.0,
+    seed: Annotated[
+        int, typer.Option(help="Which images go to val: the same seed, the same split.")
+    ] = 0,
 ) -> None:
     """Convert predictions.jsonl to COCO, YOLO, Pascal VOC or Label Studio files."""
     from .formats import convert_predictions
@@ -500,10 +516,13 @@ def convert(
             images=images,
             min_score=min_score,
             url_prefix=url_prefix,
+            val_fraction=val_fraction,
+            seed=seed,
         )
     except LcarError as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(written))
+    for path in written:
+        typer.echo(str(path))
 
 
 @app.command(

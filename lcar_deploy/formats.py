@@ -9,10 +9,11 @@ and swapped in.
 - ``coco``: ``coco.json``, a COCO detection file (``images``, ``categories``,
   ``annotations`` with ``bbox`` ``[x, y, w, h]``, ``area``, ``score`` and, when the run saved
   masks, ``segmentation`` as RLE from pycocotools). Loadable by ``COCO()`` (a dataset) and its
-  ``annotations`` by ``COCO.loadRes`` (results for ``COCOeval``).
+  ``annotations`` by ``COCO.loadRes`` (results for ``COCOeval``). Split: ``coco_train.json``
+  and ``coco_val.json``, the ids of the unsplit file.
 - ``yolo``: ``yolo/`` with ``images/`` (links to the images), ``labels/*.txt`` (one
   ``class cx cy w h`` line per box, normalised) and ``data.yaml``; lines written by
-  supervision.
+  supervision. Split: ``images/train``, ``images/val``, ``labels/train``, ``labels/val``.
 - ``voc``: ``voc/`` with ``JPEGImages/`` (links) and ``Annotations/*.xml``, written by
   supervision (1-based inclusive pixel corners, the VOC devkit's).
 - ``labelstudio``: ``labelstudio.json``, Label Studio tasks with pre-annotations
@@ -30,10 +31,16 @@ Box conventions: a record's box is inclusive pixels ``[x0, y0, x1, y1]``; it cov
 continuous rectangle ``[x0, x1 + 1) x [y0, y1 + 1)``, which is what COCO, YOLO and Label Studio
 describe. Images with ``status: error`` are left out (counted in the summary); an image with
 no object is kept, with no box. Every schema: docs/formats.md.
+
+Train/val split (yolo and coco, :func:`split_images`): each class's images, and the images
+with no box, are split apart by the fraction, a class of one image staying in train; which
+images go to val depends only on the seed and the paths, never on the order of the lines.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -67,6 +74,10 @@ SIGNATURES = {
     "labelstudio": b'[{"predictions": [{"model_version": "lcar-deploy"',
 }
 """How a file output of an earlier conversion begins: only such a file is overwritten."""
+SPLITS = ("train", "val")
+"""The parts of a split conversion, in the order written."""
+SPLIT_FORMATS = ("coco", "yolo")
+"""The formats a conversion can split into train and val."""
 LABEL_STUDIO_NAMES = ("label", "image")
 """``from_name`` / ``to_name`` of the Label Studio results: a labelling config
 ``<Image name="image" value="$image"/><RectangleLabels name="label" toName="image">``."""
@@ -336,6 +347,53 @@ def coco_document(preds: Predictions) -> dict[str, Any]:
     }
 
 
+def split_images(preds: Predictions, val_fraction: float, seed: int = 0) -> dict[str, str]:
+    """{relative path: ``"train"`` or ``"val"``} for every image of ``preds``, stratified.
+
+    The images are grouped by class (an image's boxes share one class), the images with no
+    box (``no_object``, or every box under ``--min-score``) forming one more group. Of a group
+    of n images, ``round(n * val_fraction)`` (halves up), at most n - 1, go to val: a class
+    of one image stays in train. Which ones: those whose ``sha256(seed, path)`` sorts first,
+    so the split depends on the seed and the paths alone, not on the order of the lines.
+    """
+    groups: dict[int | None, list[str]] = {}
+    for entry in preds.images:
+        group = entry.detections[0].class_id if entry.detections else None
+        groups.setdefault(group, []).append(entry.path)
+
+    def rank(path: str) -> tuple[bytes, str]:
+        key = f"{seed}\0{path}".encode("utf-8", "surrogatepass")
+        return hashlib.sha256(key).digest(), path
+
+    split: dict[str, str] = {}
+    for paths in groups.values():
+        paths.sort(key=rank)
+        held_out = min(math.floor(len(paths) * val_fraction + 0.5), len(paths) - 1)
+        for k, path in enumerate(paths):
+            split[path] = "val" if k < held_out else "train"
+    return split
+
+
+def split_coco(document: dict[str, Any], split: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``document`` (:func:`coco_document`) cut into {part: document} for each of
+    :data:`SPLITS`: every image and its annotations keep their ids (unique across the parts,
+    so that the parts can be merged back), every part has all the categories."""
+    part_of = {image["id"]: split[image["file_name"]] for image in document["images"]}
+    return {
+        part: {
+            **document,
+            "images": [i for i in document["images"] if part_of[i["id"]] == part],
+            "annotations": [a for a in document["annotations"] if part_of[a["image_id"]] == part],
+        }
+        for part in SPLITS
+    }
+
+
+def split_file(target: Path, part: str) -> Path:
+    """The file of ``part`` of a split file output: ``coco.json`` -> ``coco_train.json``."""
+    return target.with_name(f"{target.stem}_{part}{target.suffix}")
+
+
 def label_studio_tasks(preds: Predictions, url_prefix: str = "") -> list[dict[str, Any]]:
     """Label Studio tasks with one prediction each (module docstring); ``data.image`` is
     ``url_prefix`` + the image's relative path."""
@@ -429,9 +487,14 @@ def _image_source(root: Path, rel: str) -> Path:
 
 
 def _link_images(
-    preds: Predictions, images_root: Path | None, folder: Path, xml: bool = False
+    preds: Predictions,
+    images_root: Path | None,
+    folder: Path,
+    xml: bool = False,
+    split: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Links to every image in ``folder`` under its flat name; {relative path: flat name}."""
+    """Links to every image in ``folder`` (``split``: in ``folder/<its part>``, every part's
+    folder made, even empty) under its flat name; {relative path: flat name}."""
     root = images_root or preds.images_root
     if root is None:
         why = f" ({preds.root_problem})" if preds.root_problem else ""
@@ -442,8 +505,10 @@ def _link_images(
     names = _flat_names(preds, xml)
     sources = {rel: _image_source(root, rel) for rel in names}
     folder.mkdir(parents=True)
+    for part in SPLITS if split else ():
+        (folder / part).mkdir()
     for rel, flat in names.items():
-        (folder / flat).symlink_to(sources[rel])
+        (folder / (split[rel] if split else "") / flat).symlink_to(sources[rel])
     return names
 
 
@@ -462,30 +527,41 @@ def _detections(entry: ImageEntry, index: dict[int, int]) -> Any:
 
 
 def write_yolo(
-    preds: Predictions, folder: Path, images_root: Path | None = None, final: Path | None = None
+    preds: Predictions,
+    folder: Path,
+    images_root: Path | None = None,
+    final: Path | None = None,
+    split: dict[str, str] | None = None,
+    comment: str = "",
 ) -> None:
     """``folder/images`` (links), ``folder/labels/*.txt``, ``folder/data.yaml`` (its ``path``:
-    ``final``, where the folder will be, default ``folder``)."""
+    ``final``, where the folder will be, default ``folder``); with ``split`` ({relative path:
+    part}), ``images/<part>`` and ``labels/<part>`` for each of :data:`SPLITS`. ``comment``
+    heads ``data.yaml``."""
     import yaml
     from supervision.dataset.formats.yolo import detections_to_yolo_annotations
 
     index = _categories(preds)
-    names = _link_images(preds, images_root, folder / "images")
+    names = _link_images(preds, images_root, folder / "images", split=split)
     labels = folder / "labels"
     labels.mkdir()
+    for part in SPLITS if split else ():
+        (labels / part).mkdir()
     for entry in preds.images:
         width, height = entry.size
         lines = detections_to_yolo_annotations(_detections(entry, index), (height, width))
         stem = os.path.splitext(names[entry.path])[0]
-        (labels / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+        label = labels / (split[entry.path] if split else "") / f"{stem}.txt"
+        label.write_text("".join(f"{line}\n" for line in lines))
     data = {
         "path": str((final or folder).resolve()),
-        "train": "images",
-        "val": "images",
+        "train": "images/train" if split else "images",
+        "val": "images/val" if split else "images",
         "nc": len(preds.classes),
         "names": [name for _, name in preds.classes],
     }
-    (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    heading = "".join(f"# {line}\n" for line in comment.splitlines())
+    (folder / "data.yaml").write_text(heading + yaml.safe_dump(data, sort_keys=False))
 
 
 def write_voc(
@@ -515,44 +591,118 @@ def convert_predictions(
     images: str | Path | None = None,
     min_score: float = 0.0,
     url_prefix: str = "",
-) -> Path:
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> list[Path]:
     """Write ``predictions`` (a ``predictions.jsonl``) in the format ``to`` (coco | yolo | voc
-    | labelstudio) to ``out`` (default: :data:`TARGETS` beside the file); returns ``out``.
+    | labelstudio) to ``out`` (default: :data:`TARGETS` beside the file); returns what was
+    written: ``[out]``, or for a split COCO file the files of :data:`SPLITS`
+    (:func:`split_file`).
 
     ``images``: the folder the record paths are relative to (default: ``run.json``'s, needed
-    by yolo and voc, which link the images); ``min_score``: drop boxes scored below it;
-    ``url_prefix``: put before each path in Label Studio's ``data.image``. Raises
-    :class:`ConvertError` for a malformed file (the line named) and :class:`OutputError` when
-    the output cannot be written.
+    by yolo and voc, which link the images); ``min_score``: drop boxes scored below it (before
+    the split); ``url_prefix``: put before each path in Label Studio's ``data.image``;
+    ``val_fraction`` (in [0, 1), coco and yolo): hold out that share of each class for
+    validation (:func:`split_images`, with ``seed``); 0 writes one set, as without a split.
+    Raises :class:`ConvertError` for a malformed file (the line named) or option, and
+    :class:`OutputError` when the output cannot be written.
     """
     if to not in TARGETS:
         raise ConvertError(f"unknown format {to!r}; choose one of {', '.join(TARGETS)}")
     if not 0.0 <= min_score <= 1.0:
         raise ConvertError(f"min_score must be in [0, 1], got {min_score}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConvertError(
+            f"val fraction must be in [0, 1) (the share of each class held out for "
+            f"validation; 0: no split), got {printable(val_fraction, 40)}"
+        )
+    if val_fraction and to not in SPLIT_FORMATS:
+        raise ConvertError(
+            f"a train/val split (val fraction {val_fraction}) is written only for "
+            f"{' and '.join(SPLIT_FORMATS)}, not {to}"
+        )
     preds = read_predictions(predictions, min_score)
     target = Path(out) if out is not None else preds.folder / TARGETS[to]
     root = Path(images).resolve() if images is not None else None
+    split = split_images(preds, val_fraction, seed) if val_fraction else None
+    if split is not None and "val" not in split.values():
+        raise ConvertError(
+            f"val fraction {val_fraction} puts none of the {len(preds.images)} images in val "
+            "(each class keeps one image in train, counts are rounded); give a larger one"
+        )
     try:
         if to in ("coco", "labelstudio"):
-            check_file_target(target, to)
-            document = (
-                coco_document(preds) if to == "coco" else label_studio_tasks(preds, url_prefix)
-            )
-            try:
-                text = json_text(document)
-            except ValueError as exc:
-                raise ConvertError(f"{printable(target)}: {exc}") from None
-            write_atomic(target, lambda tmp: tmp.write_text(text))
-        else:
-            writer = write_yolo if to == "yolo" else write_voc
-            replace_folder(
-                target, lambda tmp: writer(preds, tmp, root, target.resolve()), f"convert-{to}"
-            )
+            return _write_file(preds, to, target, url_prefix, split, (val_fraction, seed))
+
+        def build(tmp: Path) -> None:
+            if to == "yolo":
+                comment = _split_comment(split, val_fraction, seed)
+                write_yolo(preds, tmp, root, target.resolve(), split, comment)
+            else:
+                write_voc(preds, tmp, root, target.resolve())
+
+        replace_folder(target, build, f"convert-{to}")
     except OSError as exc:
         raise OutputError(
             f"{printable(exc.filename or target)}: cannot write ({exc.strerror or exc})"
         ) from None
-    return target
+    return [target]
+
+
+def _split_comment(split: dict[str, str] | None, val_fraction: float, seed: int) -> str:
+    """What ``data.yaml`` says about its split (YOLO only)."""
+    if split is None:
+        return (
+            "No held-out split: val is the training images (Ultralytics requires a val\n"
+            "entry). lcar-deploy convert --val-fraction F --seed S writes a stratified one."
+        )
+    counts = [sum(1 for p in split.values() if p == part) for part in SPLITS]
+    return (
+        f"Split by lcar-deploy convert --val-fraction {val_fraction} --seed {seed}\n"
+        f"(stratified by class): {counts[0]} train images, {counts[1]} val images."
+    )
+
+
+def _write_file(
+    preds: Predictions,
+    to: str,
+    target: Path,
+    url_prefix: str,
+    split: dict[str, str] | None,
+    how: tuple[float, int],
+) -> list[Path]:
+    """The file output(s) of :func:`convert_predictions`: each target checked before any is
+    written, each written whole."""
+    if to == "coco":
+        document = coco_document(preds)
+        if split is None:
+            documents = {target: document}
+        else:
+            val_fraction, seed = how
+            documents = {
+                split_file(target, part): {
+                    **part_document,
+                    "info": {
+                        **document["info"],
+                        "split": part,
+                        "val_fraction": val_fraction,
+                        "seed": seed,
+                    },
+                }
+                for part, part_document in split_coco(document, split).items()
+            }
+    else:
+        documents = {target: label_studio_tasks(preds, url_prefix)}
+    texts = {}
+    for file, value in documents.items():
+        check_file_target(file, to)
+        try:
+            texts[file] = json_text(value)
+        except ValueError as exc:
+            raise ConvertError(f"{printable(file)}: {exc}") from None
+    for file, text in texts.items():
+        write_atomic(file, lambda tmp, text=text: tmp.write_text(text))
+    return list(texts)
 
 
 def check_file_target(target: Path, to: str) -> None:

@@ -109,7 +109,7 @@ def _ground_truth(path: Path, predicted: dict) -> None:
 
 
 def test_coco_loads_in_pycocotools_and_cocoeval_scores_it(run: Path) -> None:
-    target = convert_predictions(run / "predictions.jsonl", "coco")
+    (target,) = convert_predictions(run / "predictions.jsonl", "coco")
     assert target == run / "coco.json"
     document = json.loads(target.read_text())
     coco = COCO(str(target))
@@ -134,7 +134,7 @@ def test_coco_loads_in_pycocotools_and_cocoeval_scores_it(run: Path) -> None:
 
 
 def test_cocoeval_sees_a_wrong_box(run: Path) -> None:
-    document = json.loads(convert_predictions(run / "predictions.jsonl", "coco").read_text())
+    document = json.loads(convert_predictions(run / "predictions.jsonl", "coco")[0].read_text())
     gt_path = run / "gt.json"
     _ground_truth(gt_path, document)
     document["annotations"][0]["bbox"] = [40, 40, 5, 5]
@@ -162,7 +162,7 @@ def _expected_xyxy() -> dict[str, list[list[float]]]:
 
 
 def test_yolo_loads_in_supervision_with_the_same_boxes(run: Path) -> None:
-    folder = convert_predictions(run / "predictions.jsonl", "yolo")
+    (folder,) = convert_predictions(run / "predictions.jsonl", "yolo")
     dataset = sv.DetectionDataset.from_yolo(
         images_directory_path=str(folder / "images"),
         annotations_directory_path=str(folder / "labels"),
@@ -178,7 +178,7 @@ def test_yolo_loads_in_supervision_with_the_same_boxes(run: Path) -> None:
 
 
 def test_voc_loads_in_supervision_with_the_same_boxes(run: Path) -> None:
-    folder = convert_predictions(run / "predictions.jsonl", "voc")
+    (folder,) = convert_predictions(run / "predictions.jsonl", "voc")
     dataset = sv.DetectionDataset.from_pascal_voc(
         images_directory_path=str(folder / "JPEGImages"),
         annotations_directory_path=str(folder / "Annotations"),
@@ -260,7 +260,7 @@ LABEL_STUDIO_TASKS = {
 
 
 def test_label_studio_tasks_match_its_schema_in_percent(run: Path) -> None:
-    target = convert_predictions(run / "predictions.jsonl", "labelstudio", url_prefix="/data/")
+    (target,) = convert_predictions(run / "predictions.jsonl", "labelstudio", url_prefix="/data/")
     tasks = json.loads(target.read_text())
     jsonschema.validate(tasks, LABEL_STUDIO_TASKS)
     assert [t["data"]["image"] for t in tasks] == ["/data/a.jpg", "/data/sub/b.png", "/data/c.jpg"]
@@ -272,13 +272,13 @@ def test_label_studio_tasks_match_its_schema_in_percent(run: Path) -> None:
 
 
 def test_min_score_and_repeatable_atomic_outputs(run: Path) -> None:
-    first = convert_predictions(run / "predictions.jsonl", "coco").read_bytes()
-    assert convert_predictions(run / "predictions.jsonl", "coco").read_bytes() == first
+    first = convert_predictions(run / "predictions.jsonl", "coco")[0].read_bytes()
+    assert convert_predictions(run / "predictions.jsonl", "coco")[0].read_bytes() == first
     kept = json.loads(
-        convert_predictions(run / "predictions.jsonl", "coco", min_score=0.5).read_text()
+        convert_predictions(run / "predictions.jsonl", "coco", min_score=0.5)[0].read_text()
     )
     assert [a["score"] for a in kept["annotations"]] == [0.9, 0.7]
-    folder = convert_predictions(run / "predictions.jsonl", "yolo")
+    (folder,) = convert_predictions(run / "predictions.jsonl", "yolo")
     (folder / "labels" / "a.txt").write_text("edited")
     convert_predictions(run / "predictions.jsonl", "yolo")
     assert (folder / "labels" / "a.txt").read_text().count("\n") == 2  # replaced whole
@@ -316,7 +316,7 @@ def test_yolo_needs_to_know_where_the_images_are(run: Path) -> None:
     with pytest.raises(ConvertError, match="give --images"):
         convert_predictions(run / "predictions.jsonl", "yolo")
     images = Path(read_predictions(run / "predictions.jsonl").folder).parent / "images"
-    assert convert_predictions(run / "predictions.jsonl", "yolo", images=images).is_dir()
+    assert convert_predictions(run / "predictions.jsonl", "yolo", images=images)[0].is_dir()
 
 
 def test_cli_convert(run: Path) -> None:
