@@ -328,6 +328,264 @@ def test_cli_convert(run: Path) -> None:
     assert code == 1 and "nothing.jsonl: predictions file not found" in stderr
 
 
+# --- train/val splits for a detector ----------------------------------------------------------
+
+# A run of several classes: 10 cats (class 7), 5 dogs (class 3), 1 owl (class 1), 4 images with
+# no object, one failed image; every box scored 0.8 except the dogs' second box (0.2).
+SPLIT_CLASSES = {"cat": (7, 10), "dog": (3, 5), "owl": (1, 1)}
+
+
+def _split_records() -> list[dict]:
+    records = []
+    for name, (class_id, count) in SPLIT_CLASSES.items():
+        for k in range(count):
+            boxes = [[2, 3, 11, 9]] + ([[0, 0, 3, 3]] if name == "dog" else [])
+            records.append(
+                {
+                    "path": f"{name}/{name}{k:02d}.jpg",
+                    "status": "ok",
+                    "image_size": [24, 16],
+                    "class_id": class_id,
+                    "class_name": name,
+                    "no_object": False,
+                    "boxes": boxes,
+                    "box_scores": [0.8, 0.2][: len(boxes)],
+                }
+            )
+    for k in range(4):
+        records.append(
+            {
+                "path": f"empty/e{k}.jpg",
+                "status": "ok",
+                "image_size": [24, 16],
+                "class_id": 7,
+                "class_name": "cat",
+                "no_object": True,
+                "boxes": [],
+                "box_scores": [],
+            }
+        )
+    records.append({"path": "broken.jpg", "status": "error", "error": "broken"})
+    return records
+
+
+def _write_run(out: Path, images: Path, records: list[dict]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "run.json").write_text(json.dumps({"images": str(images)}))
+    return out / "predictions.jsonl"
+
+
+@pytest.fixture
+def classes_run(tmp_path: Path) -> Path:
+    """predictions.jsonl of :func:`_split_records`, its images written."""
+    images = tmp_path / "images"
+    records = _split_records()
+    for record in records:
+        (images / record["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (90, 120, 30)).save(images / record["path"])
+    return _write_run(tmp_path / "out", images, records)
+
+
+def _group(path: str) -> str:
+    """The class of an image of :func:`_split_records` by its path ("empty": no object)."""
+    return path.split("/")[0]
+
+
+def _per_group(dataset: sv.DetectionDataset) -> dict[str, int]:
+    """Images per class of a YOLO split read back (flat names: ``cat__cat00.jpg``)."""
+    groups = [Path(path).name.split("__")[0] for path, _, _ in dataset]
+    return {g: groups.count(g) for g in set(groups)}
+
+
+@pytest.mark.parametrize(
+    ("fraction", "val"),
+    [
+        (0.2, {"cat": 2, "dog": 1, "empty": 1}),  # 2.0, 1.0, 0.2 -> 0, 0.8 -> 1
+        (0.3, {"cat": 3, "dog": 2, "empty": 1}),  # dog 1.5 rounds half up
+        (0.9, {"cat": 9, "dog": 4, "empty": 3}),  # n - 1 at most: each keeps one in train
+    ],
+)
+def test_yolo_split_is_stratified_in_ultralytics_layout(
+    classes_run: Path, fraction: float, val: dict[str, int]
+) -> None:
+    import yaml
+
+    (folder,) = convert_predictions(classes_run, "yolo", val_fraction=fraction, seed=3)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.iterdir()) == [
+        ".lcar-deploy",
+        "data.yaml",
+        "images",
+        "labels",
+    ]
+    data = yaml.safe_load((folder / "data.yaml").read_text())
+    assert data == {
+        "path": str(folder.resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "nc": 3,
+        "names": ["owl", "dog", "cat"],
+    }
+    total = {"cat": 10, "dog": 5, "owl": 1, "empty": 4}
+    for part, expected in [("val", val), ("train", {g: total[g] - val.get(g, 0) for g in total})]:
+        images, labels = folder / "images" / part, folder / "labels" / part
+        dataset = sv.DetectionDataset.from_yolo(
+            images_directory_path=str(images),
+            annotations_directory_path=str(labels),
+            data_yaml_path=str(folder / "data.yaml"),
+        )
+        assert _per_group(dataset) == {g: n for g, n in expected.items() if n}
+        for path, _, detections in dataset:
+            name = Path(path).name
+            group = name.split("__")[0]
+            boxes = {"dog": 2, "empty": 0}.get(group, 1)
+            assert len(detections) == boxes, name
+            if boxes:
+                assert set(detections.class_id.tolist()) == {data["names"].index(group)}
+        assert {p.stem for p in images.iterdir()} == {p.stem for p in labels.iterdir()}
+    background = [p for p in (folder / "labels").rglob("empty__*.txt")]
+    assert len(background) == 4 and all(p.read_text() == "" for p in background)
+    assert f"{sum(val.values())} val images" in (folder / "data.yaml").read_text()
+
+
+def _val_of(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "images" / "val").iterdir())
+
+
+def test_split_depends_on_the_seed_not_on_the_order_of_the_lines(
+    classes_run: Path, tmp_path: Path
+) -> None:
+    first = _val_of(convert_predictions(classes_run, "yolo", val_fraction=0.3, seed=5)[0])
+    shuffled = _split_records()
+    np.random.default_rng(0).shuffle(shuffled)
+    other = _write_run(tmp_path / "other", tmp_path / "images", shuffled)
+    again = convert_predictions(other, "yolo", val_fraction=0.3, seed=5)[0]
+    assert _val_of(again) == first
+    assert snapshot(again / "labels") == snapshot(classes_run.parent / "yolo" / "labels")
+    seeds = {
+        tuple(_val_of(convert_predictions(other, "yolo", val_fraction=0.3, seed=s)[0]))
+        for s in range(4)
+    }
+    assert len(seeds) == 4  # each seed its own split
+    coco = [convert_predictions(p, "coco", val_fraction=0.3, seed=5) for p in (classes_run, other)]
+    val_names = [
+        sorted(i["file_name"] for i in json.loads(files[1].read_text())["images"]) for files in coco
+    ]
+    assert val_names[0] == val_names[1]
+    assert [n.replace("/", "__") for n in val_names[0]] == first  # COCO and YOLO agree
+
+
+def test_coco_split_reads_back_with_ids_of_the_unsplit_file(classes_run: Path) -> None:
+    (whole,) = convert_predictions(classes_run, "coco")
+    files = convert_predictions(classes_run, "coco", val_fraction=0.25, seed=1)
+    out = classes_run.parent
+    assert files == [out / "coco_train.json", out / "coco_val.json"]
+    documents = [json.loads(f.read_text()) for f in files]
+    unsplit = json.loads(whole.read_text())
+    assert [d["info"]["split"] for d in documents] == ["train", "val"]
+    for key in ("images", "annotations"):
+        ids = sorted(x["id"] for d in documents for x in d[key])
+        assert ids == [x["id"] for x in unsplit[key]]  # disjoint, together the whole file
+        merged = sorted((x for d in documents for x in d[key]), key=lambda x: x["id"])
+        assert merged == unsplit[key]
+    for document in documents:
+        assert document["categories"] == unsplit["categories"]
+        image_ids = {i["id"] for i in document["images"]}
+        assert all(a["image_id"] in image_ids for a in document["annotations"])
+    # cat 10 -> 3 (2.5 halves up), dog 5 -> 1, owl 1 -> 0, empty 4 -> 1
+    val = [_group(i["file_name"]) for i in documents[1]["images"]]
+    assert {g: val.count(g) for g in set(val)} == {"cat": 3, "dog": 1, "empty": 1}
+    images = Path(json.loads((out / "run.json").read_text())["images"])
+    for file, document in zip(files, documents, strict=True):
+        dataset = sv.DetectionDataset.from_coco(
+            images_directory_path=str(images), annotations_path=str(file)
+        )
+        assert len(dataset) == len(document["images"])
+        assert sum(len(d) for _, _, d in dataset) == len(document["annotations"])
+        coco = COCO(str(file))
+        assert sorted(coco.getImgIds()) == sorted(i["id"] for i in document["images"])
+
+
+def test_min_score_is_applied_before_the_split(classes_run: Path) -> None:
+    lines = [json.loads(line) for line in classes_run.read_text().splitlines()]
+    for record in lines:
+        if record["path"].startswith("cat/"):
+            record["box_scores"] = [0.1]  # under --min-score: background images
+    classes_run.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    train, val = convert_predictions(classes_run, "coco", min_score=0.5, val_fraction=0.5, seed=0)
+    documents = [json.loads(f.read_text()) for f in (train, val)]
+    assert [c["name"] for c in documents[0]["categories"]] == ["owl", "dog"]
+    assert all(a["score"] >= 0.5 for d in documents for a in d["annotations"])
+    val_groups = [_group(i["file_name"]) for i in documents[1]["images"]]
+    # 14 background images (10 cats, 4 empty) -> 7; dog 5 -> 3 (2.5 halves up); owl stays
+    assert len([g for g in val_groups if g in ("cat", "empty")]) == 7
+    assert val_groups.count("dog") == 3 and "owl" not in val_groups
+
+
+def test_no_split_keeps_the_layout_and_says_val_is_the_training_images(
+    classes_run: Path,
+) -> None:
+    import yaml
+
+    (folder,) = convert_predictions(classes_run, "yolo")
+    text = (folder / "data.yaml").read_text()
+    assert text.startswith("# No held-out split: val is the training images")
+    data = yaml.safe_load(text)
+    assert data["train"] == data["val"] == "images"  # Ultralytics requires a val entry
+    assert {p.name for p in (folder / "images").iterdir()} >= {"cat__cat00.jpg", "empty__e0.jpg"}
+    convert_predictions(classes_run, "yolo", val_fraction=0.2)
+    assert not (folder / "images" / "cat__cat00.jpg").exists()  # replaced whole
+    assert len(list((folder / "labels").rglob("*.txt"))) == 20
+    (folder / "images" / "val" / "mine.jpg").write_bytes(b"the user's")
+    with pytest.raises(OutputError, match=r"holds images/val/mine\.jpg, which lcar-deploy did"):
+        convert_predictions(classes_run, "yolo")
+    assert (folder / "images" / "val" / "mine.jpg").read_bytes() == b"the user's"
+
+
+def test_coco_split_never_writes_over_the_users_files(classes_run: Path) -> None:
+    out = classes_run.parent
+    (out / "coco_val.json").write_text('{"mine": 1}')
+    code, _, stderr = invoke("convert", classes_run, "--to", "coco", "--val-fraction", "0.2")
+    assert_clear_error(code, stderr, "coco_val.json: exists and is not a coco file")
+    assert not (out / "coco_train.json").exists()  # checked before anything is written
+    assert (out / "coco_val.json").read_text() == '{"mine": 1}'
+    code, stdout, _ = invoke(
+        "convert", classes_run, "--to", "coco", "--val-fraction", "0.2", "--out", out / "d.json"
+    )
+    assert code == 0 and stdout.split() == [str(out / "d_train.json"), str(out / "d_val.json")]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--val-fraction", "1"], "val fraction must be in [0, 1)"),
+        (["--val-fraction", "1.5"], "val fraction must be in [0, 1)"),
+        (["--val-fraction", "-0.1"], "val fraction must be in [0, 1)"),
+        (["--val-fraction", "nan"], "val fraction must be in [0, 1)"),
+        (["--val-fraction", "0.2", "--to", "voc"], "split (val fraction 0.2) is written only"),
+        (["--val-fraction", "0.01"], "val fraction 0.01 puts none of the 20 images in val"),
+    ],
+)
+def test_cli_refuses_a_val_fraction_it_cannot_use(
+    classes_run: Path, args: list[str], says: str
+) -> None:
+    to = [] if "--to" in args else ["--to", "yolo"]
+    code, _, stderr = invoke("convert", classes_run, *to, *args)
+    assert_clear_error(code, stderr, says)
+    assert sorted(p.name for p in classes_run.parent.iterdir()) == [
+        "predictions.jsonl",
+        "run.json",
+    ]
+
+
+def test_convert_help_explains_the_split() -> None:
+    code, stdout, _ = invoke("convert", "--help")
+    text = " ".join(stdout.split())
+    assert code == 0
+    assert "--to yolo --val-fraction 0.2 --seed 0" in text
+    assert "--seed" in text and "images/train" in text and "coco_val.json" in text
+
+
 # --- hostile runs: nothing lost, nothing read or linked outside, bounded messages -------------
 
 
