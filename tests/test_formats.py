@@ -553,6 +553,9 @@ def test_coco_split_never_writes_over_the_users_files(classes_run: Path) -> None
         "convert", classes_run, "--to", "coco", "--val-fraction", "0.2", "--out", out / "d.json"
     )
     assert code == 0 and stdout.split() == [str(out / "d_train.json"), str(out / "d_val.json")]
+    before = (out / "d_val.json").read_bytes()
+    convert_predictions(classes_run, "coco", out / "d.json", val_fraction=0.2)  # its own: again
+    assert (out / "d_val.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(
