@@ -207,7 +207,7 @@ def notify(message: str) -> None:
 
 def make_spec(
     bundle: Path | None,
-    method: str,
+    method: str | None,
     device: Device,
     arm_backend: ArmBackend,
     settings: str | None,
@@ -284,8 +284,12 @@ def localize(
         Path | None, typer.Option(help="Bundle folder. Default: the embedded default bundle.")
     ] = None,
     method: Annotated[
-        Method, typer.Option(help="Last stage: cam | graphcut | arm | lcar (full method).")
-    ] = Method.lcar,
+        Method | None,
+        typer.Option(
+            help="Last stage: cam | graphcut | arm | lcar (with SGRM). Default: the bundle's "
+            "own method (settings.method: arm, the best measured; the paper preset: lcar)."
+        ),
+    ] = None,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
@@ -367,7 +371,9 @@ def localize(
         )
     run_on, device = run_engine(engine, workers, device)
     try:
-        spec = make_spec(bundle, method.value, device, arm_backend, settings, preset, boxes)
+        spec = make_spec(
+            bundle, method and method.value, device, arm_backend, settings, preset, boxes
+        )
         if class_id is not None:
             spec.bundle.class_index(class_id)
         known = None if labels is None else labelled_images(labels.value, img_dir, spec.bundle, out)

@@ -34,7 +34,9 @@ SGRM_DEVICE_TYPES = ("cpu", "cuda")
 class PipelineConfig:
     """How the stages are chained.
 
-    method: last stage to run (``cam | graphcut | arm | lcar``).
+    method: last stage to run (``cam | graphcut | arm | lcar``): the bundle's default method,
+        ``arm``, the one that measured best on every bundle (SGRM, ``lcar``, gained on none:
+        docs/results.md); the ``paper`` preset runs ``lcar``. ``--method`` overrides it.
     work_size: side of the maps, ARM and SGRM input (the evaluation size, 224), in
         [``min_work_size``, ``max_work_size``]; also the size of the CAM map (``cam.size``).
     arm_input: coarse map fed to ARM: ``graphcut`` (the paper's E_l, oriented by the CAM
@@ -63,7 +65,7 @@ class PipelineConfig:
         docs/experiments/2026-11-first-defaults.md).
     """
 
-    method: Method = "lcar"
+    method: Method = "arm"
     work_size: int = EVAL_SIZE
     arm_input: ArmInput = "auto"
     box_threshold: float = 0.5
@@ -122,12 +124,15 @@ class PipelineConfig:
 
 
 RUN_OPTIONS = {
-    "method": "--method (eval: --methods)",
     "arm_backend": "--arm-backend",
     "sgrm_device": "--device",
 }
 """Settings that say how to run rather than what to compute: each command sets them from its
 own option, so they are neither recorded in bundles nor taken from ``--settings``."""
+
+OPTION_SETTINGS = {**RUN_OPTIONS, "method": "--method (eval: --methods)"}
+"""Settings ``--settings`` refuses because a command-line option sets them (``method`` is
+recorded in bundles, as their default method)."""
 
 
 def check_evaluable(config: PipelineConfig) -> None:
@@ -155,6 +160,7 @@ def _classifier() -> PipelineConfig:
 
 def _paper() -> PipelineConfig:
     return PipelineConfig(
+        method="lcar",
         arm_input="graphcut",
         flip=False,
         arm=ArmConfig(dilations=(1,), w_rgb=1.0, w_pos=1.0),
@@ -186,7 +192,7 @@ def parse_settings(text: str | None) -> dict[str, Any]:
         raise SettingError("--settings", f"not valid JSON ({exc})") from None
     if not isinstance(extra, dict):
         raise SettingError("--settings", f"must be a JSON object, got {show(extra)}")
-    for key, option in RUN_OPTIONS.items():
+    for key, option in OPTION_SETTINGS.items():
         if key in extra:
             raise SettingError(key, f"set it with {option}, not in --settings")
     return extra
@@ -221,7 +227,9 @@ def resolve_config(
 ) -> PipelineConfig:
     """The config of a run: the preset's settings (or the bundle's), ``settings`` (the
     ``--settings`` text or an object) on top, and the run options ``run`` (method,
-    arm_backend, sgrm_device). A bad bundle setting names the bundle's settings."""
+    arm_backend, sgrm_device; a None value keeps the bundle's or preset's). A bad bundle
+    setting names the bundle's settings."""
+    run = {k: v for k, v in run.items() if v is not None}
     if preset_name is not None:
         base = settings_of(preset(preset_name))
     else:

@@ -213,7 +213,7 @@ class LocalizerSpec:
         cls,
         bundle: str | Path | Bundle | None = None,
         *,
-        method: str = "lcar",
+        method: str | None = None,
         preset: str | None = None,
         settings: str | dict[str, Any] | None = None,
         device: str = "auto",
@@ -282,7 +282,7 @@ class Localizer:
         cls,
         bundle: str | Path | Bundle | None = None,
         *,
-        method: str = "lcar",
+        method: str | None = None,
         preset: str | None = None,
         settings: str | dict[str, Any] | None = None,
         device: str = "auto",
@@ -292,7 +292,8 @@ class Localizer:
         notify: Callable[[str], None] | None = None,
     ) -> Localizer:
         """A localizer for ``bundle`` (a folder, a loaded bundle, or None: the default bundle,
-        exported on first use, ``notify`` told so). ``preset`` replaces the bundle's settings
+        exported on first use, ``notify`` told so); ``method``: the last stage, None for the
+        bundle's default method (its ``settings.method``). ``preset`` replaces the bundle's settings
         by a named preset; ``settings`` (JSON text or an object) go on top
         (:func:`lcar_deploy.config.resolve_config`), then ``boxes`` (``one | all``, the
         ``boxes`` setting). Bad values raise before any image is read."""

@@ -193,7 +193,11 @@ def test_presets_round_trip_and_a_merged_relation_is_checked() -> None:
     assert PipelineConfig.from_settings({}) == PipelineConfig() == preset("default")
     assert PipelineConfig().arm.dilations == AFA_DILATIONS
     classifier = settings_of(preset("classifier"))
-    assert "method" not in classifier and "size" not in classifier["cam"]
+    assert classifier["method"] == "arm" and "size" not in classifier["cam"]
+    assert "sgrm_device" not in classifier and "arm_backend" not in classifier
+    assert settings_of(preset("paper"))["method"] == "lcar"
+    assert resolve_config(settings_of(preset("paper")), method=None).method == "lcar"
+    assert resolve_config(settings_of(preset("paper")), method="cam").method == "cam"
     config = PipelineConfig.from_settings(classifier, method="arm")
     assert config.sgrm == SgrmConfig(
         gamma_l1=0.25, gamma_l2=0.25, gamma_h1=0.5, gamma_h2=0.5, stop_error=0.005, box_mode="all"
