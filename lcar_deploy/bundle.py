@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import BundleError
 from .names import DEVICES, QUANTIZE, QUANTIZE_METHODS
+from .threads import check_threads
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -515,6 +516,7 @@ class OnnxRunner:
         messages); else the file at ``model_path`` is loaded."""
         import onnxruntime as ort
 
+        threads = check_threads(threads)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

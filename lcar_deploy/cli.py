@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import names
-from .errors import LcarError
+from .errors import LcarError, printable
+from .threads import MAX_THREADS
 from .training.config import LocalizerConfig, train_defaults
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
+MESSAGE_LIMIT = 290
+"""Characters of an error or notice shown at most (with its ``error:`` prefix, under 300)."""
+PATH_LIMIT = 4096
+"""Characters of a path printed on stdout at most (its control characters escaped)."""
 
 app = typer.Typer(
     name="lcar-deploy",
@@ -66,8 +71,9 @@ Engine = choices("Engine", names.ENGINES)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print ``message`` to stderr and return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    """Print ``message`` to stderr, control characters escaped and its length bounded
+    (:func:`~lcar_deploy.errors.printable`), and return the Exit to raise."""
+    typer.secho(f"error: {printable(message, MESSAGE_LIMIT)}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
 
 
@@ -149,11 +155,9 @@ def export(
     from .bundle import default_bundle_dir
     from .export.exporter import export_bundle
 
-    target = out or default_bundle_dir()
-    if input_size is not None and input_size < 32:
-        raise fail(f"--input-size must be at least 32, got {input_size}")
-    typer.echo(f"exporting {backbone.value} to {target} ...", err=True)
     try:
+        target = out or default_bundle_dir()
+        typer.echo(f"exporting {backbone.value} to {printable(target)} ...", err=True)
         with contextlib.redirect_stdout(io.StringIO()):
             path = export_bundle(
                 target,
@@ -171,7 +175,7 @@ def export(
             )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(path))
+    typer.echo(printable(path, PATH_LIMIT))
 
 
 Method = choices("Method", names.METHODS)
@@ -202,7 +206,7 @@ PRESET_HELP = (
 
 
 def notify(message: str) -> None:
-    typer.echo(message, err=True)
+    typer.echo(printable(message, MESSAGE_LIMIT), err=True)
 
 
 def make_spec(
@@ -288,7 +292,7 @@ def localize(
     ] = Method.lcar,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help=THREADS_HELP)] = None,
     overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     save_masks: Annotated[bool, typer.Option(help="Write OUT/masks/*.png.")] = False,
     overlays: Annotated[bool, typer.Option(help="Write OUT/overlays/*.jpg (box + mask).")] = False,
@@ -413,7 +417,8 @@ def localize(
     except KeyboardInterrupt as exc:
         if isinstance(exc, RunInterrupted):
             how_far = (
-                f"{exc.done} of {exc.total} images done this run, written to {exc.predictions}"
+                f"{exc.done} of {exc.total} images done this run, written to "
+                f"{printable(exc.predictions)}"
             )
         else:
             how_far = "no image done this run"
@@ -426,13 +431,16 @@ def localize(
     earlier = f" ({summary.skipped_errors} of them failed)" if summary.skipped_errors else ""
     parts = [f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}"]
     if summary.errors or summary.skipped_errors:
-        failed = some_names(summary.failed_names, summary.errors + summary.skipped_errors)
+        failed = some_names(
+            [printable(n, 80) for n in summary.failed_names],
+            summary.errors + summary.skipped_errors,
+        )
         parts.append(f"failed: {failed} (reasons in their error lines)")
     if summary.not_images:
         these = (
             "files that are not images" if summary.not_images > 1 else "file that is not an image"
         )
-        names = some_names(summary.not_image_names, summary.not_images)
+        names = some_names([printable(n, 80) for n in summary.not_image_names], summary.not_images)
         parts.append(f"skipped {summary.not_images} {these} ({names})")
     parts += [
         f"{stats['images_per_second'] or 0:.2f} img/s",
@@ -443,7 +451,7 @@ def localize(
             if summary.busy_percent
             else []
         ),
-        f"results in {out / 'predictions.jsonl'}",
+        f"results in {printable(out / 'predictions.jsonl')}",
     ]
     typer.echo("; ".join(parts), err=True)
     if format is not None:
@@ -453,7 +461,7 @@ def localize(
             written = convert_predictions(out / "predictions.jsonl", format.value)
         except LcarError as exc:
             raise fail(str(exc)) from None
-        typer.echo(f"{format.value}: {written}", err=True)
+        typer.echo(f"{format.value}: {printable(written)}", err=True)
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
@@ -503,7 +511,7 @@ def convert(
         )
     except LcarError as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(written))
+    typer.echo(printable(written, PATH_LIMIT))
 
 
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
@@ -544,7 +552,7 @@ def evaluate(
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     workers: Annotated[int, typer.Option(min=1, help=WORKERS_HELP)] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help=THREADS_HELP)] = None,
     overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
@@ -593,8 +601,8 @@ def evaluate(
     typer.echo((out / "report.md").read_text())
     if result.errors:
         typer.echo(
-            f"{len(result.errors)} images failed, e.g. {result.errors[0][1]}; every reason is "
-            f"in {out / 'metrics.json'} (errors)",
+            f"{len(result.errors)} images failed, e.g. {printable(result.errors[0][1], 120)}; "
+            f"every reason is in {printable(out / 'metrics.json')} (errors)",
             err=True,
         )
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
@@ -649,7 +657,9 @@ def calibrate(
         ),
     ] = None,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads.")
+    ] = None,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -689,8 +699,8 @@ def calibrate(
     except LcarError as exc:
         raise fail(str(exc)) from None
     for line in report_lines(result):
-        typer.echo(line, err=True)
-    typer.echo(str(written))
+        typer.echo(printable(line, PATH_LIMIT), err=True)
+    typer.echo(printable(written, PATH_LIMIT))
 
 
 Augment = choices("Augment", names.AUGMENTS)
@@ -719,7 +729,6 @@ def train(
     input_size: Annotated[
         int | None,
         typer.Option(
-            min=32,
             help="Backbone input side S (default 448 for efficientnet_lite0, the backbone's "
             "own for the others).",
         ),
@@ -791,7 +800,9 @@ def train(
         str | None,
         typer.Option(help=f"torch device: cpu, cuda, cuda:1 (default {TRAIN['device']})."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=MAX_THREADS, help="torch CPU threads.")
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
@@ -843,7 +854,7 @@ def train(
         )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(result.heads_path))
+    typer.echo(printable(result.heads_path, PATH_LIMIT))
 
 
 def main() -> None:

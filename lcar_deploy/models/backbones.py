@@ -27,7 +27,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import SettingError, WeightsError, printable
 from ..names import BACKBONES, EFFICIENTNET_LITES
 from .safe_load import load_file
 
@@ -69,7 +69,8 @@ class BackboneSpec:
     larger: docs/accuracy.md, "A trained bundle at S = 448"); mean / std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
-    words; build: ``(config, weights file or None, random_init) -> nn.Module``.
+    words; build: ``(config, weights file or None, random_init) -> nn.Module``; patch_size:
+    every input side is a multiple of it (a ViT's patch; 1: any side, as for a CNN).
     """
 
     name: str
@@ -84,6 +85,7 @@ class BackboneSpec:
     foreground_layers: tuple[str, ...]
     foreground_stride: int
     trained_input_size: int | None = None
+    patch_size: int = 1
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -108,6 +110,27 @@ def backbone_spec(name: str) -> BackboneSpec:
 def list_backbones() -> tuple[str, ...]:
     """The registered backbone names, in registration order."""
     return tuple(_REGISTRY)
+
+
+def check_input_size(name: str, size: object) -> int:
+    """``size`` as an input side of backbone ``name``: an integer in
+    :data:`lcar_deploy.bundle.INPUT_SIZES` (the sides a bundle may have) and a multiple of the
+    spec's ``patch_size``; :class:`SettingError` naming the reason otherwise. Checked before
+    anything is built: a side of 100000 would not fit in memory."""
+    from ..bundle import INPUT_SIZES
+
+    low, high = INPUT_SIZES
+    patch = backbone_spec(name).patch_size
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        shown = printable(repr(size), 40)
+        raise SettingError("input_size", f"must be an integer from {low} to {high}, got {shown}")
+    if size % patch:
+        below = size // patch * patch
+        near = " or ".join(str(s) for s in (below, below + patch) if low <= s <= high)
+        raise SettingError(
+            "input_size", f"{name} needs a multiple of its patch size {patch}, got {size} ({near})"
+        )
+    return size
 
 
 def default_config(name: str, input_size: int | None = None) -> BackboneConfig:
@@ -307,10 +330,6 @@ def _build_lite(config: BackboneConfig, weights: str | Path | None, random_init:
 
 
 def _build_dino(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
-    if config.input_size % 16:
-        raise ValueError(
-            f"dino_vits16 needs an input size divisible by 16, got {config.input_size}"
-        )
     model = timm.create_model(
         "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=config.input_size
     )
@@ -354,6 +373,7 @@ register_backbone(
         build=_build_dino,
         foreground_layers=("tokens", "keys"),
         foreground_stride=16,
+        patch_size=16,
     )
 )
 
@@ -366,6 +386,7 @@ def build_backbone(
     ``weights``: a local file; for the EfficientNet-Lites the default is the embedded
     ImageNet weights. ``dino_vits16`` needs ``weights`` unless ``random_init`` is set (tests).
     """
+    check_input_size(config.name, config.input_size)
     backbone = backbone_spec(config.name).build(config, weights, random_init)
     backbone.eval()
     for p in backbone.parameters():
