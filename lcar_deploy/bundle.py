@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, OutputError, printable
 from .names import DEVICES, QUANTIZE, QUANTIZE_METHODS
 from .threads import check_threads
 
@@ -60,13 +60,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+CACHE_FIX = "cannot be the cache folder ({reason}); set LCAR_DEPLOY_CACHE to a folder you can write"
+
+
 def cache_dir() -> Path:
-    """Per-user cache: ``$LCAR_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/lcar-deploy``."""
+    """Per-user cache: ``$LCAR_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/lcar-deploy``, else
+    ``~/.cache/lcar-deploy``. :class:`OutputError` when it cannot be one: a file, a symbolic
+    link loop, or (it or the nearest folder above it that exists) not writable."""
     env = os.environ.get("LCAR_DEPLOY_CACHE")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lcar-deploy"
+        path = Path(env)
+    else:
+        try:
+            base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        except RuntimeError:  # no HOME and no password entry
+            raise OutputError(
+                "no home folder to keep the cache in; set LCAR_DEPLOY_CACHE to a folder"
+            ) from None
+        path = Path(base) / "lcar-deploy"
+    _check_cache(path)
+    return path
+
+
+def _check_cache(path: Path) -> None:
+    """OutputError unless ``path``, or the nearest folder above it that exists, is a folder
+    this user can write (the cache's folders are made when first written)."""
+    existing = path
+    while True:
+        try:
+            info = existing.stat()
+            break
+        except FileNotFoundError:
+            if existing.parent == existing:
+                return
+            existing = existing.parent
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        reason = "not a folder" if existing == path else f"{printable(existing)} is not a folder"
+        raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not writable" if existing == path else f"{printable(existing)} is not writable"
+        raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}")
 
 
 DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384-localizer"
@@ -102,7 +138,13 @@ def load_bundle(
     if path is not None:
         return Bundle.load(path)
     target = default_bundle_dir()
+    fix = "delete that folder to export it again, or set LCAR_DEPLOY_CACHE to another folder"
     if not (target / MANIFEST).is_file():
+        if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
+            raise BundleError(
+                f"{printable(target)}: the cached default bundle has no {MANIFEST} (an export "
+                f"that was cut short?); {fix}"
+            )
         import contextlib
         import io
         import time
@@ -115,10 +157,23 @@ def load_bundle(
             f"and generic localizer to ONNX in {target} (once, about half a minute) ..."
         )
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            export_bundle(target)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                export_bundle(target)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(
+                f"{printable(target)}: cannot write the default bundle ({reason}); set "
+                "LCAR_DEPLOY_CACHE to a folder you can write"
+            ) from None
         say(f"default bundle ready in {time.perf_counter() - start:.0f} s")
-    return Bundle.load(target)
+    try:
+        return Bundle.load(target)
+    except BundleError as exc:
+        reason = printable(str(exc).removeprefix(f"{target}{os.sep}"), 100)
+        raise BundleError(
+            f"{printable(target)}: the cached default bundle is unusable ({reason}); {fix}"
+        ) from None
 
 
 def _show(value: object, limit: int = 60) -> str:
