@@ -330,15 +330,19 @@ def _check_plain_file(file: Path, cap: int, missing: str) -> None:
     try:
         info = file.lstat()
     except FileNotFoundError:
-        raise BundleError(f"{file}: {missing}") from None
+        raise BundleError(f"{printable(file)}: {missing}") from None
     except OSError as exc:
-        raise BundleError(f"{file}: cannot stat ({exc.strerror})") from None
+        raise BundleError(f"{printable(file)}: cannot stat ({exc.strerror})") from None
     if stat.S_ISLNK(info.st_mode):
-        raise BundleError(f"{file}: is a symbolic link; a bundle must hold its files itself")
+        raise BundleError(
+            f"{printable(file)}: is a symbolic link; a bundle must hold its files itself"
+        )
     if not stat.S_ISREG(info.st_mode):
-        raise BundleError(f"{file}: not a regular file")
+        raise BundleError(f"{printable(file)}: not a regular file")
     if info.st_size > cap:
-        raise BundleError(f"{file}: {info.st_size} bytes, larger than the limit of {cap}")
+        raise BundleError(
+            f"{printable(file)}: {info.st_size} bytes, larger than the limit of {cap}"
+        )
 
 
 def _read_plain_file(file: Path, cap: int) -> bytes:
@@ -349,9 +353,9 @@ def _read_plain_file(file: Path, cap: int) -> bytes:
         with os.fdopen(os.open(file, flags | getattr(os, "O_BINARY", 0)), "rb") as f:
             data = f.read(cap + 1)
     except OSError as exc:
-        raise BundleError(f"{file}: cannot read ({exc.strerror})") from None
+        raise BundleError(f"{printable(file)}: cannot read ({exc.strerror})") from None
     if len(data) > cap:
-        raise BundleError(f"{file}: larger than the limit of {cap} bytes")
+        raise BundleError(f"{printable(file)}: larger than the limit of {cap} bytes")
     return data
 
 
@@ -441,15 +445,17 @@ class Bundle:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
-            raise BundleError(f"{path}: bundle folder not found")
+            raise BundleError(f"{printable(path)}: bundle folder not found")
         _check_plain_file(manifest_path, MAX_MANIFEST_BYTES, "missing (not a bundle folder?)")
         try:
             manifest = json.loads(_read_plain_file(manifest_path, MAX_MANIFEST_BYTES))
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8, int digits, nesting
-            raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+            raise BundleError(
+                f"{printable(manifest_path)}: unreadable manifest ({printable(exc, 100)})"
+            ) from None
         problem = manifest_problem(manifest)
         if problem:
-            raise BundleError(f"{manifest_path}: {problem}")
+            raise BundleError(f"{printable(manifest_path)}: {problem}")
         bundle = cls(path, manifest)
         for name in manifest["files"]:
             _check_plain_file(path / name, MAX_FILE_BYTES, "listed in the manifest but missing")
@@ -465,13 +471,13 @@ class Bundle:
             data = _read_plain_file(file, MAX_FILE_BYTES)
             if hashlib.sha256(data).hexdigest() != info["sha256"]:
                 raise BundleError(
-                    f"{file}: sha256 does not match the manifest (file changed or corrupt)"
+                    f"{printable(file)}: sha256 does not match the manifest (file changed or corrupt)"
                 )
             if name == "model.onnx":
                 graph = data
         problem = None if graph is None else graph_problem(graph, self.manifest)
         if problem:
-            raise BundleError(f"{self.path / 'model.onnx'}: {problem}")
+            raise BundleError(f"{printable(self.path / 'model.onnx')}: {problem}")
 
     @property
     def backbone(self) -> str:
@@ -517,14 +523,14 @@ class Bundle:
         ids = self.class_ids
         if class_id not in ids:
             raise BundleError(
-                f"{self.path}: class id {class_id} is not among the bundle's {len(ids)} classes"
+                f"{printable(self.path)}: class id {class_id} is not among the bundle's {len(ids)} classes"
             )
         return ids.index(class_id)
 
     def session(self, device: str = "auto", threads: int | None = None) -> OnnxRunner:
         if "model.onnx" not in self.manifest["files"]:
             raise BundleError(
-                f"{self.path}: has no model.onnx (exported with --format torchscript)"
+                f"{printable(self.path)}: has no model.onnx (exported with --format torchscript)"
             )
         model = self.path / "model.onnx"
         _check_plain_file(model, MAX_FILE_BYTES, "listed in the manifest but missing")
@@ -533,7 +539,7 @@ class Bundle:
         data = _read_plain_file(model, MAX_FILE_BYTES)
         if hashlib.sha256(data).hexdigest() != self.manifest["files"]["model.onnx"]["sha256"]:
             raise BundleError(
-                f"{model}: sha256 does not match the manifest (file changed or corrupt)"
+                f"{printable(model)}: sha256 does not match the manifest (file changed or corrupt)"
             )
         return OnnxRunner(model, self.outputs, device=device, threads=threads, data=data)
 
@@ -583,7 +589,9 @@ class OnnxRunner:
                 str(model_path) if data is None else data, sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime's errors derive from Exception only
-            raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc})") from None
+            raise BundleError(
+                f"{printable(model_path)}: onnxruntime cannot load it ({printable(exc, 100)})"
+            ) from None
         shape = self.session.get_inputs()[0].shape
         self.input_size = int(shape[-1])
 
