@@ -354,10 +354,14 @@ def localize(
         some_names,
     )
 
+    try:
+        is_file, is_dir = img_dir.is_file(), img_dir.is_dir()
+    except OSError as exc:  # a name too long, ...: is_dir() raises for those
+        raise fail(f"{img_dir}: cannot open ({exc.strerror or exc})") from None
     if labels == Labels.csv:
-        if not img_dir.is_file():
+        if not is_file:
             raise fail(f"{img_dir}: not a file (with --labels csv, give the CSV list)")
-    elif not img_dir.is_dir():
+    elif not is_dir:
         raise fail(f"{img_dir}: not a folder")
     if labels is not None and class_id is not None:
         raise fail("--class and --labels both choose the class: give one of them")
