@@ -138,7 +138,7 @@ def load_bundle(
     if path is not None:
         return Bundle.load(path)
     target = default_bundle_dir()
-    fix = "delete that folder to export it again, or set LCAR_DEPLOY_CACHE to another folder"
+    fix = "delete that folder to export it again, or set LCAR_DEPLOY_CACHE"
     if not (target / MANIFEST).is_file():
         if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
             raise BundleError(
