@@ -160,11 +160,22 @@ class Dataset:
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-empty lines of ``path``."""
-    if not path.is_file():
-        raise DatasetError(f"{printable(path)}: metadata file not found")
+    """(line number, stripped text) of the non-empty lines of ``path``, a regular file (a FIFO
+    would block the read, a device could be read forever); a UTF-8 BOM, as spreadsheets write
+    it, is dropped."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM, as spreadsheets write
+        info = path.stat()
+    except FileNotFoundError:
+        raise DatasetError(f"{printable(path)}: metadata file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{printable(path)}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise DatasetError(f"{printable(path)}: metadata file expected, found {what}")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    try:
+        with open(path, "rb", opener=lambda name, _: os.open(name, flags)) as file:
+            text = file.read().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{printable(path)}: cannot read ({printable(exc, 100)})") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]

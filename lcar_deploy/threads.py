@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
 from collections.abc import Iterator
 
 from .errors import SettingError, printable
 
-MAX_THREADS = 256
-"""CPU threads a run may ask for at most: more cores than the machines it runs on have, far
-fewer than the threads a process may start (onnxruntime and torch start their pools at once,
-and a pool of a million threads crashes the process)."""
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+"""CPU threads a run may ask for at most: 256, or 4 per core on a machine with more than 64,
+far fewer than the threads a process may start (onnxruntime and torch start their pools at
+once, and a pool of a million threads crashes the process)."""
 
 
 def check_threads(count: object, name: str = "threads") -> int | None:

@@ -208,3 +208,17 @@ def test_names_with_control_characters_are_escaped_in_errors(tmp_path: Path) -> 
     assert stderr == f"error: {tmp_path}/x\\nerror: all lost\\x1b[2J: not a folder\n"
     code, _, stderr = invoke("localize", tmp_path / ("long" * 400))
     assert code == cli.EXIT_ERROR and len(stderr) < 300 and "..." in stderr
+
+
+def test_a_class_name_of_two_bundle_classes_is_refused(small_bundle: Path, tmp_path: Path) -> None:
+    """ImageNet names two classes 'crane' (the bird and the machine): the label cannot say which."""
+    (tmp_path / "crane").mkdir()
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "crane" / "a.png")
+    code, _, stderr = invoke(
+        "localize", tmp_path, "--labels", "folder", "--bundle", small_bundle,
+        "--out", tmp_path / "out", "--device", "cpu", "--threads", "1", "--quiet",
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR
+    assert (
+        "class 'crane' names 2 classes of the bundle (ids 134, 517); it cannot say which" in stderr
+    )

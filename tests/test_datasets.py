@@ -363,3 +363,18 @@ def test_csv_messages_are_bounded_and_escaped(tmp_path: Path, line: str, message
         load_dataset("csv", tmp_path / "list.csv")
     text = str(info.value)
     assert len(text) < 300 + len(str(tmp_path)) and text.isprintable()
+
+
+def test_metadata_that_is_no_regular_file_is_named(tmp_path: Path) -> None:
+    """A FIFO would block the read: refused from its stat, never opened."""
+    import os
+
+    split = tmp_path / "metadata" / "test"
+    split.mkdir(parents=True)
+    os.mkfifo(split / "image_ids.txt")
+    with pytest.raises(DatasetError, match=r"image_ids\.txt: metadata file expected, found not a"):
+        load_dataset("wsol", tmp_path, "test")
+    (split / "image_ids.txt").unlink()
+    (split / "image_ids.txt").mkdir()
+    with pytest.raises(DatasetError, match=r"image_ids\.txt: metadata file expected, found a fold"):
+        load_dataset("wsol", tmp_path, "test")

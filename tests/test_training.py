@@ -19,6 +19,7 @@ from lcar_deploy.image_io import load_rgb
 from lcar_deploy.models.backbones import BackboneConfig
 from lcar_deploy.models.heads import load_heads
 from lcar_deploy.models.model import build_model
+from lcar_deploy.threads import MAX_THREADS
 from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
 from lcar_deploy.training.features import ViewSpec, make_view
 from lcar_deploy.training.losses import SdLossConfig, distillation_kl, sd_losses
@@ -328,8 +329,8 @@ def test_trained_bundles_default_to_the_backbones_trained_input_size() -> None:
         ("seed", -1, r"seed: must be at least 0"),
         ("teacher_hidden", -1, r"teacher_hidden: must be at least 0"),
         ("foreground_rounds", -1, r"foreground_rounds: must be at least 0"),
-        ("threads", 10**6, r"threads: must be an integer from 1 to 256, got 1000000"),
-        ("threads", -1, r"threads: must be an integer from 1 to 256, got -1"),
+        ("threads", 10**6, rf"threads: must be an integer from 1 to {MAX_THREADS}, got 1000000"),
+        ("threads", -1, rf"threads: must be an integer from 1 to {MAX_THREADS}, got -1"),
         ("input_size", 100_000, r"input_size: must be an integer from 32 to 2048, got 100000"),
         ("input_size", 2080, r"input_size: must be an integer from 32 to 2048, got 2080"),
         ("input_size", 0, r"input_size: must be an integer from 32 to 2048, got 0"),
