@@ -471,7 +471,8 @@ class Bundle:
             data = _read_plain_file(file, MAX_FILE_BYTES)
             if hashlib.sha256(data).hexdigest() != info["sha256"]:
                 raise BundleError(
-                    f"{printable(file)}: sha256 does not match the manifest (file changed or corrupt)"
+                    f"{printable(file)}: sha256 does not match the manifest (file changed or "
+                    "corrupt)"
                 )
             if name == "model.onnx":
                 graph = data
@@ -523,7 +524,8 @@ class Bundle:
         ids = self.class_ids
         if class_id not in ids:
             raise BundleError(
-                f"{printable(self.path)}: class id {class_id} is not among the bundle's {len(ids)} classes"
+                f"{printable(self.path)}: class id {class_id} is not among the bundle's "
+                f"{len(ids)} classes"
             )
         return ids.index(class_id)
 

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
-MESSAGE_LIMIT = 290
-"""Characters of an error or notice shown at most (with its ``error:`` prefix, under 300)."""
+MESSAGE_LIMIT = 1000
+"""Characters of an error or notice shown at most: a net only, each user value in a message is
+bounded where the message is made (:func:`~lcar_deploy.errors.printable`)."""
 PATH_LIMIT = 4096
 """Characters of a path printed on stdout at most (its control characters escaped)."""
 
@@ -357,12 +358,12 @@ def localize(
     try:
         is_file, is_dir = img_dir.is_file(), img_dir.is_dir()
     except OSError as exc:  # a name too long, ...: is_dir() raises for those
-        raise fail(f"{img_dir}: cannot open ({exc.strerror or exc})") from None
+        raise fail(f"{printable(img_dir)}: cannot open ({exc.strerror or exc})") from None
     if labels == Labels.csv:
         if not is_file:
-            raise fail(f"{img_dir}: not a file (with --labels csv, give the CSV list)")
+            raise fail(f"{printable(img_dir)}: not a file (with --labels csv, give the CSV list)")
     elif not is_dir:
-        raise fail(f"{img_dir}: not a folder")
+        raise fail(f"{printable(img_dir)}: not a folder")
     if labels is not None and class_id is not None:
         raise fail("--class and --labels both choose the class: give one of them")
     if out.exists() and not out.is_dir():

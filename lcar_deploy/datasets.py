@@ -110,7 +110,8 @@ class Record:
         size = image_size or self.size
         if size is None:
             raise DatasetError(
-                f"{printable(self.image_id)}: original size unknown; pass image_size (read it from the image)"
+                f"{printable(self.image_id)}: original size unknown; pass image_size (read it "
+                "from the image)"
             )
         if len(self.boxes) == 0:
             return np.zeros((0, 4), dtype=np.int64)
@@ -227,7 +228,8 @@ def _box(path: Path, lineno: int, values: list[str]) -> list[float]:
     x0, y0, x1, y1 = (_float(path, lineno, v, "box coordinate") for v in values)
     if min(x0, y0) < 0 or x1 < x0 or y1 < y0:
         raise DatasetError(
-            f"{_at(path, lineno)}: box {_quoted(values)} is not x0,y0,x1,y1 with 0 <= x0 <= x1, 0 <= y0 <= y1"
+            f"{_at(path, lineno)}: box {_quoted(values)} is not x0,y0,x1,y1 with 0 <= x0 <= x1, "
+            "0 <= y0 <= y1"
         )
     return [x0, y0, x1, y1]
 

@@ -171,7 +171,7 @@ def test_thread_counts_out_of_range_are_usage_errors(tmp_path: Path, command: st
         ),
         (
             ["export", "--backbone", "dino_vits16", "--input-size", "230", "--random-init"],
-            r"input_size: dino_vits16 needs a multiple of its patch size 16, got 230 \(224 or 240\)",
+            r"dino_vits16 needs a multiple of its patch size 16, got 230 \(224 or 240\)",
         ),
         (["train", "--input-size", "100000"], r"input_size: must be an integer from 32 to 2048"),
         (["train", "--lr", "inf"], r"setting lr: must be a finite number in \(0, 1\], got inf"),
