@@ -457,7 +457,7 @@ class _Walk:
         self.visited.add(key)
         return True
 
-    def warn(self, where: Path) -> None:
+    def warn(self) -> None:
         """Log what was left out, if anything (a warning: stderr unless logging is set up)."""
         if self.skipped:
             count = len(self.skipped)
@@ -465,7 +465,7 @@ class _Walk:
             more = f" and {count - SKIPPED_SHOWN} more" if count > SKIPPED_SHOWN else ""
             _log.warning(
                 "warning: %s: left out %d %s: %s%s",
-                printable(where, 80),
+                printable(self.root, 80),
                 count,
                 "entries" if count > 1 else "entry",
                 shown,
@@ -582,7 +582,7 @@ def _load_folder(
                     "masks": (),
                 }
             )
-    walk.warn(folder)
+    walk.warn()
     return items, sorted(names), walk.skipped
 
 
