@@ -15,7 +15,7 @@ import torch
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from ..config import generic_localizer_settings, merge_settings, preset, resolve_config, settings_of
 from ..errors import QuantizationError
-from ..models.backbones import BackboneConfig, backbone_spec, default_config
+from ..models.backbones import BackboneConfig, backbone_spec, check_input_size, default_config
 from ..models.generic_localizer import generic_localizer_info
 from ..models.heads import load_heads
 from ..models.model import LcarModel, build_model
@@ -198,6 +198,8 @@ def export_bundle(
     With ``heads_path``, the backbone's input size and layers come from the heads file
     (``input_size``, if given, must agree).
     """
+    if input_size is not None:
+        check_input_size(backbone, input_size)
     heads = None
     heads_info = None
     if heads_path is not None:
@@ -217,6 +219,7 @@ def export_bundle(
     else:
         config = default_config(backbone, input_size)
     settings = merge_settings(backbone_spec(backbone).settings, settings or {})
+    check_input_size(config.name, config.input_size)
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
     name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"
     base = settings_of(preset(name))

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, OutputError, printable
 from .names import DEVICES, QUANTIZE, QUANTIZE_METHODS
+from .threads import check_threads
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,13 +60,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+CACHE_FIX = "cannot be the cache folder ({reason}); set LCAR_DEPLOY_CACHE to a folder you can write"
+
+
 def cache_dir() -> Path:
-    """Per-user cache: ``$LCAR_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/lcar-deploy``."""
+    """Per-user cache: ``$LCAR_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/lcar-deploy``, else
+    ``~/.cache/lcar-deploy``. :class:`OutputError` when it cannot be one: a file, a symbolic
+    link loop, or (it or the nearest folder above it that exists) not writable."""
     env = os.environ.get("LCAR_DEPLOY_CACHE")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lcar-deploy"
+        path = Path(env)
+    else:
+        try:
+            base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        except RuntimeError:  # no HOME and no password entry
+            raise OutputError(
+                "no home folder to keep the cache in; set LCAR_DEPLOY_CACHE to a folder"
+            ) from None
+        path = Path(base) / "lcar-deploy"
+    _check_cache(path)
+    return path
+
+
+def _check_cache(path: Path) -> None:
+    """OutputError unless ``path``, or the nearest folder above it that exists, is a folder
+    this user can write (the cache's folders are made when first written)."""
+    existing = path
+    while True:
+        try:
+            info = existing.stat()
+            break
+        except FileNotFoundError:
+            if existing.parent == existing:
+                return
+            existing = existing.parent
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        reason = "not a folder" if existing == path else f"{printable(existing)} is not a folder"
+        raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not writable" if existing == path else f"{printable(existing)} is not writable"
+        raise OutputError(f"{printable(path)}: {CACHE_FIX.format(reason=reason)}")
 
 
 DEFAULT_BUNDLE_NAME = "default-efficientnet_lite0-384-localizer"
@@ -101,7 +138,13 @@ def load_bundle(
     if path is not None:
         return Bundle.load(path)
     target = default_bundle_dir()
+    fix = "delete that folder to export it again, or set LCAR_DEPLOY_CACHE"
     if not (target / MANIFEST).is_file():
+        if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
+            raise BundleError(
+                f"{printable(target)}: the cached default bundle has no {MANIFEST} (an export "
+                f"that was cut short?); {fix}"
+            )
         import contextlib
         import io
         import time
@@ -114,10 +157,23 @@ def load_bundle(
             f"and generic localizer to ONNX in {target} (once, about half a minute) ..."
         )
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            export_bundle(target)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                export_bundle(target)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(
+                f"{printable(target)}: cannot write the default bundle ({reason}); set "
+                "LCAR_DEPLOY_CACHE to a folder you can write"
+            ) from None
         say(f"default bundle ready in {time.perf_counter() - start:.0f} s")
-    return Bundle.load(target)
+    try:
+        return Bundle.load(target)
+    except BundleError as exc:
+        reason = printable(str(exc).removeprefix(f"{target}{os.sep}"), 100)
+        raise BundleError(
+            f"{printable(target)}: the cached default bundle is unusable ({reason}); {fix}"
+        ) from None
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -274,15 +330,19 @@ def _check_plain_file(file: Path, cap: int, missing: str) -> None:
     try:
         info = file.lstat()
     except FileNotFoundError:
-        raise BundleError(f"{file}: {missing}") from None
+        raise BundleError(f"{printable(file)}: {missing}") from None
     except OSError as exc:
-        raise BundleError(f"{file}: cannot stat ({exc.strerror})") from None
+        raise BundleError(f"{printable(file)}: cannot stat ({exc.strerror})") from None
     if stat.S_ISLNK(info.st_mode):
-        raise BundleError(f"{file}: is a symbolic link; a bundle must hold its files itself")
+        raise BundleError(
+            f"{printable(file)}: is a symbolic link; a bundle must hold its files itself"
+        )
     if not stat.S_ISREG(info.st_mode):
-        raise BundleError(f"{file}: not a regular file")
+        raise BundleError(f"{printable(file)}: not a regular file")
     if info.st_size > cap:
-        raise BundleError(f"{file}: {info.st_size} bytes, larger than the limit of {cap}")
+        raise BundleError(
+            f"{printable(file)}: {info.st_size} bytes, larger than the limit of {cap}"
+        )
 
 
 def _read_plain_file(file: Path, cap: int) -> bytes:
@@ -293,9 +353,9 @@ def _read_plain_file(file: Path, cap: int) -> bytes:
         with os.fdopen(os.open(file, flags | getattr(os, "O_BINARY", 0)), "rb") as f:
             data = f.read(cap + 1)
     except OSError as exc:
-        raise BundleError(f"{file}: cannot read ({exc.strerror})") from None
+        raise BundleError(f"{printable(file)}: cannot read ({exc.strerror})") from None
     if len(data) > cap:
-        raise BundleError(f"{file}: larger than the limit of {cap} bytes")
+        raise BundleError(f"{printable(file)}: larger than the limit of {cap} bytes")
     return data
 
 
@@ -385,15 +445,17 @@ class Bundle:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
-            raise BundleError(f"{path}: bundle folder not found")
+            raise BundleError(f"{printable(path)}: bundle folder not found")
         _check_plain_file(manifest_path, MAX_MANIFEST_BYTES, "missing (not a bundle folder?)")
         try:
             manifest = json.loads(_read_plain_file(manifest_path, MAX_MANIFEST_BYTES))
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8, int digits, nesting
-            raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+            raise BundleError(
+                f"{printable(manifest_path)}: unreadable manifest ({printable(exc, 100)})"
+            ) from None
         problem = manifest_problem(manifest)
         if problem:
-            raise BundleError(f"{manifest_path}: {problem}")
+            raise BundleError(f"{printable(manifest_path)}: {problem}")
         bundle = cls(path, manifest)
         for name in manifest["files"]:
             _check_plain_file(path / name, MAX_FILE_BYTES, "listed in the manifest but missing")
@@ -409,13 +471,14 @@ class Bundle:
             data = _read_plain_file(file, MAX_FILE_BYTES)
             if hashlib.sha256(data).hexdigest() != info["sha256"]:
                 raise BundleError(
-                    f"{file}: sha256 does not match the manifest (file changed or corrupt)"
+                    f"{printable(file)}: sha256 does not match the manifest (file changed or "
+                    "corrupt)"
                 )
             if name == "model.onnx":
                 graph = data
         problem = None if graph is None else graph_problem(graph, self.manifest)
         if problem:
-            raise BundleError(f"{self.path / 'model.onnx'}: {problem}")
+            raise BundleError(f"{printable(self.path / 'model.onnx')}: {problem}")
 
     @property
     def backbone(self) -> str:
@@ -461,14 +524,15 @@ class Bundle:
         ids = self.class_ids
         if class_id not in ids:
             raise BundleError(
-                f"{self.path}: class id {class_id} is not among the bundle's {len(ids)} classes"
+                f"{printable(self.path)}: class id {class_id} is not among the bundle's "
+                f"{len(ids)} classes"
             )
         return ids.index(class_id)
 
     def session(self, device: str = "auto", threads: int | None = None) -> OnnxRunner:
         if "model.onnx" not in self.manifest["files"]:
             raise BundleError(
-                f"{self.path}: has no model.onnx (exported with --format torchscript)"
+                f"{printable(self.path)}: has no model.onnx (exported with --format torchscript)"
             )
         model = self.path / "model.onnx"
         _check_plain_file(model, MAX_FILE_BYTES, "listed in the manifest but missing")
@@ -477,7 +541,7 @@ class Bundle:
         data = _read_plain_file(model, MAX_FILE_BYTES)
         if hashlib.sha256(data).hexdigest() != self.manifest["files"]["model.onnx"]["sha256"]:
             raise BundleError(
-                f"{model}: sha256 does not match the manifest (file changed or corrupt)"
+                f"{printable(model)}: sha256 does not match the manifest (file changed or corrupt)"
             )
         return OnnxRunner(model, self.outputs, device=device, threads=threads, data=data)
 
@@ -515,6 +579,7 @@ class OnnxRunner:
         messages); else the file at ``model_path`` is loaded."""
         import onnxruntime as ort
 
+        threads = check_threads(threads)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -526,7 +591,9 @@ class OnnxRunner:
                 str(model_path) if data is None else data, sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime's errors derive from Exception only
-            raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc})") from None
+            raise BundleError(
+                f"{printable(model_path)}: onnxruntime cannot load it ({printable(exc, 100)})"
+            ) from None
         shape = self.session.get_inputs()[0].shape
         self.input_size = int(shape[-1])
 

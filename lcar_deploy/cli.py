@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import names
-from .errors import LcarError
+from .errors import LcarError, printable
+from .threads import MAX_THREADS
 from .training.config import LocalizerConfig, train_defaults
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 
 EXIT_ERROR = 1
 EXIT_SOME_IMAGES_FAILED = 3
+MESSAGE_LIMIT = 1000
+"""Characters of an error or notice shown at most: a net only, each user value in a message is
+bounded where the message is made (:func:`~lcar_deploy.errors.printable`)."""
+PATH_LIMIT = 4096
+"""Characters of a path printed on stdout at most (its control characters escaped)."""
 
 app = typer.Typer(
     name="lcar-deploy",
@@ -66,8 +72,9 @@ Engine = choices("Engine", names.ENGINES)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print ``message`` to stderr and return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    """Print ``message`` to stderr, control characters escaped and its length bounded
+    (:func:`~lcar_deploy.errors.printable`), and return the Exit to raise."""
+    typer.secho(f"error: {printable(message, MESSAGE_LIMIT)}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
 
 
@@ -149,11 +156,9 @@ def export(
     from .bundle import default_bundle_dir
     from .export.exporter import export_bundle
 
-    target = out or default_bundle_dir()
-    if input_size is not None and input_size < 32:
-        raise fail(f"--input-size must be at least 32, got {input_size}")
-    typer.echo(f"exporting {backbone.value} to {target} ...", err=True)
     try:
+        target = out or default_bundle_dir()
+        typer.echo(f"exporting {backbone.value} to {printable(target)} ...", err=True)
         with contextlib.redirect_stdout(io.StringIO()):
             path = export_bundle(
                 target,
@@ -171,7 +176,7 @@ def export(
             )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(path))
+    typer.echo(printable(path, PATH_LIMIT))
 
 
 Method = choices("Method", names.METHODS)
@@ -202,7 +207,7 @@ PRESET_HELP = (
 
 
 def notify(message: str) -> None:
-    typer.echo(message, err=True)
+    typer.echo(printable(message, MESSAGE_LIMIT), err=True)
 
 
 def make_spec(
@@ -292,7 +297,7 @@ def localize(
     ] = None,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help=THREADS_HELP)] = None,
     overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     save_masks: Annotated[bool, typer.Option(help="Write OUT/masks/*.png.")] = False,
     overlays: Annotated[bool, typer.Option(help="Write OUT/overlays/*.jpg (box + mask).")] = False,
@@ -354,11 +359,15 @@ def localize(
         some_names,
     )
 
+    try:
+        is_file, is_dir = img_dir.is_file(), img_dir.is_dir()
+    except OSError as exc:  # a name too long, ...: is_dir() raises for those
+        raise fail(f"{printable(img_dir)}: cannot open ({exc.strerror or exc})") from None
     if labels == Labels.csv:
-        if not img_dir.is_file():
-            raise fail(f"{img_dir}: not a file (with --labels csv, give the CSV list)")
-    elif not img_dir.is_dir():
-        raise fail(f"{img_dir}: not a folder")
+        if not is_file:
+            raise fail(f"{printable(img_dir)}: not a file (with --labels csv, give the CSV list)")
+    elif not is_dir:
+        raise fail(f"{printable(img_dir)}: not a folder")
     if labels is not None and class_id is not None:
         raise fail("--class and --labels both choose the class: give one of them")
     if out.exists() and not out.is_dir():
@@ -419,7 +428,8 @@ def localize(
     except KeyboardInterrupt as exc:
         if isinstance(exc, RunInterrupted):
             how_far = (
-                f"{exc.done} of {exc.total} images done this run, written to {exc.predictions}"
+                f"{exc.done} of {exc.total} images done this run, written to "
+                f"{printable(exc.predictions)}"
             )
         else:
             how_far = "no image done this run"
@@ -432,13 +442,16 @@ def localize(
     earlier = f" ({summary.skipped_errors} of them failed)" if summary.skipped_errors else ""
     parts = [f"{summary.ok} ok, {summary.errors} failed, {summary.skipped} already done{earlier}"]
     if summary.errors or summary.skipped_errors:
-        failed = some_names(summary.failed_names, summary.errors + summary.skipped_errors)
+        failed = some_names(
+            [printable(n, 80) for n in summary.failed_names],
+            summary.errors + summary.skipped_errors,
+        )
         parts.append(f"failed: {failed} (reasons in their error lines)")
     if summary.not_images:
         these = (
             "files that are not images" if summary.not_images > 1 else "file that is not an image"
         )
-        names = some_names(summary.not_image_names, summary.not_images)
+        names = some_names([printable(n, 80) for n in summary.not_image_names], summary.not_images)
         parts.append(f"skipped {summary.not_images} {these} ({names})")
     parts += [
         f"{stats['images_per_second'] or 0:.2f} img/s",
@@ -449,7 +462,7 @@ def localize(
             if summary.busy_percent
             else []
         ),
-        f"results in {out / 'predictions.jsonl'}",
+        f"results in {printable(out / 'predictions.jsonl')}",
     ]
     typer.echo("; ".join(parts), err=True)
     if format is not None:
@@ -459,7 +472,9 @@ def localize(
             written = convert_predictions(out / "predictions.jsonl", format.value)
         except LcarError as exc:
             raise fail(str(exc)) from None
-        typer.echo(f"{format.value}: {', '.join(map(str, written))}", err=True)
+        typer.echo(
+            f"{format.value}: {', '.join(printable(p, PATH_LIMIT) for p in written)}", err=True
+        )
     if summary.errors or summary.skipped_errors:
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
 
@@ -528,7 +543,7 @@ def convert(
     except LcarError as exc:
         raise fail(str(exc)) from None
     for path in written:
-        typer.echo(str(path))
+        typer.echo(printable(path, PATH_LIMIT))
 
 
 @app.command(
@@ -560,7 +575,7 @@ def review(
         f"{len(shown.items)} images, {with_overlay} with an overlay, {shown.failed} failed{note}",
         err=True,
     )
-    typer.echo(str(page))
+    typer.echo(printable(page, PATH_LIMIT))
 
 
 DatasetKind = choices("DatasetKind", names.DATASET_KINDS)
@@ -601,7 +616,7 @@ def evaluate(
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     workers: Annotated[int, typer.Option(min=1, help=WORKERS_HELP)] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help=THREADS_HELP)] = None,
     overlap: Annotated[bool, typer.Option(help=OVERLAP_HELP)] = True,
     arm_backend: Annotated[ArmBackend, typer.Option(help="ARM implementation.")] = ArmBackend.auto,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
@@ -650,8 +665,8 @@ def evaluate(
     typer.echo((out / "report.md").read_text())
     if result.errors:
         typer.echo(
-            f"{len(result.errors)} images failed, e.g. {result.errors[0][1]}; every reason is "
-            f"in {out / 'metrics.json'} (errors)",
+            f"{len(result.errors)} images failed, e.g. {printable(result.errors[0][1], 120)}; "
+            f"every reason is in {printable(out / 'metrics.json')} (errors)",
             err=True,
         )
         raise typer.Exit(EXIT_SOME_IMAGES_FAILED)
@@ -706,7 +721,9 @@ def calibrate(
         ),
     ] = None,
     device: Annotated[Device, typer.Option(help="onnxruntime device (and SGRM's).")] = Device.auto,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads.")
+    ] = None,
     settings: Annotated[str | None, typer.Option(help=SETTINGS_HELP)] = None,
     preset: Annotated[Preset | None, typer.Option(help=PRESET_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -746,8 +763,8 @@ def calibrate(
     except LcarError as exc:
         raise fail(str(exc)) from None
     for line in report_lines(result):
-        typer.echo(line, err=True)
-    typer.echo(str(written))
+        typer.echo(printable(line, PATH_LIMIT), err=True)
+    typer.echo(printable(written, PATH_LIMIT))
 
 
 Augment = choices("Augment", names.AUGMENTS)
@@ -776,7 +793,6 @@ def train(
     input_size: Annotated[
         int | None,
         typer.Option(
-            min=32,
             help="Backbone input side S (default 448 for efficientnet_lite0, the backbone's "
             "own for the others).",
         ),
@@ -848,7 +864,9 @@ def train(
         str | None,
         typer.Option(help=f"torch device: cpu, cuda, cuda:1 (default {TRAIN['device']})."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=MAX_THREADS, help="torch CPU threads.")
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
@@ -900,7 +918,7 @@ def train(
         )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(str(result.heads_path))
+    typer.echo(printable(result.heads_path, PATH_LIMIT))
 
 
 def main() -> None:

@@ -20,7 +20,10 @@ Two on-disk layouts, the ones the full datasets use:
   when it exists (``root/train``, ``root/test``), else ``root`` itself, for every split. Classes
   are the folder names of every split folder together (so train and test agree), sorted; ids
   ``0..C-1`` in that order. No boxes. Refused: a class folder with no image, an image directly
-  in the split folder (no class), a folder with no class folder.
+  in the split folder (no class), a folder with no class folder. Links to folders are followed
+  only while they stay inside ``root``, each folder once; links leading out, link loops and
+  sub-folders that cannot be read are left out, named in :attr:`Dataset.skipped` and in a
+  logged warning (links to image files are kept wherever they lead).
 - ``csv``: ``root`` is a CSV file of ``path,class[,x0,y0,x1,y1]`` lines (an optional first
   line ``path,class,...`` is a header; fields are quoted as the csv module reads them, e.g. a
   class name with a comma); ``path`` is relative to the file's folder (or
@@ -41,18 +44,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DatasetError, printable
 from .metrics import EVAL_SIZE
 from .names import DATASET_KINDS
 
 DATASETS = DATASET_KINDS
+LINE_SHOWN = 120
+"""Characters of a metadata line (or one of its values) that a message quotes at most."""
+SKIPPED_SHOWN = 3
+"""Entries a folder walk left out that its warning names (then ``and N more``)."""
+_log = logging.getLogger(__name__)
 CSV_HEADER = ("path", "class")
 CUB_FILES = (
     "images.txt",
@@ -99,7 +110,8 @@ class Record:
         size = image_size or self.size
         if size is None:
             raise DatasetError(
-                f"{self.image_id}: original size unknown; pass image_size (read it from the image)"
+                f"{printable(self.image_id)}: original size unknown; pass image_size (read it "
+                "from the image)"
             )
         if len(self.boxes) == 0:
             return np.zeros((0, 4), dtype=np.int64)
@@ -116,6 +128,8 @@ class Dataset:
     records: the images, in metadata order.
     class_ids, class_names: the C classes, index = contiguous label.
     metadata: the metadata folder that was read.
+    skipped: what a folder walk left out, ``name (reason)`` each (``folder``: links leading
+        out of the root, folders that cannot be read, link loops), also logged as a warning.
     """
 
     kind: str
@@ -125,6 +139,7 @@ class Dataset:
     class_ids: list[int]
     class_names: list[str]
     metadata: Path
+    skipped: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -146,21 +161,45 @@ class Dataset:
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-empty lines of ``path``."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: metadata file not found")
+    """(line number, stripped text) of the non-empty lines of ``path``, a regular file (a FIFO
+    would block the read, a device could be read forever); a UTF-8 BOM, as spreadsheets write
+    it, is dropped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+    except FileNotFoundError:
+        raise DatasetError(f"{printable(path)}: metadata file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{printable(path)}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise DatasetError(f"{printable(path)}: metadata file expected, found {what}")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    try:
+        with open(path, "rb", opener=lambda name, _: os.open(name, flags)) as file:
+            text = file.read().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+        raise DatasetError(f"{printable(path)}: cannot read ({printable(exc, 100)})") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _at(path: Path, lineno: int) -> str:
+    """``file:line`` of a message."""
+    return f"{printable(path)}:{lineno}"
+
+
+def _quoted(value: object) -> str:
+    """A value of a line (or the line) quoted in a message, escaped and bounded (a line of
+    10,000 fields is not echoed whole)."""
+    return printable(repr(value), LINE_SHOWN)
 
 
 def _fields(path: Path, lineno: int, line: str, sep: str | None, count: int) -> list[str]:
     parts = line.split(sep) if sep is None else [p.strip() for p in line.split(sep)]
     if len(parts) != count:
         what = "comma-separated fields" if sep else "fields"
-        raise DatasetError(f"{path}:{lineno}: expected {count} {what}, got {len(parts)}: {line!r}")
+        raise DatasetError(
+            f"{_at(path, lineno)}: expected {count} {what}, got {len(parts)}: {_quoted(line)}"
+        )
     return parts
 
 
@@ -168,16 +207,20 @@ def _int(path: Path, lineno: int, value: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
+        raise DatasetError(
+            f"{_at(path, lineno)}: {what} {_quoted(value)} is not an integer"
+        ) from None
 
 
 def _float(path: Path, lineno: int, value: str, what: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not a number") from None
+        raise DatasetError(
+            f"{_at(path, lineno)}: {what} {_quoted(value)} is not a number"
+        ) from None
     if not np.isfinite(number):
-        raise DatasetError(f"{path}:{lineno}: {what} {value!r} is not finite")
+        raise DatasetError(f"{_at(path, lineno)}: {what} {_quoted(value)} is not finite")
     return number
 
 
@@ -185,7 +228,8 @@ def _box(path: Path, lineno: int, values: list[str]) -> list[float]:
     x0, y0, x1, y1 = (_float(path, lineno, v, "box coordinate") for v in values)
     if min(x0, y0) < 0 or x1 < x0 or y1 < y0:
         raise DatasetError(
-            f"{path}:{lineno}: box {values} is not x0,y0,x1,y1 with 0 <= x0 <= x1, 0 <= y0 <= y1"
+            f"{_at(path, lineno)}: box {_quoted(values)} is not x0,y0,x1,y1 with 0 <= x0 <= x1, "
+            "0 <= y0 <= y1"
         )
     return [x0, y0, x1, y1]
 
@@ -213,11 +257,11 @@ def _id_table(path: Path) -> dict[int, tuple[int, str]]:
     for lineno, line in _read_lines(path):
         parts = line.split(None, 1)  # the value may hold spaces (a file name)
         if len(parts) != 2:
-            raise DatasetError(f"{path}:{lineno}: expected 'id value', got {line!r}")
+            raise DatasetError(f"{_at(path, lineno)}: expected 'id value', got {_quoted(line)}")
         key, value = parts
         image = _int(path, lineno, key, "image id")
         if image in table:
-            raise DatasetError(f"{path}:{lineno}: image id {image} appears twice")
+            raise DatasetError(f"{_at(path, lineno)}: image id {image} appears twice")
         table[image] = (lineno, value)
     return table
 
@@ -230,7 +274,7 @@ def _cub_boxes(path: Path) -> dict[int, list[float]]:
         image = _int(path, lineno, parts[0], "image id")
         x, y, w, h = (_float(path, lineno, v, "box value") for v in parts[1:])
         if min(x, y, w, h) < 0:
-            raise DatasetError(f"{path}:{lineno}: negative box value in {line!r}")
+            raise DatasetError(f"{_at(path, lineno)}: negative box value in {_quoted(line)}")
         boxes[image] = [x, y, x + w, y + h]
     return boxes
 
@@ -238,7 +282,7 @@ def _cub_boxes(path: Path) -> dict[int, list[float]]:
 def _load_cub(root: Path, split: str, metadata: Path | None) -> tuple[list[dict], dict[int, str]]:
     """Items of one CUB split, and {class id: name} of the classes in the label file."""
     if split not in ("train", "test"):
-        raise DatasetError(f"CUB has splits 'train' and 'test', not {split!r}")
+        raise DatasetError(f"CUB has splits 'train' and 'test', not {_quoted(split)}")
     meta = metadata or root
     images = _id_table(meta / "images.txt")
     labels_file, split_file = meta / "image_class_labels.txt", meta / "train_test_split.txt"
@@ -248,19 +292,21 @@ def _load_cub(root: Path, split: str, metadata: Path | None) -> tuple[list[dict]
         labels[image] = _int(labels_file, lineno, value, "class id")
         if labels[image] not in names:
             raise DatasetError(
-                f"{labels_file}:{lineno}: class id {labels[image]} is not in classes.txt"
+                f"{_at(labels_file, lineno)}: class id {labels[image]} is not in classes.txt"
             )
     is_train = {}
     for image, (lineno, value) in _id_table(split_file).items():
         if value not in ("0", "1"):
-            raise DatasetError(f"{split_file}:{lineno}: train flag {value!r} is not 0 or 1")
+            raise DatasetError(
+                f"{_at(split_file, lineno)}: train flag {_quoted(value)} is not 0 or 1"
+            )
         is_train[image] = value == "1"
     boxes = _cub_boxes(meta / "bounding_boxes.txt")
     items = []
     for image, (_, rel) in images.items():
         for table, file in ((labels, labels_file), (is_train, split_file)):
             if image not in table:
-                raise DatasetError(f"{file}: no line for image id {image} of images.txt")
+                raise DatasetError(f"{printable(file)}: no line for image id {image} of images.txt")
         if is_train[image] != (split == "train"):
             continue
         items.append(
@@ -289,7 +335,9 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
     folder = meta / split
     if not folder.is_dir():
         found = sorted(p.name for p in meta.iterdir() if p.is_dir()) if meta.is_dir() else []
-        raise DatasetError(f"{folder}: split folder not found (splits here: {found or 'none'})")
+        raise DatasetError(
+            f"{printable(folder)}: split folder not found (splits here: {found or 'none'})"
+        )
     ids_file = folder / "image_ids.txt"
     image_ids = [line for _, line in _read_lines(ids_file)]
     labels_file = folder / "class_labels.txt"
@@ -306,8 +354,8 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
                 masks.setdefault(parts[0], []).append(root / parts[1])
             else:
                 raise DatasetError(
-                    f"{loc_file}:{lineno}: expected path,x0,y0,x1,y1 (or path,mask,ignore), "
-                    f"got {len(parts)} fields: {line!r}"
+                    f"{_at(loc_file, lineno)}: expected path,x0,y0,x1,y1 (or path,mask,ignore), "
+                    f"got {len(parts)} fields: {_quoted(line)}"
                 )
     sizes: dict[str, tuple[int, int]] = {}
     sizes_file = folder / "image_sizes.txt"
@@ -319,12 +367,16 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
                 _int(sizes_file, lineno, h, "height"),
             )
             if width < 1 or height < 1:
-                raise DatasetError(f"{sizes_file}:{lineno}: size must be positive: {line!r}")
+                raise DatasetError(
+                    f"{_at(sizes_file, lineno)}: size must be positive: {_quoted(line)}"
+                )
             sizes[image] = (width, height)
     items = []
     for image in image_ids:
         if image not in labels:
-            raise DatasetError(f"{labels_file}: no class label for {image} of image_ids.txt")
+            raise DatasetError(
+                f"{printable(labels_file)}: no class label for {printable(image)} of image_ids.txt"
+            )
         items.append(
             {
                 "image_id": image,
@@ -344,69 +396,181 @@ def _load_wsol(root: Path, split: str, metadata: Path | None) -> tuple[list[dict
     return items, sorted(class_ids)
 
 
-def _class_folders(folder: Path, exclude: Path | None = None) -> list[str]:
+@dataclass
+class _Walk:
+    """A walk of an image folder tree under ``root`` (resolved): links to folders are followed
+    only while their target stays inside ``root`` (a link to ``/`` would walk the whole file
+    system), each folder is entered once (by device and inode, so a link loop ends), and what
+    is left out is noted in ``skipped`` (``name (reason)``)."""
+
+    root: Path
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    visited: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+
+    def skip(self, path: Path, reason: str) -> None:
+        try:
+            name = path.relative_to(self.root).as_posix()
+        except ValueError:
+            name = str(path)
+        self.skipped.append(f"{printable(name, 80)} ({reason})")
+
+    def entries(self, folder: Path) -> list[tuple[Path, bool]]:
+        """(path, is a folder) of the entries of ``folder`` by name, hidden folders left out,
+        and links to a folder outside ``root`` and link loops left out (noted). A link to a
+        file is kept wherever it leads (an image linked in, as a view of a dataset has them).
+        OSError when ``folder`` cannot be read."""
+        with os.scandir(folder) as scan:
+            names = sorted(entry.name for entry in scan)
+        found = []
+        for name in names:
+            path = folder / name
+            try:
+                is_folder = stat.S_ISDIR(path.stat().st_mode)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    self.skip(path, "a symbolic link loop")
+                    continue
+                is_folder = False  # a broken link: the image loader says so
+            if is_folder and name.startswith("."):
+                continue
+            if is_folder and path.is_symlink() and not self.inside(path):
+                self.skip(path, "a link to a folder outside")
+                continue
+            found.append((path, is_folder))
+        return found
+
+    def inside(self, path: Path) -> bool:
+        """Whether ``path``, links resolved, lies in ``root``."""
+        return Path(os.path.realpath(path)).is_relative_to(self.root)
+
+    def enter(self, folder: Path) -> bool:
+        """Whether ``folder`` is walked: False (noted) when it was walked already."""
+        try:
+            info = folder.stat()
+        except OSError as exc:
+            self.skip(folder, f"cannot read: {exc.strerror or type(exc).__name__}")
+            return False
+        key = (info.st_dev, info.st_ino)
+        if key in self.visited:
+            self.skip(folder, "a folder walked already, through a link")
+            return False
+        self.visited.add(key)
+        return True
+
+    def warn(self) -> None:
+        """Log what was left out, if anything (a warning: stderr unless logging is set up)."""
+        if self.skipped:
+            count = len(self.skipped)
+            shown = ", ".join(self.skipped[:SKIPPED_SHOWN])
+            more = f" and {count - SKIPPED_SHOWN} more" if count > SKIPPED_SHOWN else ""
+            _log.warning(
+                "warning: %s: left out %d %s: %s%s",
+                printable(self.root, 80),
+                count,
+                "entries" if count > 1 else "entry",
+                shown,
+                more,
+            )
+
+
+def _class_folders(folder: Path, walk: _Walk, exclude: Path | None = None) -> list[str]:
     """The class folders of an ImageFolder split folder, sorted (``exclude``, e.g. an output
     folder inside it, left out); DatasetError for an image lying in it directly (no class)."""
     from .image_io import image_extensions
 
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: image folder not found")
-    extensions = image_extensions()
-    loose = sorted(
-        p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(extensions)
-    )
-    if loose:
-        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        raise DatasetError(f"{printable(folder)}: image folder not found")
+    try:
+        entries = walk.entries(folder)
+    except OSError as exc:
         raise DatasetError(
-            f"{folder}: images directly in the folder ({shown}); put each image in the folder "
-            "of its class (root/<class name>/image.jpg)"
+            f"{printable(folder)}: cannot read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    extensions = image_extensions()
+    loose = [
+        p.name for p, is_folder in entries if not is_folder and p.name.lower().endswith(extensions)
+    ]
+    if loose:
+        shown = ", ".join(printable(n, 60) for n in loose[:3])
+        shown += f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+        raise DatasetError(
+            f"{printable(folder)}: images directly in the folder ({shown}); put each image in "
+            "the folder of its class (root/<class name>/image.jpg)"
         )
-    skip = exclude.resolve() if exclude is not None else None
-    classes = sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.resolve() != skip
-    )
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    classes = [p.name for p, is_folder in entries if is_folder and os.path.realpath(p) != skip]
     if not classes:
-        raise DatasetError(f"{folder}: no class folders (expected root/<class name>/image.jpg)")
+        raise DatasetError(
+            f"{printable(folder)}: no class folders (expected root/<class name>/image.jpg)"
+        )
     return classes
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Every file named like an image under ``folder`` (nested, sorted; links to folders are
-    not followed)."""
+def _images_under(folder: Path, walk: _Walk) -> list[Path]:
+    """Every file named like an image under ``folder`` (nested, sorted, in the order of a walk
+    that lists a folder's files before its sub-folders)."""
     from .image_io import image_extensions
 
     extensions = image_extensions()
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / n for n in sorted(filenames) if n.lower().endswith(extensions)]
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        if not walk.enter(current):
+            continue
+        try:
+            entries = walk.entries(current)
+        except OSError as exc:
+            walk.skip(current, f"cannot read: {exc.strerror or type(exc).__name__}")
+            continue
+        found += [
+            p for p, is_folder in entries if not is_folder and p.name.lower().endswith(extensions)
+        ]
+        stack += reversed([p for p, is_folder in entries if is_folder])
     return found
 
 
 def _folder_split(root: Path, split: str) -> Path:
-    """``root/split`` when it is a folder, else ``root``."""
-    return root / split if (root / split).is_dir() else root
+    """``root/split`` when it is a folder, else ``root``; DatasetError for a split folder that
+    is a link leading out of ``root``."""
+    folder = root / split
+    if not folder.is_dir():
+        return root
+    if folder.is_symlink() and not _Walk(root).inside(folder):
+        raise DatasetError(
+            f"{printable(folder)}: the split folder is a link that leads out of {printable(root)}"
+        )
+    return folder
 
 
 def _load_folder(
     root: Path, split: str | None, exclude: Path | None = None
-) -> tuple[list[dict], list[str]]:
-    """Items of an ImageFolder split and the class names of every split folder together
+) -> tuple[list[dict], list[str], list[str]]:
+    """Items of an ImageFolder split, the class names of every split folder together
     (``split`` None: ``root`` is the split folder, its classes alone; ``exclude``: a folder
-    that is no class)."""
+    that is no class), and what the walk left out (:class:`_Walk`), also logged."""
+    walk = _Walk(root)
     folder = root if split is None else _folder_split(root, split)
-    names = set(_class_folders(folder, exclude))
+    classes = _class_folders(folder, walk, exclude)
+    names = set(classes)
     if folder != root:
-        for other in sorted(root.iterdir()):
-            if other.is_dir() and other != folder and not other.name.startswith("."):
-                names |= set(_class_folders(other))
+        try:
+            others = [p for p, is_folder in walk.entries(root) if is_folder and p != folder]
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise DatasetError(f"{printable(root)}: cannot read ({reason})") from None
+        for other in others:
+            names |= set(_class_folders(other, walk))
     items = []
-    for name in _class_folders(folder, exclude):
-        images = _images_under(folder / name)
+    for name in classes:
+        noted = len(walk.skipped)
+        images = _images_under(folder / name, walk)
         if not images:
-            raise DatasetError(f"{folder / name}: class folder {name!r} has no images")
+            why = f" (left out: {walk.skipped[noted]})" if len(walk.skipped) > noted else ""
+            raise DatasetError(
+                f"{printable(folder / name)}: class folder {printable(repr(name), 80)} has no "
+                f"images{why}"
+            )
         for path in images:
             items.append(
                 {
@@ -418,18 +582,25 @@ def _load_folder(
                     "masks": (),
                 }
             )
-    return items, sorted(names)
+    walk.warn()
+    return items, sorted(names), walk.skipped
 
 
-def _csv_fields(line: str) -> list[str]:
+def _csv_fields(path: Path, lineno: int, line: str) -> list[str]:
     """The stripped fields of one CSV line (quotes as the csv module reads them: a class name
     with a comma is written ``"tabby, tabby cat"``)."""
-    return [field.strip() for field in next(csv.reader([line], skipinitialspace=True))]
+    try:
+        fields = next(csv.reader([line], skipinitialspace=True))
+    except csv.Error as exc:  # a field over the csv module's size limit, a NUL byte
+        raise DatasetError(
+            f"{_at(path, lineno)}: not a CSV line ({exc}): {_quoted(line)}"
+        ) from None
+    return [field.strip() for field in fields]
 
 
 def _load_csv(path: Path) -> tuple[list[dict], list[str]]:
     """Items of a ``path,class[,x0,y0,x1,y1]`` list and its class names, sorted."""
-    rows = [(n, line, _csv_fields(line)) for n, line in _read_lines(path)]
+    rows = [(n, line, _csv_fields(path, n, line)) for n, line in _read_lines(path)]
     if rows and tuple(p.lower() for p in rows[0][2][:2]) == CSV_HEADER:
         rows = rows[1:]
     base = path.parent
@@ -438,18 +609,18 @@ def _load_csv(path: Path) -> tuple[list[dict], list[str]]:
     for lineno, line, parts in rows:
         if len(parts) not in (2, 6):
             raise DatasetError(
-                f"{path}:{lineno}: expected path,class or path,class,x0,y0,x1,y1, got "
-                f"{len(parts)} fields: {line!r}"
+                f"{_at(path, lineno)}: expected path,class or path,class,x0,y0,x1,y1, got "
+                f"{len(parts)} fields: {_quoted(line)}"
             )
         image, name = parts[:2]
         if not image or not name:
-            raise DatasetError(f"{path}:{lineno}: empty path or class in {line!r}")
+            raise DatasetError(f"{_at(path, lineno)}: empty path or class in {_quoted(line)}")
         box = _box(path, lineno, parts[2:]) if len(parts) == 6 else None
         if image in items:
             before = items[image]
             if box is None or not before["boxes"] or before["class_name"] != name:
                 raise DatasetError(
-                    f"{path}:{lineno}: duplicate path {image!r} (first on line "
+                    f"{_at(path, lineno)}: duplicate path {_quoted(image)} (first on line "
                     f"{first_line[image]}); only lines that each give a box of the same class "
                     "may repeat a path (one line per object)"
                 )
@@ -482,18 +653,29 @@ def load_labelled(kind: str, source: str | Path, exclude: Path | None = None) ->
     (``source`` holds the class folders themselves: no split folder is looked for) or ``csv``
     (``source`` is the file). Records are in folder / file order; ``exclude``: a folder inside
     ``source`` that is no class (the output folder). Errors as :func:`load_dataset`'s."""
-    source = Path(source).expanduser().resolve()
+    source = _resolved(source)
     if kind == "folder":
         if not source.is_dir():
-            raise DatasetError(f"{source}: image folder not found")
-        items, names = _load_folder(source, None, exclude)
-        return _named_dataset(kind, items, names, source, "all", source)
+            raise DatasetError(f"{printable(source)}: image folder not found")
+        items, names, skipped = _load_folder(source, None, exclude)
+        named = _named_dataset(kind, items, names, source, "all", source)
+        return dataclasses.replace(named, skipped=tuple(skipped))
     if kind == "csv":
         if not source.is_file():
-            raise DatasetError(f"{source}: CSV list not found")
+            raise DatasetError(f"{printable(source)}: CSV list not found")
         items, names = _load_csv(source)
         return _named_dataset(kind, items, names, source.parent, "all", source)
-    raise DatasetError(f"labels come from 'folder' or 'csv', not {kind!r}")
+    raise DatasetError(f"labels come from 'folder' or 'csv', not {printable(repr(kind), 60)}")
+
+
+def _resolved(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, absolute, links resolved; DatasetError for a link loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        raise DatasetError(
+            f"{printable(path)}: cannot be resolved ({printable(exc, 100)})"
+        ) from None
 
 
 def _named_dataset(
@@ -501,7 +683,7 @@ def _named_dataset(
 ) -> Dataset:
     """A dataset whose classes are known by name: ids ``0..C-1`` in ``class_names`` order."""
     if not items:
-        raise DatasetError(f"{meta}: no images")
+        raise DatasetError(f"{printable(meta)}: no images")
     index = {name: i for i, name in enumerate(class_names)}
     records = [
         Record(
@@ -542,20 +724,25 @@ def load_dataset(
         DatasetError: unknown kind or split, missing file, malformed line (file:line named),
             empty class folder, image with no class folder, duplicate CSV path.
     """
-    root = Path(root).expanduser().resolve()
-    meta = Path(metadata).expanduser().resolve() if metadata is not None else None
     if kind not in DATASETS:
-        raise DatasetError(f"unknown dataset {kind!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(
+            f"unknown dataset {printable(repr(kind), 60)}; choose one of {', '.join(DATASETS)}"
+        )
+    root = _resolved(root)
+    meta = _resolved(metadata) if metadata is not None else None
     if kind == "csv":
         if not root.is_file():
-            raise DatasetError(f"{root}: CSV list not found (--root is the file for csv)")
+            raise DatasetError(
+                f"{printable(root)}: CSV list not found (--root is the file for csv)"
+            )
     elif not root.is_dir():
-        raise DatasetError(f"{root}: dataset root not found")
+        raise DatasetError(f"{printable(root)}: dataset root not found")
     if kind in ("folder", "csv"):
         if kind == "folder":
-            items, class_names = _load_folder(root, split)
+            items, class_names, skipped = _load_folder(root, split)
             folder = _folder_split(root, split)
             named = _named_dataset(kind, items, class_names, folder, split, folder)
+            named = dataclasses.replace(named, skipped=tuple(skipped))
         else:
             items, class_names = _load_csv(root)
             named = _named_dataset(kind, items, class_names, root.parent, split, root)
@@ -573,7 +760,7 @@ def load_dataset(
         )
         meta_dir = meta or root / "metadata"
     if not items:
-        raise DatasetError(f"{meta_dir}: split {split!r} has no images")
+        raise DatasetError(f"{printable(meta_dir)}: split {_quoted(split)} has no images")
     index = {cid: i for i, cid in enumerate(class_ids)}
     records = [
         Record(

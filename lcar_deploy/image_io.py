@@ -16,16 +16,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from .errors import ImageError, printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 """The common image extensions; :func:`image_extensions` adds the others Pillow reads."""
@@ -141,17 +143,50 @@ def check_file(path: Path) -> None:
         info = path.stat()
     except FileNotFoundError as exc:
         if path.is_symlink():
-            raise ImageError(f"{path}: broken symbolic link (to {path.readlink()})") from exc
-        raise ImageError(f"{path}: file not found") from exc
+            target = printable(path.readlink())
+            raise ImageError(f"{printable(path)}: broken symbolic link (to {target})") from exc
+        raise ImageError(f"{printable(path)}: file not found") from exc
     except OSError as exc:
-        raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        raise ImageError(f"{printable(path)}: cannot open ({_reason(exc)})") from exc
+    _check_kind(path, info)
+
+
+def _check_kind(path: Path, info: os.stat_result) -> None:
     if stat.S_ISDIR(info.st_mode):
-        raise ImageError(f"{path}: is a directory")
+        raise ImageError(f"{printable(path)}: is a directory")
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "special")
-        raise ImageError(f"{path}: not a regular file ({kind})")
+        raise ImageError(f"{printable(path)}: not a regular file ({kind})")
     if info.st_size == 0:
-        raise ImageError(f"{path}: empty file")
+        raise ImageError(f"{printable(path)}: empty file")
+
+
+def _reason(exc: OSError) -> str:
+    return printable(exc.strerror or exc, 100)
+
+
+def _open_nonblocking(path: str | bytes, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading when it is a non-empty regular file (:func:`check_file`
+    first, so that no FIFO or device is opened); :class:`ImageError` otherwise. Opened without
+    blocking and checked again on the open file: a FIFO swapped in after the check neither
+    blocks the open nor is read."""
+    check_file(path)
+    try:
+        file = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 (returned open)
+    except PermissionError:
+        raise ImageError(f"{printable(path)}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{printable(path)}: cannot open ({_reason(exc)})") from None
+    try:
+        _check_kind(path, os.fstat(file.fileno()))
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 def load_image(
@@ -170,18 +205,18 @@ def load_image(
     when the header is read.
     """
     path = Path(path)
-    check_file(path)
     try:
-        with warnings.catch_warnings():
+        with open_regular(path) as file, warnings.catch_warnings():
             # PIL warns above Image.MAX_IMAGE_PIXELS; max_pixels is the limit that applies here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(file) as image:
                 width, height = image.size
                 if image.format in ("JPEG", "MPO") and max(width, height) > jpeg_draft_side:
                     image.draft("RGB", (jpeg_draft_side, jpeg_draft_side))
                 if image.size[0] * image.size[1] > max_pixels:
                     raise ImageError(
-                        f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
+                        f"{printable(path)}: {width}x{height} pixels is over the limit of "
+                        f"{max_pixels}"
                     )
                 # After the size check: a PNG's getexif() decodes the whole image.
                 orientation = image.getexif().get(EXIF_ORIENTATION, 1)
@@ -194,18 +229,18 @@ def load_image(
     except ImageError:
         raise
     except PermissionError as exc:
-        raise ImageError(f"{path}: permission denied") from exc
+        raise ImageError(f"{printable(path)}: permission denied") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: image too large ({exc})") from exc
+        raise ImageError(f"{printable(path)}: image too large ({printable(exc, 100)})") from exc
     except Exception as exc:  # PIL's decoders raise many types on malformed data
-        reason = str(exc) or type(exc).__name__
+        reason = printable(str(exc) or type(exc).__name__, 100)
         if _is_tiff(path):
             return _load_tiff(path, max_pixels, reason)
-        raise ImageError(f"{path}: cannot decode image ({reason})") from exc
+        raise ImageError(f"{printable(path)}: cannot decode image ({reason})") from exc
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-        raise ImageError(f"{path}: decoded to an unusable shape {rgb.shape}")
+        raise ImageError(f"{printable(path)}: decoded to an unusable shape {rgb.shape}")
     return LoadedImage(rgb=np.ascontiguousarray(rgb), original_size=(width, height))
 
 
@@ -239,9 +274,9 @@ def _pillow_misreads(image: Image.Image) -> bool:
 
 def _is_tiff(path: Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             return f.read(4) in _TIFF_MAGIC
-    except OSError:
+    except (OSError, ImageError):
         return False
 
 
@@ -264,17 +299,17 @@ def _load_tiff(path: Path, max_pixels: int, pil_reason: str) -> LoadedImage:
     import tifffile
 
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with open_regular(path) as file, _quiet_tifffile(), tifffile.TiffFile(file) as tif:
             page = tif.pages[0]
             width, height = page.imagewidth, page.imagelength
             if width * height > max_pixels:
                 raise ImageError(
-                    f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
+                    f"{printable(path)}: {width}x{height} pixels is over the limit of {max_pixels}"
                 )
             if page.size > _MAX_SAMPLES * max_pixels:
                 raise ImageError(
-                    f"{path}: first page {page.shape} of {page.dtype} is over the limit of "
-                    f"{max_pixels} pixels of {_MAX_SAMPLES} samples"
+                    f"{printable(path)}: first page {page.shape} of {page.dtype} is over the "
+                    f"limit of {max_pixels} pixels of {_MAX_SAMPLES} samples"
                 )
             data = page.asarray()
             orientation = page.tags.get(274)
@@ -282,15 +317,16 @@ def _load_tiff(path: Path, max_pixels: int, pil_reason: str) -> LoadedImage:
     except ImageError:
         raise
     except Exception as exc:  # tifffile raises many types on malformed data too
+        reason = printable(exc or type(exc).__name__, 100)
         raise ImageError(
-            f"{path}: cannot decode image ({pil_reason}; tifffile: {exc or type(exc).__name__})"
+            f"{printable(path)}: cannot decode image ({pil_reason}; tifffile: {reason})"
         ) from exc
     transpose = _UPRIGHT.get(orientation.value if orientation is not None else 1)
     if transpose is not None:
         image = image.transpose(transpose)
     rgb = np.asarray(_to_rgb(image))
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-        raise ImageError(f"{path}: decoded to an unusable shape {rgb.shape}")
+        raise ImageError(f"{printable(path)}: decoded to an unusable shape {rgb.shape}")
     return LoadedImage(rgb=np.ascontiguousarray(rgb), original_size=(rgb.shape[1], rgb.shape[0]))
 
 

@@ -9,6 +9,7 @@ back to the original image's pixels.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,13 +29,14 @@ from .boxes import (
 )
 from .bundle import MANIFEST, Bundle, OnnxRunner, load_bundle, select_providers
 from .config import PipelineConfig, resolve_config
-from .errors import BundleError, ImageError, SettingError
+from .errors import BundleError, ImageError, LabelsError, SettingError, printable
 from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
 from .names import METHODS, STAGES, method_stages
 from .stages.arm import orient, refine
 from .stages.cam import cam_map, minmax_normalize, softmax, upsample
 from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
 from .stages.sgrm import sgrm_batched
+from .threads import check_threads
 
 # Axis of each bundle output that runs along the image width (None: not spatial).
 WIDTH_AXIS = {
@@ -162,6 +164,40 @@ def _as_image(image: ImageInput) -> LoadedImage:
     return LoadedImage(rgb=rgb, original_size=(rgb.shape[1], rgb.shape[0]))
 
 
+def _class_id(value: object, name: str) -> int | None:
+    """``value`` as a dataset class id (None: the predicted class); TypeError naming ``name``
+    for anything but an integer (a string \"3\" included)."""
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    shown = printable(repr(value), 60)
+    raise TypeError(
+        f"{name} must be an integer class id or None, got {type(value).__name__} {shown}"
+    )
+
+
+def _class_ids(values: object, count: int) -> list[int | None]:
+    """``values`` as one class id (or None) per image of ``count`` (None: all predicted)."""
+    if values is None:
+        return [None] * count
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise TypeError(
+            f"class_ids must be a list of class ids (or None), one per image, got "
+            f"{type(values).__name__} {printable(repr(values), 60)}"
+        )
+    ids = [_class_id(value, f"class_ids[{i}]") for i, value in enumerate(values)]
+    if len(ids) != count:
+        raise LabelsError(
+            f"class_ids gives {len(ids)} class ids for {count} images; give one per image "
+            "(None: the predicted class)"
+        )
+    return ids
+
+
 @dataclass(frozen=True)
 class LocalizerSpec:
     """What a :class:`Localizer` is built from, checked, without its onnxruntime session.
@@ -274,7 +310,7 @@ class Localizer:
                 raise BundleError(f"{bundle.path / MANIFEST}: bundle {exc}") from None
         self.config = config
         self.arm_input = LocalizerSpec(bundle, config, device).arm_input
-        self.threads = threads
+        self.threads = check_threads(threads)
         self.session: OnnxRunner = bundle.session(device=device, threads=threads)
 
     @classmethod
@@ -316,17 +352,18 @@ class Localizer:
     def localize(self, image: ImageInput, class_id: int | None = None) -> Result:
         """Localize one image: a file path or an RGB uint8 array. ``class_id``: the dataset
         class whose map to use (default: the predicted class)."""
+        _class_id(class_id, "class_id")
         return self.localize_batch([image], None if class_id is None else [class_id])[0]
 
     def localize_batch(
         self, images: Sequence[ImageInput], class_ids: Sequence[int | None] | None = None
     ) -> list[Result]:
         """:meth:`localize` for several images in one batch (faster per image)."""
-        loaded = [_as_image(image) for image in images]
-        ids = list(class_ids) if class_ids is not None else [None] * len(loaded)
+        ids = _class_ids(class_ids, len(images))
         for class_id in ids:
             if class_id is not None:
                 self.bundle.class_index(class_id)
+        loaded = [_as_image(image) for image in images]
         results = self.run([im.rgb for im in loaded], ids)
         work = self.config.work_size
         return [
@@ -349,7 +386,8 @@ class Localizer:
     ) -> dict[str, list[Localization]]:
         """Every method in ``methods`` on the same batch, sharing the stages they have in common."""
         _check_methods(methods)
-        return self.post_stages(self.backbone_stage(images), class_ids, methods)
+        ids = _class_ids(class_ids, len(images))
+        return self.post_stages(self.backbone_stage(images), ids, methods)
 
     def backbone_stage(self, images: list[np.ndarray]) -> BackboneRun:
         """The first stage of :meth:`run_methods` on a batch of (H, W, 3) uint8 RGB images: the

@@ -13,7 +13,7 @@ from helpers import invoke
 from PIL import Image
 
 import lcar_deploy
-from lcar_deploy.errors import BundleError, ImageError, LcarError, SettingError
+from lcar_deploy.errors import BundleError, ImageError, LabelsError, LcarError, SettingError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -114,3 +114,49 @@ def test_evaluate_writes_the_report(photos: Path, small_bundle: Path, tmp_path: 
     assert "| arm |" in (out / "report.md").read_text()
     with pytest.raises(SettingError, match="setting methods: unknown"):
         lcar_deploy.evaluate("ilsvrc", root, bundle=small_bundle, out=out, methods=["magic"])
+
+
+THREADS = """
+import sys
+import lcar_deploy
+from lcar_deploy.errors import SettingError
+for threads in (10**6, -1, 0, True, 2.0, "4"):
+    try:
+        lcar_deploy.Localizer.from_bundle(sys.argv[1], method="cam", device="cpu", threads=threads)
+    except SettingError as exc:
+        print(exc)
+"""
+
+
+def test_thread_counts_out_of_range_are_refused(small_bundle: Path) -> None:
+    """A million threads crashed onnxruntime: a child process, so a crash fails the test."""
+    import subprocess
+    import sys
+
+    from lcar_deploy.threads import MAX_THREADS
+
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS, str(small_bundle)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6, done.stdout
+    assert lines[0] == f"setting threads: must be an integer from 1 to {MAX_THREADS}, got 1000000"
+    assert all(line.startswith("setting threads: must be an integer from 1 to") for line in lines)
+
+
+def test_class_ids_of_the_wrong_type_or_count_are_clear_errors(small_bundle: Path) -> None:
+    loc = lcar_deploy.Localizer.from_bundle(small_bundle, method="cam", device="cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"class_id must be an integer class id or None, got str"):
+        loc.localize(image, class_id="281")
+    with pytest.raises(TypeError, match=r"class_ids\[1\] must be an integer class id"):
+        loc.localize_batch([image, image], class_ids=[281, 2.5])
+    with pytest.raises(TypeError, match=r"class_ids must be a list of class ids"):
+        loc.localize_batch([image, image], class_ids="28")
+    with pytest.raises(LabelsError, match=r"class_ids gives 1 class ids for 2 images"):
+        loc.localize_batch([image, image], class_ids=[281])
+    with pytest.raises(LabelsError, match=r"class_ids gives 3 class ids for 1 images"):
+        loc.run([image], [281, 281, 281])
+    assert loc.localize(image, class_id=np.int64(281)).class_id == 281

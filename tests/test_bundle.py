@@ -200,3 +200,77 @@ def test_bad_bundle_is_a_clear_error(
     assert code == cli.EXIT_ERROR
     assert re.search(BUNDLE_ERRORS[name], stderr), stderr
     assert stderr.startswith("error: ") and "Traceback" not in stderr
+
+
+# --- the per-user cache ---------------------------------------------------------------------------
+
+
+def _cache_cases(root: Path) -> dict[str, tuple[Path, str]]:
+    """LCAR_DEPLOY_CACHE values that cannot be a cache, with the reason the error gives."""
+    (root / "a-file").write_text("not a folder")
+    (root / "loop").symlink_to(root / "loop")
+    return {
+        "file": (root / "a-file", r"not a folder"),
+        "under a file": (root / "a-file" / "cache", r"Not a directory"),
+        "link loop": (root / "loop", r"Too many levels of symbolic links"),
+        "in /proc": (Path("/proc/self/cache"), r"/proc/self is not writable"),
+    }
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "link loop", "in /proc"])
+@pytest.mark.parametrize("command", ["localize", "export"])
+def test_a_cache_that_cannot_be_used_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, command: str
+) -> None:
+    cache, reason = _cache_cases(tmp_path)[case]
+    monkeypatch.setenv("LCAR_DEPLOY_CACHE", str(cache))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30), "red").save(images / "a.png")
+    args = (
+        ["localize", images, "--out", tmp_path / "out", *FAST]
+        if command == "localize"
+        else ["export"]
+    )
+    code, _, stderr = invoke(*args)
+    assert code == cli.EXIT_ERROR, stderr
+    assert re.search(
+        rf"^error: {re.escape(str(cache))}: cannot be the cache folder \(.*{reason}.*\); set "
+        "LCAR_DEPLOY_CACHE to a folder you can write$",
+        stderr.strip(),
+    ), stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_cached_default_bundle_says_how_to_fix_it(
+    small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcar_deploy.export.exporter as exporter
+
+    def no_export(out: Path, **kwargs) -> Path:
+        raise AssertionError("the cached default bundle was exported over")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LCAR_DEPLOY_CACHE", "cache")
+    monkeypatch.setattr(exporter, "export_bundle", no_export)
+    target = bundle_module.default_bundle_dir()
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30), "red").save(images / "a.png")
+    fix = "delete that folder to export it again, or set LCAR_DEPLOY_CACHE"
+    # An export cut short: a folder with a partial file and no manifest.
+    target.mkdir(parents=True)
+    (target / "model.onnx").write_bytes(b"partial")
+    code, _, stderr = invoke("localize", images, "--out", tmp_path / "out", *FAST)
+    assert code == cli.EXIT_ERROR
+    assert stderr.startswith(f"error: {target}: the cached default bundle has no manifest.json")
+    assert fix in stderr and "--out" not in stderr
+    # A manifest damaged since: the reason is given, and the same fix.
+    shutil.rmtree(target)
+    shutil.copytree(small_bundle, target)
+    (target / "manifest.json").write_text("{")
+    code, _, stderr = invoke("localize", images, "--out", tmp_path / "out", *FAST)
+    assert code == cli.EXIT_ERROR
+    assert stderr.startswith(f"error: {target}: the cached default bundle is unusable (manifest")
+    assert fix in stderr and len(stderr) < 300
+    assert (target / "manifest.json").read_text() == "{"  # nothing of it deleted

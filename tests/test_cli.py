@@ -61,7 +61,7 @@ def test_missing_empty_and_unwritable_folders(tmp_path: Path, photo: np.ndarray)
         (["eval", "--dataset", "ilsvrc", "--root", empty], r"split folder not found"),
         (["eval", "--dataset", "cub", "--root", empty, "--out", a_file], r"not a folder"),
         (["eval", "--dataset", "cub", "--root", empty, "--methods", "cam,magic"], r"unknown"),
-        (["export", "--input-size", "8"], r"--input-size must be at least 32"),
+        (["export", "--input-size", "8"], r"setting input_size: must be an integer from 32 to"),
     ]
     Image.fromarray(photo).save(tmp_path / "a.png")  # localize tmp_path has one image
     for args, message in cases:
@@ -130,3 +130,95 @@ def test_first_run_says_it_exports_the_default_bundle(
     assert "default bundle ready in" in stderr
     code, _, stderr = invoke(*args)
     assert code == 0 and "first run" not in stderr
+
+
+@pytest.mark.parametrize("command", ["localize", "eval", "calibrate", "train"])
+def test_thread_counts_out_of_range_are_usage_errors(tmp_path: Path, command: str) -> None:
+    """A million threads crashed onnxruntime: a child process, so a crash fails the test."""
+    import subprocess
+
+    from helpers import lcar_deploy_command
+
+    from lcar_deploy.threads import MAX_THREADS
+
+    args = {
+        "localize": [tmp_path],
+        "eval": ["--dataset", "folder", "--root", tmp_path],
+        "calibrate": ["--dataset", "folder", "--root", tmp_path, "--out", tmp_path / "out"],
+        "train": ["--dataset", "folder", "--root", tmp_path],
+    }[command]
+    bounds = {"1000000": f"less than or equal to {MAX_THREADS}", "-1": "greater than or equal to 1"}
+    for threads, bound in bounds.items():
+        done = subprocess.run(
+            [*lcar_deploy_command(), command, *map(str, args), "--threads", threads],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == EXIT_USAGE, (threads, done.stderr)
+        words = " ".join(re.sub("[│╭╮╰╯─]", " ", done.stderr).split())
+        assert "Invalid value for '--threads'" in words and bound in words, words
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["export", "--input-size", "100000"],
+            r"input_size: must be an integer from 32 to 2048, got 100000",
+        ),
+        (
+            ["export", "--input-size", "2080"],
+            r"input_size: must be an integer from 32 to 2048, got 2080",
+        ),
+        (
+            ["export", "--backbone", "dino_vits16", "--input-size", "230", "--random-init"],
+            r"dino_vits16 needs a multiple of its patch size 16, got 230 \(224 or 240\)",
+        ),
+        (["train", "--input-size", "100000"], r"input_size: must be an integer from 32 to 2048"),
+        (["train", "--lr", "inf"], r"setting lr: must be a finite number in \(0, 1\], got inf"),
+        (["train", "--lr", "nan"], r"setting lr: must be a finite number in \(0, 1\], got nan"),
+        (["train", "--temperature", "0"], r"setting temperature: must be a finite number in"),
+        (["train", "--alpha", "-inf"], r"setting alpha: must be a finite number in \[0, 1\]"),
+        (["train", "--epochs", "1000000000"], r"setting epochs: must be at least 1 and at most"),
+    ],
+)
+def test_sizes_and_hyper_parameters_are_checked_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """Refused before any model is built or any image read: the dataset root does not exist."""
+    import lcar_deploy.models.backbones as backbones
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a backbone was built")
+
+    monkeypatch.setattr(backbones, "build_backbone", no_build)
+    if args[0] == "train":
+        args = [*args, "--dataset", "folder", "--root", tmp_path / "nowhere", "--out", tmp_path]
+    else:
+        args = [*args, "--out", tmp_path / "bundle"]
+    code, _, stderr = invoke(*args)
+    assert code == cli.EXIT_ERROR, stderr
+    assert re.search(message, stderr), stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_names_with_control_characters_are_escaped_in_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "x\nerror: all lost\x1b[2J"
+    code, _, stderr = invoke("localize", folder)
+    assert code == cli.EXIT_ERROR
+    assert stderr == f"error: {tmp_path}/x\\nerror: all lost\\x1b[2J: not a folder\n"
+    code, _, stderr = invoke("localize", tmp_path / ("long" * 400))
+    assert code == cli.EXIT_ERROR and len(stderr) < 300 and "..." in stderr
+
+
+def test_a_class_name_of_two_bundle_classes_is_refused(small_bundle: Path, tmp_path: Path) -> None:
+    """ImageNet names two classes 'crane' (the bird and the machine): the label cannot say which."""
+    (tmp_path / "crane").mkdir()
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "crane" / "a.png")
+    code, _, stderr = invoke(
+        "localize", tmp_path, "--labels", "folder", "--bundle", small_bundle,
+        "--out", tmp_path / "out", "--device", "cpu", "--threads", "1", "--quiet",
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR
+    assert (
+        "class 'crane' names 2 classes of the bundle (ids 134, 517); it cannot say which" in stderr
+    )

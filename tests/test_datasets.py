@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcar_deploy.datasets import CUB_FILES, DatasetError, Record, load_dataset
+from lcar_deploy.datasets import CUB_FILES, DatasetError, Record, load_dataset, load_labelled
 
 
 def test_cub_real_counts_and_boxes(shared_data: Path) -> None:
@@ -257,3 +257,124 @@ def test_folder_view_of_real_cub(shared_data: Path, tmp_path: Path) -> None:
     assert sorted(r.image_id for r in view) == sorted(r.image_id for r in cub)
     names = {r.image_id: view.class_names[r.label] for r in view}
     assert all(names[r.image_id].split(".", 1)[1] == cub.class_names[r.label] for r in cub)
+
+
+def test_folder_walk_stays_inside_the_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Links to folders outside the root and link loops are left out and named; a link to a
+    folder inside is walked once; a link to an image file is kept (a view of a dataset)."""
+    root = tmp_path / "root"
+    _jpeg(root / "train" / "cat" / "a.jpg")
+    _jpeg(root / "train" / "cat" / "deep" / "b.jpg")
+    _jpeg(tmp_path / "outside" / "secret.jpg")
+    _jpeg(tmp_path / "photo.jpg")
+    (root / "train" / "escape").symlink_to(tmp_path / "outside")  # a class leading out
+    (root / "train" / "cat" / "up").symlink_to(tmp_path / "outside")  # a sub-folder too
+    (root / "train" / "cat" / "again").symlink_to(root / "train" / "cat")  # a cycle
+    (root / "train" / "cat" / "deep" / "knot").symlink_to(root / "train" / "cat" / "deep" / "knot")
+    (root / "train" / "cat" / "linked.jpg").symlink_to(tmp_path / "photo.jpg")
+    with caplog.at_level("WARNING", logger="lcar_deploy.datasets"):
+        data = load_dataset("folder", root, "train")
+    assert data.class_names == ["cat"]
+    assert [r.image_id for r in data] == ["cat/a.jpg", "cat/linked.jpg", "cat/deep/b.jpg"]
+    assert sorted(data.skipped) == [
+        "train/cat/again (a folder walked already, through a link)",
+        "train/cat/deep/knot (a symbolic link loop)",
+        "train/cat/up (a link to a folder outside)",
+        "train/escape (a link to a folder outside)",
+    ]
+    (message,) = caplog.messages
+    assert message.startswith(f"warning: {root}: left out 4 entries: ")
+    assert message.endswith(" and 1 more") and len(message) < 300
+
+
+def test_folder_links_out_of_the_root_and_loops_as_roots(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "elsewhere" / "cat" / "a.jpg")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match=r"train: the split folder is a link that leads out"):
+        load_dataset("folder", root, "train")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for kind in ("folder", "csv"):
+        with pytest.raises(DatasetError, match=r"loop: cannot be resolved"):
+            load_dataset(kind, tmp_path / "loop")
+    with pytest.raises(DatasetError, match=r"loop: cannot be resolved"):
+        load_labelled("folder", tmp_path / "loop")
+
+
+def test_a_folder_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Made unreadable by refusing its listing: the tests may run as root, which reads all."""
+    import os
+
+    _jpeg(tmp_path / "cat" / "a.jpg")
+    _jpeg(tmp_path / "cat" / "private" / "b.jpg")
+    _jpeg(tmp_path / "dog" / "c.jpg")
+    scandir = os.scandir
+    refused = {str(tmp_path / "cat" / "private"), str(tmp_path / "dog")}
+
+    def unreadable(path=".", *args):
+        if os.fspath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    with pytest.raises(DatasetError, match=r"dog: class folder 'dog' has no images \(left out: "):
+        load_dataset("folder", tmp_path, "train")
+    refused.remove(str(tmp_path / "dog"))
+    with caplog.at_level("WARNING", logger="lcar_deploy.datasets"):
+        data = load_labelled("folder", tmp_path)
+    assert [r.image_id for r in data] == ["cat/a.jpg", "dog/c.jpg"]
+    assert data.skipped == ("cat/private (cannot read: Permission denied)",)
+    assert "left out 1 entry: cat/private (cannot read: Permission denied)" in caplog.text
+
+
+def test_names_with_control_characters_are_escaped_in_messages(tmp_path: Path) -> None:
+    (tmp_path / "ca\nt\x1b[31m").mkdir()
+    (tmp_path / "ca\nt\x1b[31m" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("folder", tmp_path, "train")
+    message = str(info.value)
+    assert "ca\\nt\\x1b[31m" in message and "\n" not in message and "\x1b" not in message
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "a.jpg")
+    (tmp_path / "list.csv").write_text("\ufeffpath,class\na.jpg,cat\n", encoding="utf-8")
+    data = load_dataset("csv", tmp_path / "list.csv")
+    assert [(r.image_id, data.class_names[r.label]) for r in data] == [("a.jpg", "cat")]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (",".join(["a.jpg", "cat", *["7"] * 10_000]), r"list.csv:1: expected path,class or"),
+        ("a.jpg," + "c" * 200_000, r"list.csv:1: not a CSV line \(field larger than"),
+        ("a\x1b[2J.jpg,cat,0", r"list.csv:1: expected .* fields: 'a\\x1b\[2J\.jpg,cat,0'"),
+        ("a.jpg,cat,0,0,1e999,1", r"list.csv:1: box coordinate '1e999' is not finite"),
+    ],
+)
+def test_csv_messages_are_bounded_and_escaped(tmp_path: Path, line: str, message: str) -> None:
+    (tmp_path / "list.csv").write_text(line + "\n")
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset("csv", tmp_path / "list.csv")
+    text = str(info.value)
+    assert len(text) < 300 + len(str(tmp_path)) and text.isprintable()
+
+
+def test_metadata_that_is_no_regular_file_is_named(tmp_path: Path) -> None:
+    """A FIFO would block the read: refused from its stat, never opened."""
+    import os
+
+    split = tmp_path / "metadata" / "test"
+    split.mkdir(parents=True)
+    os.mkfifo(split / "image_ids.txt")
+    with pytest.raises(DatasetError, match=r"image_ids\.txt: metadata file expected, found not a"):
+        load_dataset("wsol", tmp_path, "test")
+    (split / "image_ids.txt").unlink()
+    (split / "image_ids.txt").mkdir()
+    with pytest.raises(DatasetError, match=r"image_ids\.txt: metadata file expected, found a fold"):
+        load_dataset("wsol", tmp_path, "test")

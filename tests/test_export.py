@@ -541,3 +541,40 @@ def test_int8_copy_of_a_float32_bundle(
     )
     with pytest.raises(QuantizationError, match="already quantized"):
         quantize_bundle(copy.path, tmp_path / "again", calibration_folder)
+
+
+def test_input_size_is_checked_first_against_the_bundle_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sides export accepts are the ones bundle loading accepts, refused before anything
+    is built (a side of 100000 ran out of memory) and nothing is written."""
+    import dataclasses
+
+    import lcar_deploy.models.backbones as backbones
+    from lcar_deploy.bundle import INPUT_SIZES
+    from lcar_deploy.errors import SettingError
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(backbones, "build_backbone", no_build)
+    low, high = INPUT_SIZES
+    for size in (low - 1, high + 1, 100_000):
+        expected = f"setting input_size: must be an integer from {low} to {high}, got {size}"
+        with pytest.raises(SettingError, match=expected):
+            export_bundle(tmp_path / "bundle", input_size=size, random_init=True)
+    assert not (tmp_path / "bundle").exists()
+    assert backbones.check_input_size("efficientnet_lite0", low) == low
+    assert backbones.check_input_size("efficientnet_lite0", high) == high
+    assert backbones.check_input_size("efficientnet_lite0", 385) == 385  # a CNN takes any side
+    with pytest.raises(SettingError, match=r"patch size 16, got 230 \(224 or 240\)"):
+        backbones.check_input_size("dino_vits16", 230)
+    # The patch comes from the backbone's spec: a ViT with patches of 14 pixels.
+    spec = backbones.backbone_spec("dino_vits16")
+    monkeypatch.setitem(backbones._REGISTRY, spec.name, dataclasses.replace(spec, patch_size=14))
+    assert backbones.check_input_size("dino_vits16", 224) == 224
+    with pytest.raises(SettingError, match=r"patch size 14, got 240 \(238 or 252\)"):
+        export_bundle(tmp_path / "bundle", backbone="dino_vits16", input_size=240)
+    monkeypatch.undo()
+    with pytest.raises(SettingError, match=r"input_size: must be an integer from"):
+        build_backbone(BackboneConfig("efficientnet_lite0", 100_000), random_init=True)

@@ -155,3 +155,42 @@ def test_oversized_png_is_refused_before_its_pixels_are_decoded(
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
     with pytest.raises(ImageError, match="64x48 pixels is over the limit of 100"):
         load_image(path, max_pixels=100)
+
+
+SWAPPED_FIFO = """
+import os, sys
+from pathlib import Path
+import lcar_deploy.image_io as image_io
+fifo = Path(sys.argv[1])
+os.mkfifo(fifo)
+image_io.check_file = lambda path: None  # the check passed: the file was swapped since
+try:
+    image_io.load_image(fifo)
+except image_io.ImageError as exc:
+    print(exc)
+"""
+
+
+def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path: Path) -> None:
+    """The open itself does not block and the open file is checked again: a child process,
+    so that a blocking open fails the test instead of hanging it."""
+    fifo = tmp_path / "photo.jpg"
+    done = subprocess.run(
+        [sys.executable, "-c", SWAPPED_FIFO, str(fifo)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{fifo}: not a regular file (a FIFO)"
+
+
+def test_names_with_control_characters_are_escaped(tmp_path: Path, photo: np.ndarray) -> None:
+    """A name with a newline and a terminal escape cannot fake a line or colour a terminal."""
+    bad = tmp_path / "x\nerror: all lost\x1b[2J.jpg"
+    bad.write_bytes(b"not a JPEG at all")
+    with pytest.raises(ImageError) as info:
+        load_image(bad)
+    message = str(info.value)
+    assert message.isprintable() and "x\\nerror: all lost\\x1b[2J.jpg: cannot decode" in message
+    fifo = tmp_path / "pipe\r.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=r"pipe\\r\.jpg: not a regular file \(a FIFO\)"):
+        load_image(fifo)

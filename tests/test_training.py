@@ -13,15 +13,17 @@ from PIL import Image
 
 from lcar_deploy.bundle import Bundle
 from lcar_deploy.config import preset, resolve_config, settings_of
+from lcar_deploy.errors import SettingError
 from lcar_deploy.export.exporter import export_bundle
 from lcar_deploy.image_io import load_rgb
 from lcar_deploy.models.backbones import BackboneConfig
 from lcar_deploy.models.heads import load_heads
 from lcar_deploy.models.model import build_model
-from lcar_deploy.training.config import MAP_SETTINGS
+from lcar_deploy.threads import MAX_THREADS
+from lcar_deploy.training.config import MAP_SETTINGS, LocalizerConfig
 from lcar_deploy.training.features import ViewSpec, make_view
 from lcar_deploy.training.losses import SdLossConfig, distillation_kl, sd_losses
-from lcar_deploy.training.train import TrainConfig, stratified_split, train
+from lcar_deploy.training.train import TrainConfig, stratified_split, train, train_and_export
 
 
 def test_sd_loss_matches_hand_computation() -> None:
@@ -288,7 +290,7 @@ def test_bundle_settings_pick_arm_input_by_dataset() -> None:
         }
     for settings in MAP_SETTINGS.values():  # every value is a valid pipeline setting
         resolve_config(settings_of(preset("default")), settings=settings)
-    with pytest.raises(ValueError, match="arm_input must be one of"):
+    with pytest.raises(ValueError, match="setting arm_input: must be one of"):
         TrainConfig("cub", "r", "o", arm_input="edges")
 
 
@@ -303,3 +305,48 @@ def test_trained_bundles_default_to_the_backbones_trained_input_size() -> None:
     assert lite1.input_size == backbone_spec("efficientnet_lite1").input_size
     dino = TrainConfig("cub", "r", "o", backbone="dino_vits16").backbone_config()
     assert dino.input_size == backbone_spec("dino_vits16").input_size == 224
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("lr", float("inf"), r"lr: must be a finite number in \(0, 1\], got inf"),
+        ("lr", float("nan"), r"lr: must be a finite number in \(0, 1\], got nan"),
+        ("lr", 0.0, r"lr: must be a finite number in \(0, 1\], got 0\.0"),
+        ("lr", "0.01", r"lr: must be a finite number in \(0, 1\], got '0\.01'"),
+        ("weight_decay", float("nan"), r"weight_decay: must be a finite number in \[0, 1\]"),
+        ("alpha", 1.5, r"alpha: must be a finite number in \[0, 1\], got 1\.5"),
+        ("temperature", float("inf"), r"temperature: must be a finite number in \[0\.01, 100\]"),
+        ("temperature", 1e-30, r"temperature: must be a finite number in \[0\.01, 100\]"),
+        ("val_fraction", 1.0, r"val_fraction: must be a finite number in \[0, 1\), got 1\.0"),
+        ("max_bad_share", float("nan"), r"max_bad_share: must be a finite number in \[0, 1\)"),
+        ("epochs", 0, r"epochs: must be at least 1 and at most 10000, got 0"),
+        ("epochs", 10**9, r"epochs: must be at least 1 and at most 10000, got 1000000000"),
+        ("epochs", True, r"epochs: must be an integer, got True"),
+        ("batch_size", 2.0, r"batch_size: must be an integer, got 2\.0"),
+        ("crop_views", 0, r"crop_views: must be at least 1"),
+        ("workers", -1, r"workers: must be at least 0"),
+        ("seed", -1, r"seed: must be at least 0"),
+        ("teacher_hidden", -1, r"teacher_hidden: must be at least 0"),
+        ("foreground_rounds", -1, r"foreground_rounds: must be at least 0"),
+        ("threads", 10**6, rf"threads: must be an integer from 1 to {MAX_THREADS}, got 1000000"),
+        ("threads", -1, rf"threads: must be an integer from 1 to {MAX_THREADS}, got -1"),
+        ("input_size", 100_000, r"input_size: must be an integer from 32 to 2048, got 100000"),
+        ("input_size", 2080, r"input_size: must be an integer from 32 to 2048, got 2080"),
+        ("input_size", 0, r"input_size: must be an integer from 32 to 2048, got 0"),
+    ],
+)
+def test_hyper_parameters_are_checked_when_the_config_is_made(
+    option: str, value: object, message: str
+) -> None:
+    with pytest.raises(SettingError, match=f"^setting {message}"):
+        TrainConfig("cub", "r", "o", **{option: value})
+
+
+def test_train_refuses_bad_hyper_parameters_before_reading_anything(tmp_path: Path) -> None:
+    """The dataset root does not exist: a check made later would say so instead."""
+    with pytest.raises(SettingError, match="setting lr: must be a finite number"):
+        train_and_export("folder", tmp_path / "nowhere", tmp_path / "out", lr=float("inf"))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="l2 must be a finite number >= 0, got nan"):
+        LocalizerConfig(l2=float("nan"))

@@ -7,16 +7,40 @@ The command line reads its defaults from here (``lcar-deploy train --help`` impo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SettingError, printable
 from ..names import ARM_INPUTS
+from ..threads import MAX_THREADS, check_threads
 
 if TYPE_CHECKING:
     from ..models.backbones import BackboneConfig
 
 CAM_SOURCES = ("imagenet", "heads", "graphcut")
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_HIDDEN = 65_536
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+"""The range of eq. 6's T (logits divided by a smaller T overflow float32's softmax); the
+other upper bounds are far past any sensible run, and keep a typo from allocating forever."""
+
+
+def _is_real(value: object) -> bool:
+    """A finite int or float (not a bool, not NaN or an infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_integer(name: str, value: object, low: int, high: int | None) -> None:
+    """SettingError naming ``name`` unless ``value`` is an integer in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(name, f"must be an integer, got {printable(repr(value), 40)}")
+    if value < low or (high is not None and value > high):
+        upper = f" and at most {high}" if high is not None else ""
+        raise SettingError(name, f"must be at least {low}{upper}, got {value}")
+
 
 _LEARNED_MAP_SGRM: dict[str, Any] = {"keep_reliable": True, "init": "data", "width": 16}
 _FOREGROUND: dict[str, Any] = {
@@ -123,8 +147,8 @@ class LocalizerConfig:
                 raise ValueError(f"need 0 <= {what}low < {what}high <= 1, got {low}, {high}")
         if self.cell_stride < 1 or self.max_iter < 1 or self.max_images < 1 or self.top_k < 1:
             raise ValueError("cell_stride, max_iter, max_images and top_k must be >= 1")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if not (_is_real(self.l2) and self.l2 >= 0):
+            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2}")
 
 
 GENERIC_LOCALIZER = LocalizerConfig(rounds=3)
@@ -218,34 +242,49 @@ class TrainConfig:
     max_bad_share: float = 0.01
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (
-                0 <= self.val_fraction < 1,
-                f"val_fraction must be in [0, 1), got {self.val_fraction}",
-            ),
-            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (
-                0 <= self.max_bad_share < 1,
-                f"max_bad_share must be in [0, 1), got {self.max_bad_share}",
-            ),
-            (
-                self.teacher_hidden is None or self.teacher_hidden >= 0,
-                "teacher_hidden must be >= 0",
-            ),
-            (
-                self.arm_input is None or self.arm_input in ARM_INPUTS,
-                f"arm_input must be one of {', '.join(ARM_INPUTS)}, got {self.arm_input!r}",
-            ),
+        """Every hyper-parameter checked (finite, in its range, of its type) before anything is
+        read or computed: an infinite learning rate would train heads of NaN."""
+        integers = [
+            ("epochs", self.epochs, 1, MAX_EPOCHS),
+            ("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
+            ("crop_views", self.crop_views, 1, MAX_BATCH_SIZE),
+            ("feature_batch_size", self.feature_batch_size, 1, MAX_BATCH_SIZE),
+            ("workers", self.workers, 0, MAX_THREADS),
+            ("checkpoint_every", self.checkpoint_every, 0, MAX_EPOCHS),
+            ("seed", self.seed, 0, 2**32 - 1),
+            ("limit", self.limit, 1, None),
+            ("teacher_hidden", self.teacher_hidden, 0, MAX_HIDDEN),
+            ("foreground_rounds", self.foreground_rounds, 0, MAX_EPOCHS),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        for name, value, low, high in integers:
+            if value is not None:
+                _check_integer(name, value, low, high)
+        # (name, value, low, high, low excluded, high excluded)
+        numbers = [
+            ("lr", self.lr, 0.0, 1.0, True, False),
+            ("weight_decay", self.weight_decay, 0.0, 1.0, False, False),
+            ("alpha", self.alpha, 0.0, 1.0, False, False),
+            ("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE, False, False),
+            ("val_fraction", self.val_fraction, 0.0, 1.0, False, True),
+            ("max_bad_share", self.max_bad_share, 0.0, 1.0, False, True),
+        ]
+        for name, value, low, high, low_open, high_open in numbers:
+            above = _is_real(value) and (value > low if low_open else value >= low)
+            if not (above and (value < high if high_open else value <= high)):
+                bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                shown = printable(repr(value), 40)
+                raise SettingError(name, f"must be a finite number in {bounds}, got {shown}")
+        if self.arm_input is not None and self.arm_input not in ARM_INPUTS:
+            raise SettingError(
+                "arm_input", f"must be one of {', '.join(ARM_INPUTS)}, got {self.arm_input!r}"
+            )
+        check_threads(self.threads)
+        from ..models.backbones import check_input_size
         from .features import ViewSpec
         from .losses import SdLossConfig
 
+        if self.input_size is not None:
+            check_input_size(self.backbone, self.input_size)
         SdLossConfig(self.alpha, self.temperature)
         ViewSpec(self.augment, self.crop_views, self.seed)
 

