@@ -383,7 +383,7 @@ def _at_setting_table(metrics: dict) -> list[str]:
         if not m.get("num_images"):
             continue
         if m.get("gt_at_setting"):
-            gt, v2, how = m["gt_at_setting"], m["max_box_acc_v2_at_setting"], None
+            gt, v2 = m["gt_at_setting"], m["max_box_acc_v2_at_setting"]
             how = f"threshold {m['setting_threshold']:.2f}"
         elif m.get("gt_known_threshold") is None:
             gt, v2, how = m["gt"], m["max_box_acc_v2"], "mask"
@@ -403,6 +403,7 @@ def _at_setting_table(metrics: dict) -> list[str]:
         "| method | box from | GT(0.5) | GT(0.7) | GT(0.8) | GT(0.9) | MaxBoxAccV2 |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
     ]
 
 

@@ -183,6 +183,12 @@ def test_a_map_method_is_also_reported_at_the_runs_own_threshold(tmp_path: Path)
     outcomes = [ImageOutcome("a", GT, maps={"arm": strip_map(0.6)})]
     high = run_evaluation(iter(outcomes), ("arm",), tmp_path, 1, progress=False, box_threshold=0.7)
     assert high.metrics["methods"]["arm"]["gt_known_at_setting"] == 100.0
+    # Every GT column at the setting: at 0.5 the box holds the strip too (IoU 50 / 130).
+    assert arm["gt_at_setting"] == {"30": 100.0, "50": 0.0, "70": 0.0, "80": 0.0, "90": 0.0}
+    assert high.metrics["methods"]["arm"]["gt_at_setting"]["90"] == 100.0
+    low.metrics["default_method"] = "arm"
+    report = report_markdown(low.metrics, "t")
+    assert "| **arm** (default) | threshold 0.50 | 0.0 | 0.0 | 0.0 | 0.0 |" in report
 
 
 def test_named_classes_are_matched_to_the_bundles_by_name(tmp_path: Path) -> None:
