@@ -67,7 +67,7 @@ class TestDinov2:
         assert out["stages"]["blocks.3"].shape == (1, 384, 3, 3)
 
     def test_input_size_must_be_a_multiple_of_the_patch(self) -> None:
-        with pytest.raises(ValueError, match="multiple of 14"):
+        with pytest.raises(ValueError, match="multiple of its patch size 14"):
             build_backbone(default_config("dinov2_vits14", 224 + 7), random_init=True)
 
     def test_keys_without_their_bias_give_the_same_attention(self) -> None:
