@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,19 @@ def lcar_deploy_command() -> list[str]:
     """The installed ``lcar-deploy`` script, to run the CLI as a separate process."""
     script = Path(sys.executable).with_name("lcar-deploy")
     return [str(script)] if script.is_file() else [shutil.which("lcar-deploy") or "lcar-deploy"]
+
+
+def run_cli(command: str, *args: str | Path, timeout: float = 300) -> tuple[int, str]:
+    """``lcar-deploy COMMAND ARGS`` as a separate process (a crash or a hang is seen as such):
+    (exit code, stderr)."""
+    done = subprocess.run(
+        [*lcar_deploy_command(), command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        errors="replace",
+    )
+    return done.returncode, done.stderr
 
 
 def records_of(out: Path) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import jsonschema
 import numpy as np
 import pytest
 import supervision as sv
-from helpers import invoke, lcar_deploy_command
+from helpers import invoke, run_cli
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -593,16 +592,8 @@ def test_convert_help_explains_the_split() -> None:
 
 
 def convert_cli(*args: str | Path, timeout: float = 120) -> tuple[int, str]:
-    """``lcar-deploy convert ARGS`` as a separate process (a crash or a hang is seen as such):
-    (exit code, stderr)."""
-    done = subprocess.run(
-        [*lcar_deploy_command(), "convert", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        errors="replace",
-    )
-    return done.returncode, done.stderr
+    """``lcar-deploy convert ARGS`` as a separate process: (exit code, stderr)."""
+    return run_cli("convert", *args, timeout=timeout)
 
 
 def assert_clear_error(code: int, stderr: str, *expected: str) -> None:

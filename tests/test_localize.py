@@ -33,7 +33,7 @@ import pytest
 import skimage.data
 import tifffile
 from bad_inputs import Case, jpeg_bytes
-from helpers import FAST, image_folder, invoke, lcar_deploy_command, records_of
+from helpers import FAST, image_folder, invoke, lcar_deploy_command, records_of, run_cli
 from PIL import Image, features
 
 from lcar_deploy import cli
@@ -910,16 +910,8 @@ def test_a_setting_newer_than_the_earlier_run_counts_as_its_default() -> None:
 
 
 def localize_cli(*args: str | Path, timeout: float = 300) -> tuple[int, str]:
-    """``lcar-deploy localize ARGS`` as a separate process (a hang or a crash is seen as such):
-    (exit code, stderr)."""
-    done = subprocess.run(
-        [*lcar_deploy_command(), "localize", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        errors="replace",
-    )
-    return done.returncode, done.stderr
+    """``lcar-deploy localize ARGS`` as a separate process: (exit code, stderr)."""
+    return run_cli("localize", *args, timeout=timeout)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
