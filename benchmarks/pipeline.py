@@ -13,7 +13,7 @@ test-time flip (the ``backbone`` stage). Then times SGRM alone on the same refin
 with and without the flip (PipelineConfig.flip), and `localize`'s steady-state throughput
 (method lcar, from the second batch's result on) with the plain loop and pipelined
 (lcar_deploy.engines: decoding and the backbone of the next batch on a second thread).
-``--compare`` first times each named bundle with its own settings and prints each method's
+``--compare`` instead times each named bundle with its own settings and prints each method's
 ms/image and its ratio to the first bundle's.
 """
 
@@ -44,18 +44,21 @@ def shared_data() -> Path:
 
 
 def stage_times(
-    localizer: Localizer, images: list[np.ndarray], batch_size: int
+    localizer: Localizer,
+    images: list[np.ndarray],
+    batch_size: int,
+    methods: tuple[str, ...] = METHODS,
 ) -> tuple[dict[str, float], float, list[np.ndarray], list[int]]:
-    """Every method on ``images`` in one pass: summed ms per stage, wall seconds, ARM's maps and
-    SGRM's steps."""
+    """Every method of ``methods`` on ``images`` in one pass: summed ms per stage, wall seconds,
+    ARM's maps and SGRM's steps."""
     stage_ms = dict.fromkeys(STAGES, 0.0)
     refined, steps = [], []
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size]
-        results = localizer.run_methods(batch)
+        results = localizer.run_methods(batch, methods=methods)
         for j in range(len(batch)):  # each stage once, from a method that runs it
-            timed = {s: ms for m in METHODS for s, ms in results[m][j].timings_ms.items()}
+            timed = {s: ms for m in methods for s, ms in results[m][j].timings_ms.items()}
             for stage, ms in timed.items():
                 stage_ms[stage] += ms
             steps.append(results["lcar"][j].sgrm_steps)
@@ -66,27 +69,31 @@ def stage_times(
 def compare_bundles(
     paths: list[Path], images: list[np.ndarray], threads: int, batch_size: int
 ) -> None:
-    """ms/image of every method for each bundle (its own settings), same images, one run."""
+    """ms/image of every method for each bundle (its own settings), same images, one run; a
+    bundle without heads has no ``cam``."""
     rows = []
     for path in paths:
         bundle = load_bundle(path, print)
         localizer = Localizer(
             bundle, PipelineConfig.from_settings(bundle.settings), device="cpu", threads=threads
         )
-        localizer.run_methods(images[:batch_size])  # warm-up
-        stage_ms = stage_times(localizer, images, batch_size)[0]
+        methods = tuple(m for m in METHODS if m != "cam" or bundle.has_heads)
+        localizer.run_methods(images[:batch_size], methods=methods)  # warm-up
+        stage_ms = stage_times(localizer, images, batch_size, methods)[0]
         per_method = {
             m: sum(stage_ms[s] for s in method_stages(m, localizer.arm_input)) / len(images)
-            for m in METHODS
+            for m in methods
         }
-        rows.append((f"{bundle.backbone} S={bundle.input_size}", per_method))
+        quantized = " int8" if bundle.manifest.get("quantization") else ""
+        rows.append((f"{bundle.backbone} S={bundle.input_size}{quantized}", per_method))
     print(f"\nms/image per method and bundle ({len(images)} images, {threads} threads)")
-    print(f"{'bundle':<32}" + "".join(f"{m:>10}" for m in METHODS) + f"{'lcar/first':>12}")
+    print(f"{'bundle':<36}" + "".join(f"{m:>10}" for m in METHODS) + f"{'arm/first':>11}")
     for name, per_method in rows:
-        ratio = per_method["lcar"] / rows[0][1]["lcar"]
-        print(
-            f"{name:<32}" + "".join(f"{per_method[m]:>10.0f}" for m in METHODS) + f"{ratio:>12.2f}"
+        ratio = per_method["arm"] / rows[0][1]["arm"]
+        cells = "".join(
+            f"{per_method[m]:>10.0f}" if m in per_method else f"{'-':>10}" for m in METHODS
         )
+        print(f"{name:<36}{cells}{ratio:>11.2f}")
 
 
 def main() -> None:
@@ -103,6 +110,7 @@ def main() -> None:
         compare_bundles(
             args.compare, [load_rgb(r.path) for r in data], args.threads, args.batch_size
         )
+        return
     bundle = load_bundle(args.bundle, print)
     config = PipelineConfig.from_settings(bundle.settings)
     localizer = Localizer(bundle, config, device="cpu", threads=args.threads)
