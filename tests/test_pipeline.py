@@ -106,6 +106,9 @@ def test_every_method_from_one_run(small_bundle: Path) -> None:
     assert all(loc.sgrm_steps >= 1 for loc in results["lcar"])
     settings = {**FAST, "arm_input": "graphcut"}
     cut = Localizer(bundle, PipelineConfig.from_settings(settings), device="cpu", threads=2)
+    assert tuple(cut.run(images[:1])[0].timings_ms) == STAGES[:-1]  # the default method, arm
+    full = PipelineConfig.from_settings(settings, method="lcar")
+    cut = Localizer(bundle, full, device="cpu", threads=2)
     assert tuple(cut.run(images[:1])[0].timings_ms) == STAGES
     given = localizer.run(images[:1], [281])[0]
     assert given.class_id == 281 and given.predicted_class_id == results["lcar"][0].class_id
