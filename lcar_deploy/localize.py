@@ -46,6 +46,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -77,6 +78,8 @@ from .io import (
 )
 from .names import Engine
 from .pipeline import BackboneRun, Localization, Localizer, LocalizerSpec
+
+_log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -120,16 +123,27 @@ def iter_files(root: Path, exclude: Path | None = None) -> Iterator[tuple[Path, 
 
     Symlinked folders are not followed (no loops). Every entry with an image name counts as an
     image, broken links and special files included: :func:`load_image` reports why they fail.
+    A sub-folder that cannot be read is left out and named in a logged warning.
     """
     extensions = image_extensions()
-    skip = exclude.resolve() if exclude is not None else None
+    try:
+        skip = exclude.resolve() if exclude is not None else None
+    except (OSError, RuntimeError) as exc:
+        raise OutputError(f"{printable(exclude)}: cannot be resolved ({exc})") from None
+
+    def unreadable(exc: OSError) -> None:
+        _log.warning(
+            "warning: %s: cannot be read (%s); its images are left out",
+            printable(exc.filename),
+            _reason(exc),
+        )
 
     def searched(folder: Path) -> bool:
         if folder.is_symlink():
             return True  # listed, never entered: os.walk does not follow it
         return folder.resolve() != skip and not os.path.lexists(folder / MARK)
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if searched(Path(dirpath) / d))
         for name in sorted(filenames):
             yield Path(dirpath) / name, name.lower().endswith(extensions)

@@ -47,6 +47,7 @@ from lcar_deploy.localize import (
     OUTPUT_KIND,
     LocalizeOptions,
     _round,
+    find_images,
     localize_folder,
     output_name,
 )
@@ -1075,3 +1076,25 @@ def test_output_names_are_the_path_or_a_key_that_cannot_climb() -> None:
 def test_non_finite_scores_are_written_as_null() -> None:
     assert _round(float("nan")) is None and _round(float("inf")) is None
     assert _round(0.123456789) == 0.12346 and _round(None) is None
+
+
+def test_a_sub_folder_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Made unreadable by refusing its listing: the tests may run as root, which reads all."""
+    for name in ("a.jpg", "private/b.jpg", "open/c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    scandir = os.scandir
+    refused = str(tmp_path / "private")
+
+    def unreadable(path=".", *args):
+        if os.fspath(path) == refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    with caplog.at_level("WARNING", logger="lcar_deploy.localize"):
+        found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == ["a.jpg", "open/c.jpg"]
+    assert "private: cannot be read (permission denied); its images are left out" in caplog.text

@@ -350,3 +350,17 @@ def test_train_refuses_bad_hyper_parameters_before_reading_anything(tmp_path: Pa
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="l2 must be a finite number >= 0, got nan"):
         LocalizerConfig(l2=float("nan"))
+
+
+def test_a_feature_cache_that_is_no_folder_is_refused_first(tmp_path: Path) -> None:
+    from lcar_deploy.errors import OutputError
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    config = TrainConfig(
+        "cub", tmp_path / "no-data", tmp_path / "out", cache_dir=blocker, progress=False
+    )
+    with pytest.raises(OutputError, match=r"cache: the feature cache \(--cache-dir\) cannot be"):
+        train(config)
+    with pytest.raises(OutputError, match="features: .* cannot be used: Not a directory"):
+        train(dataclasses.replace(config, cache_dir=blocker / "features"))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ..bundle import cache_dir as default_cache_root
 from ..config import preset
 from ..datasets import Dataset, load_dataset
+from ..errors import OutputError, printable
 from ..io import write_atomic
 from ..models.backbones import build_backbone
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
@@ -247,6 +248,13 @@ def _train(config: TrainConfig, start: float) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     backbone_config = config.backbone_config()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_root() / "features"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        raise OutputError(
+            f"{printable(cache)}: the feature cache (--cache-dir) cannot be used: {reason}"
+        ) from None
     built: list[torch.nn.Module] = []
 
     def build() -> torch.nn.Module:
