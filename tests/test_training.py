@@ -362,5 +362,5 @@ def test_a_feature_cache_that_is_no_folder_is_refused_first(tmp_path: Path) -> N
     )
     with pytest.raises(OutputError, match=r"cache: the feature cache \(--cache-dir\) cannot be"):
         train(config)
-    with pytest.raises(OutputError, match="features: .* cannot be used: Not a directory"):
+    with pytest.raises(OutputError, match=r"features: .* cannot be used: Not a directory"):
         train(dataclasses.replace(config, cache_dir=blocker / "features"))
