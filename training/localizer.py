@@ -228,28 +228,8 @@ def _compute_maps(
                 paths["grid"], mode="w+", dtype=np.float16, shape=(n, *cam_in.shape[1:])
             )
         grid[start : start + len(chunk)] = cam_in.numpy().astype(np.float16)
-        if cfg.cam_source == "graphcut":
-            affinity = 0.5 * (views[0]["affinity"] + _mirror(views[1]["affinity"], 2))
-            for i in range(len(chunk)):
-                eigen = eigenvector_scoremap(second_eigenvector(affinity[i].numpy()), work_size)
-                cams[start + i] = _to_grid(eigen[None], g)[0]
-                rgb[start + i] = resize_rgb(images[i], work_size)
-            continue
-        if cfg.cam_source == "imagenet":
-            grid_cams = [
-                model.model.classifier(v["stages"]["head"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-                for v in views
-            ]
-            logits = 0.5 * (views[0]["logits"] + views[1]["logits"])
-        else:
-            grid_cams = [heads.cam(v["grid"])[0] for v in views]
-            logits = 0.5 * sum(
-                heads.teacher(heads.teacher_features(v["global"], v["grid"])) for v in views
-            )
-        merged = 0.5 * (grid_cams[0] + _mirror(grid_cams[1], 3))
-        for i, record in enumerate(chunk):
-            label = None if cfg.cam_source == "imagenet" else record.label
-            full = cam_map(merged[i].numpy(), logits[i].numpy(), cam_cfg, label).map
+        maps = _round0_maps(model, heads, views, chunk, cfg, cam_cfg)
+        for i, full in enumerate(maps):
             cams[start + i] = _to_grid(full[None], g)[0]
             rgb[start + i] = resize_rgb(images[i], work_size)
     feats.flush()
@@ -258,6 +238,47 @@ def _compute_maps(
         grid.flush()
     np.save(paths["cams"], cams)
     del feats, rgb, grid
+
+
+def _round0_maps(
+    model: nn.Module,
+    heads: Heads | None,
+    views: list[dict],
+    chunk: list,
+    cfg: LocalizerConfig,
+    cam: CamConfig,
+) -> list[np.ndarray]:
+    """Round 0's map of each image of a batch at ``cam.size``, from the backbone's outputs on
+    the images and on their mirrors (``views``): the graph cut's eigenvector map (TokenCut's
+    orientation) of the flip-averaged affinity features, or the CAM (ImageNet classifier's
+    top-k, or the trained heads' of the image's label)."""
+    if cfg.cam_source == "graphcut":
+        affinity = 0.5 * (views[0]["affinity"] + _mirror(views[1]["affinity"], 2))
+        cut = GraphCutConfig()
+        return [
+            eigenvector_scoremap(second_eigenvector(a.numpy(), cut), cam.size) for a in affinity
+        ]
+    if cfg.cam_source == "imagenet":
+        grid_cams = [
+            model.model.classifier(v["stages"]["head"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            for v in views
+        ]
+        logits = 0.5 * (views[0]["logits"] + views[1]["logits"])
+    else:
+        grid_cams = [heads.cam(v["grid"])[0] for v in views]
+        logits = 0.5 * sum(
+            heads.teacher(heads.teacher_features(v["global"], v["grid"])) for v in views
+        )
+    merged = 0.5 * (grid_cams[0] + _mirror(grid_cams[1], 3))
+    return [
+        cam_map(
+            merged[i].numpy(),
+            logits[i].numpy(),
+            cam,
+            None if cfg.cam_source == "imagenet" else record.label,
+        ).map
+        for i, record in enumerate(chunk)
+    ]
 
 
 def _to_grid(maps: np.ndarray, grid: int) -> np.ndarray:

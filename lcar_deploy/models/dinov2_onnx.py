@@ -82,19 +82,21 @@ def dinov2_onnx_state(path: str | Path) -> dict[str, torch.Tensor]:
     graph = _read_onnx(path).graph
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
+    added_to = {  # an Add's initializer input -> the Add's other input
+        a: b
+        for node in graph.node
+        if node.op_type == "Add" and len(node.input) == 2
+        for a, b in (node.input, node.input[::-1])
+        if a in arrays
+    }
     state: dict[str, np.ndarray] = {}
     qkv: dict[int, dict[str, np.ndarray]] = {}
 
     def weight_before(bias: str) -> np.ndarray:
         """The MatMul weight (transposed to torch's layout) that the Add of ``bias`` follows."""
-        for node in graph.node:
-            if node.op_type == "Add" and bias in node.input:
-                other = next(i for i in node.input if i != bias)
-                matmul = producer.get(other)
-                if matmul is not None and matmul.op_type == "MatMul":
-                    weight = matmul.input[1]
-                    if weight in arrays:
-                        return arrays[weight].T.copy()
+        matmul = producer.get(added_to.get(bias, ""))
+        if matmul is not None and matmul.op_type == "MatMul" and matmul.input[1] in arrays:
+            return arrays[matmul.input[1]].T.copy()
         raise WeightsError(f"{path}: no MatMul weight found before {bias}")
 
     for name, value in arrays.items():
