@@ -81,7 +81,7 @@ def compare_bundles(
         localizer.run_methods(images[:batch_size], methods=methods)  # warm-up
         stage_ms = stage_times(localizer, images, batch_size, methods)[0]
         per_method = {
-            m: sum(stage_ms[s] for s in method_stages(m, localizer.arm_input)) / len(images)
+            m: sum(stage_ms[s] for s in method_stages(m, localizer.arm_uses_cut)) / len(images)
             for m in methods
         }
         quantized = " int8" if bundle.manifest.get("quantization") else ""
@@ -131,10 +131,10 @@ def main() -> None:
     print(" ".join(f"{stage_ms[s] / n:>10.1f}" for s in STAGES))
     print(f"\nms/image per method (sum of the stages it runs; ARM's input: {localizer.arm_input})")
     for method in METHODS:
-        stages = method_stages(method, localizer.arm_input)
+        stages = method_stages(method, localizer.arm_uses_cut)
         print(f"{method:>10} {sum(stage_ms[s] for s in stages) / n:>8.1f}   {' + '.join(stages)}")
     print(f"SGRM mean steps to stop: {np.mean(steps):.1f}")
-    lcar_ms = sum(stage_ms[s] for s in method_stages("lcar", localizer.arm_input)) / n
+    lcar_ms = sum(stage_ms[s] for s in method_stages("lcar", localizer.arm_uses_cut)) / n
     backbone_ms = stage_ms["backbone"] / n
     print(
         f"lcar / backbone with flip: {lcar_ms:.1f} / {backbone_ms:.1f} = "

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from ..bundle import BUNDLE_FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from ..config import generic_localizer_settings, merge_settings, preset, resolve_config, settings_of
-from ..errors import QuantizationError
+from ..errors import QuantizationError, SettingError
 from ..models.backbones import BackboneConfig, backbone_spec, check_input_size, default_config
 from ..models.generic_localizer import generic_localizer_info
 from ..models.heads import load_heads
@@ -137,7 +138,17 @@ def write_bundle(
             "backbone": config.name,
             "input_size": config.input_size,
             "grid_layer": config.grid_layer,
-            "affinity_layer": config.affinity_layer,
+            "affinity_layer": (config.affinity_config() or config).affinity_layer,
+            **(
+                {
+                    "affinity_backbone": {
+                        "name": config.affinity_backbone,
+                        "input_size": config.affinity_input_size,
+                    }
+                }
+                if config.affinity_backbone
+                else {}
+            ),
             "mean": list(backbone.mean),
             "std": list(backbone.std),
             "grid_size": shapes["grid"][1:3],
@@ -170,6 +181,21 @@ def write_bundle(
     return out
 
 
+def check_affinity_backbone(name: str | None, input_size: int | None) -> BackboneConfig | None:
+    """The config of a graph-cut backbone ``name`` at ``input_size`` (None: none), checked
+    before anything is built or trained; SettingError naming the reason."""
+    if name is None:
+        if input_size is not None:
+            raise SettingError("affinity_input_size", "needs --affinity-backbone")
+        return None
+    try:
+        other = default_config(name, input_size)
+    except ValueError as exc:
+        raise SettingError("affinity_backbone", str(exc)) from None
+    check_input_size(other.name, other.input_size)
+    return other
+
+
 def export_bundle(
     out: Path,
     *,
@@ -185,6 +211,8 @@ def export_bundle(
     calibration_dir: Path | None = None,
     calibration_count: int = DEFAULT_CALIBRATION_COUNT,
     generic_localizer: bool = True,
+    affinity_backbone: str | None = None,
+    affinity_input_size: int | None = None,
 ) -> Path:
     """Build the model from names and files, then :func:`write_bundle`.
 
@@ -197,9 +225,15 @@ def export_bundle(
 
     With ``heads_path``, the backbone's input size and layers come from the heads file
     (``input_size``, if given, must agree).
+
+    ``affinity_backbone``: a second backbone whose features feed the graph cut, at
+    ``affinity_input_size`` (:attr:`BackboneConfig.affinity_backbone`); the bundle records its
+    spec's settings over the first's (DINOv2's: the cut oriented by TokenCut's rule, ARM's map
+    fused with it).
     """
     if input_size is not None:
         check_input_size(backbone, input_size)
+    other = check_affinity_backbone(affinity_backbone, affinity_input_size)
     heads = None
     heads_info = None
     if heads_path is not None:
@@ -218,7 +252,15 @@ def export_bundle(
         settings = merge_settings(extra.get("settings", {}), settings or {})
     else:
         config = default_config(backbone, input_size)
-    settings = merge_settings(backbone_spec(backbone).settings, settings or {})
+    spec_settings = backbone_spec(backbone).settings
+    if other is not None:
+        config = replace(
+            config,
+            affinity_backbone=other.name,
+            affinity_input_size=other.input_size,
+        )
+        spec_settings = merge_settings(spec_settings, backbone_spec(other.name).settings)
+    settings = merge_settings(spec_settings, settings or {})
     check_input_size(config.name, config.input_size)
     # The ImageNet classifier as heads: its CAMs call for the classifier preset.
     name = "classifier" if heads is None and backbone_spec(backbone).has_classifier else "default"

@@ -295,6 +295,19 @@ def manifest_problem(manifest: object) -> str | None:
     size, (low, high) = manifest["input_size"], INPUT_SIZES
     if not (_is_int(size) and low <= size <= high):
         return f"'input_size' must be an integer in [{low}, {high}], got {_show(size)}"
+    other = manifest.get("affinity_backbone")
+    if other is not None and not (
+        isinstance(other, dict)
+        and set(other) == {"name", "input_size"}
+        and isinstance(other["name"], str)
+        and other["name"]
+        and _is_int(other["input_size"])
+        and low <= other["input_size"] <= high
+    ):
+        return (
+            "'affinity_backbone' must be an object with a non-empty 'name' and an integer "
+            f"'input_size' in [{low}, {high}], got {_show(other)}"
+        )
     for key in ("mean", "std"):
         value = manifest[key]
         if not (isinstance(value, list) and len(value) == 3 and all(map(_is_finite, value))):

@@ -60,6 +60,19 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 Backbone = choices("Backbone", names.BACKBONES)
 
+AffinityBackboneOption = Annotated[
+    Backbone | None,
+    typer.Option(
+        help="A second backbone whose features feed the graph cut, in the same graph "
+        "(dinov2_vits14: its cut is fused with ARM's map where the two agree; "
+        "docs/method.md, section 3). Default: the backbone's own.",
+    ),
+]
+AffinityInputSizeOption = Annotated[
+    int | None,
+    typer.Option(help="Input side of --affinity-backbone (default: its own, 224 for DINOv2)."),
+]
+
 
 ExportFormat = choices("ExportFormat", names.EXPORT_FORMATS)
 Quantize = choices("Quantize", names.QUANTIZE)
@@ -140,6 +153,8 @@ def export(
             "lcar_deploy.export.quantize.DEFAULT_CALIBRATION_COUNT).",
         ),
     ] = None,
+    affinity_backbone: AffinityBackboneOption = None,
+    affinity_input_size: AffinityInputSizeOption = None,
     localizer: Annotated[
         bool,
         typer.Option(
@@ -170,6 +185,8 @@ def export(
                 opset=opset,
                 random_init=random_init,
                 generic_localizer=localizer,
+                affinity_backbone=affinity_backbone.value if affinity_backbone else None,
+                affinity_input_size=affinity_input_size,
                 quantize=quantize.value,
                 calibration_dir=calibration_images,
                 **({} if calibration_count is None else {"calibration_count": calibration_count}),
@@ -868,6 +885,8 @@ def train(
         int | None, typer.Option(min=1, max=MAX_THREADS, help="torch CPU threads.")
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    affinity_backbone: AffinityBackboneOption = None,
+    affinity_input_size: AffinityInputSizeOption = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Also export a bundle with the trained heads here.")
     ] = None,
@@ -914,7 +933,15 @@ def train(
         raise fail(f"{out}: exists and is not a folder")
     try:
         result = train_and_export(
-            dataset.value, root, out, bundle=bundle, progress=not quiet, notify=notify, **given
+            dataset.value,
+            root,
+            out,
+            bundle=bundle,
+            affinity_backbone=affinity_backbone.value if affinity_backbone else None,
+            affinity_input_size=affinity_input_size,
+            progress=not quiet,
+            notify=notify,
+            **given,
         )
     except (LcarError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -1,7 +1,7 @@
 """``PipelineConfig``: how the stages are chained, and the one settings format.
 
 Settings are a JSON object: its keys are :class:`PipelineConfig`'s fields, and the stage tables
-``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are objects of their configs' fields (a table
+``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are objects of their configs' fields (a table
 changes only the keys it names). A bundle records its settings; ``localize`` / ``eval`` take a
 named preset (:data:`PRESETS`) or the bundle's, then ``--settings`` on top
 (:func:`resolve_config`). Every value is checked when the config is built, before any image is
@@ -23,6 +23,7 @@ from .metrics import EVAL_SIZE
 from .names import PRESETS, ArmBackend, ArmInput, BoxCount, Method
 from .stages.arm import AFA_DILATIONS, ArmConfig
 from .stages.cam import CamConfig
+from .stages.fusion import FusionConfig
 from .stages.graph_cut import GraphCutConfig
 from .stages.sgrm import PAPER_CUB, SgrmConfig
 from .training.config import MAP_SETTINGS
@@ -63,6 +64,9 @@ class PipelineConfig:
         output is averaged with the mirrored run's, mirrored back (:func:`merge_flipped`).
         Twice the backbone time (why it is on: docs/method.md, section 1; its gain:
         docs/experiments/2026-11-first-defaults.md).
+    fusion: ARM's map fused with the graph cut where the two agree (:mod:`.stages.fusion`),
+        when ARM's coarse map is not the graph cut itself; off unless the bundle records a
+        weight (bundles whose graph cut is DINOv2's).
     """
 
     method: Method = "arm"
@@ -78,6 +82,7 @@ class PipelineConfig:
     cam: CamConfig = field(default_factory=CamConfig)
     graph_cut: GraphCutConfig = field(default_factory=GraphCutConfig)
     arm: ArmConfig = field(default_factory=lambda: ArmConfig(dilations=AFA_DILATIONS))
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     sgrm: SgrmConfig = field(default_factory=SgrmConfig)
 
     min_work_size: ClassVar[int] = 32
@@ -108,7 +113,7 @@ class PipelineConfig:
     def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
         """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides.
 
-        The stage tables ``cam``, ``graph_cut``, ``arm`` and ``sgrm`` are JSON objects of their
+        The stage tables ``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are JSON objects of their
         config's fields. Every value is checked here: ValueError naming the setting
         (``setting sgrm.max_steps: ...``) for a bad value, an unknown key or a table that is
         not an object.

@@ -251,14 +251,14 @@ def run_evaluation(
     progress: bool = True,
     examples: int = 12,
     box_threshold: float | None = None,
-    arm_input: str = "graphcut",
+    arm_uses_cut: bool = True,
 ) -> EvalResult:
     """Accumulate metrics, write maps.npz (streamed to disk), return the metrics.
 
     ``box_threshold``: the run's own threshold (the bundle's, calibrated or not); each map
     method also reports GT-known there (``gt_known_at_setting``), next to the sweep's best.
-    ``arm_input``: ARM's coarse map (resolved), for which stages each method's ms/image sums
-    (:func:`~lcar_deploy.names.method_stages`)."""
+    ``arm_uses_cut``: whether ARM needs the graph cut, for which stages each method's ms/image
+    sums (:func:`~lcar_deploy.names.method_stages`)."""
     from tqdm import tqdm
 
     accs = {m: BoxAccuracyAccumulator(cam_thresholds=thresholds) for m in methods}
@@ -320,7 +320,7 @@ def run_evaluation(
         "methods": {},
     }
     for method in methods:
-        stages = method_stages(method, arm_input)
+        stages = method_stages(method, arm_uses_cut)
         entry = accs[method].to_dict(include_curves=True) if accs[method].num_images else {}
         if entry.get("sweep") and box_threshold is not None:
             grid = accs[method].cam_thresholds
@@ -599,7 +599,7 @@ def evaluate(
         len(data),
         progress=progress,
         box_threshold=spec.config.box_threshold,
-        arm_input=spec.arm_input,
+        arm_uses_cut=spec.arm_uses_cut,
     )
     result.metrics["default_method"] = spec.config.method
     loaded = spec.bundle

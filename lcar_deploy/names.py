@@ -16,12 +16,12 @@ STAGES = ("backbone", "cam", "graph_cut", "arm", "sgrm")
 """The stages timed per image, in pipeline order."""
 
 
-def method_stages(method: str, arm_input: str) -> tuple[str, ...]:
-    """The stages of :data:`STAGES` that ``method`` runs, in order, for ARM's coarse map
-    ``arm_input`` (resolved, not ``auto``): ``arm`` and ``lcar`` run the graph cut only when it
-    is that map."""
+def method_stages(method: str, arm_uses_cut: bool) -> tuple[str, ...]:
+    """The stages of :data:`STAGES` that ``method`` runs, in order: ``arm`` and ``lcar`` run
+    the graph cut only when ``arm_uses_cut`` (it is ARM's coarse map, or ARM's map is fused
+    with it: ``LocalizerSpec.arm_uses_cut``)."""
     stages = STAGES[: 2 + METHODS.index(method)]
-    if method in ("arm", "lcar") and arm_input != "graphcut":
+    if method in ("arm", "lcar") and not arm_uses_cut:
         return tuple(s for s in stages if s != "graph_cut")
     return stages
 

@@ -34,6 +34,7 @@ from .image_io import LoadedImage, load_image, resize_rgb, to_chw_float
 from .names import METHODS, STAGES, method_stages
 from .stages.arm import orient, refine
 from .stages.cam import cam_map, minmax_normalize, softmax, upsample
+from .stages.fusion import fuse
 from .stages.graph_cut import eigenvector_scoremap, second_eigenvector
 from .stages.sgrm import sgrm_batched
 from .threads import check_threads
@@ -244,6 +245,17 @@ class LocalizerSpec:
             return "foreground"
         return "cam" if self.bundle.has_heads else "graphcut"
 
+    @property
+    def fuses(self) -> bool:
+        """Whether ARM's map is fused with the graph cut (:mod:`.stages.fusion`): a fusion
+        weight above 0 and a coarse map that is not the graph cut itself."""
+        return self.config.fusion.weight > 0 and self.arm_input != "graphcut"
+
+    @property
+    def arm_uses_cut(self) -> bool:
+        """Whether ``arm`` and ``lcar`` need the graph cut: as ARM's coarse map or to fuse."""
+        return self.arm_input == "graphcut" or self.fuses
+
     @classmethod
     def from_bundle(
         cls,
@@ -309,7 +321,12 @@ class Localizer:
             except SettingError as exc:
                 raise BundleError(f"{bundle.path / MANIFEST}: bundle {exc}") from None
         self.config = config
-        self.arm_input = LocalizerSpec(bundle, config, device).arm_input
+        spec = LocalizerSpec(bundle, config, device)
+        self.arm_input, self.fuses, self.arm_uses_cut = (
+            spec.arm_input,
+            spec.fuses,
+            spec.arm_uses_cut,
+        )
         self.threads = check_threads(threads)
         self.session: OnnxRunner = bundle.session(device=device, threads=threads)
 
@@ -427,7 +444,8 @@ class Localizer:
         if cam_maps is not None:
             maps["cam"] = cam_maps
         arm_input = self.arm_input
-        need_cut = deepest >= 1 and ("graphcut" in methods or arm_input == "graphcut")
+        arm_uses_cut = self.arm_uses_cut
+        need_cut = ("graphcut" in methods) or (deepest >= 2 and arm_uses_cut)
         cut_seeds = seeds if cfg.graph_cut.orient == "cam" else None
         e_low = None
         if need_cut:
@@ -452,6 +470,10 @@ class Localizer:
                 seed=cut_seeds if arm_input == "graphcut" else None,
                 num_threads=self.threads,
             )
+            if self.fuses:
+                maps["arm"] = fuse(
+                    maps["arm"], eigen_scoremaps(e_low, work), cfg.fusion, cfg.box_threshold
+                )
             times["arm"] = time.perf_counter() - tick
 
         sgrm_results = None
@@ -469,7 +491,7 @@ class Localizer:
 
         results: dict[str, list[Localization]] = {}
         for method in methods:
-            timings = {s: 1000.0 * times[s] / n for s in method_stages(method, arm_input)}
+            timings = {s: 1000.0 * times[s] / n for s in method_stages(method, arm_uses_cut)}
             per_image = []
             for i in range(n):
                 if method == "lcar":

@@ -255,6 +255,16 @@ CASES: dict[str, Spec] = {
     "mean-nan": Spec(MANIFEST, MEAN, set_key("mean", [0.5, float("nan"), 0.5])),
     "std-string": Spec(MANIFEST, r"'std' must be 3 finite numbers", set_key("std", "0.5")),
     "std-zero": Spec(MANIFEST, r"'std' must be > 0", set_key("std", [0.5, 0.0, 0.5])),
+    "affinity-backbone-size": Spec(
+        MANIFEST,
+        r"'affinity_backbone' must be an object with a non-empty 'name' and an integer",
+        set_key("affinity_backbone", {"name": "dinov2_vits14", "input_size": "336"}),
+    ),
+    "affinity-backbone-keys": Spec(
+        MANIFEST,
+        r"'affinity_backbone' must be an object",
+        set_key("affinity_backbone", {"name": "dinov2_vits14", "input_size": 224, "path": "/"}),
+    ),
     "classes-short": Spec(
         MANIFEST, r"output 'logits' has \d+ classes but 'classes' lists \d+", set_classes(1, 1)
     ),

@@ -108,6 +108,36 @@ def test_train_refuses_a_bundle_folder_that_is_not_a_bundle_before_training(
     assert (folder / "todo.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--affinity-backbone", "dinov2_vits14"], "is a property of the bundle; give --bundle"),
+        (["--affinity-input-size", "224"], "needs --affinity-backbone"),
+        (
+            ["--affinity-backbone", "dinov2_vits14", "--affinity-input-size", "230"],
+            "needs a multiple of its patch size 14",
+        ),
+    ],
+)
+def test_train_checks_the_graph_cut_backbone_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str], message: str
+) -> None:
+    import lcar_deploy.training.train as training
+
+    def no_training(config):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "train", no_training)
+    bundle = [] if "is a property" in message else ["--bundle", tmp_path / "bundle"]
+    code, _, stderr = invoke(
+        "train", "--dataset", "cub", "--root", tmp_path, "--out", tmp_path / "run",
+        *options, *bundle,
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR
+    assert message in stderr
+    assert not (tmp_path / "bundle").exists()
+
+
 @pytest.mark.slow
 def test_first_run_says_it_exports_the_default_bundle(
     tmp_path: Path, small_bundle: Path, monkeypatch: pytest.MonkeyPatch

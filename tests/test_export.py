@@ -578,3 +578,53 @@ def test_input_size_is_checked_first_against_the_bundle_range(
     monkeypatch.undo()
     with pytest.raises(SettingError, match=r"input_size: must be an integer from"):
         build_backbone(BackboneConfig("efficientnet_lite0", 100_000), random_init=True)
+
+
+@pytest.mark.slow
+def test_graph_cut_features_from_a_second_backbone_in_one_graph(
+    tmp_path: Path, cub_images: list[Path]
+) -> None:
+    """``--affinity-backbone``: one graph, one input; ``affinity`` is DINOv2's keys of the
+    images resized (antialiased) to its side, the rest is Lite0's own; the manifest and the
+    settings say so."""
+    pytest.importorskip("onnx")
+    out = export_bundle(
+        tmp_path / "paired",
+        input_size=96,
+        affinity_backbone="dinov2_vits14",
+        affinity_input_size=56,
+        generic_localizer=False,
+    )
+    bundle = Bundle.load(out)
+    manifest = bundle.manifest
+    assert manifest["affinity_backbone"] == {"name": "dinov2_vits14", "input_size": 56}
+    assert manifest["affinity_layer"] == "keys"
+    assert manifest["affinity_size"] == [4, 4]
+    assert manifest["settings"]["fusion"]["weight"] == 0.5
+    assert manifest["settings"]["graph_cut"]["orient"] == "tokencut"
+    images = _batch(cub_images, 96)
+    got = bundle.session(device="cpu").run(images)
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(images), size=(56, 56), mode="bilinear", antialias=True
+    )
+    with torch.no_grad():
+        keys = build_backbone(default_config("dinov2_vits14", 56))(small)["affinity"]
+        lite = build_backbone(default_config("efficientnet_lite0", 96))(torch.from_numpy(images))
+    assert np.abs(got["affinity"] - keys.numpy()).max() <= 1e-4
+    assert np.abs(got["grid"] - lite["grid"].numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        ({"affinity_input_size": 56}, "needs --affinity-backbone"),
+        ({"affinity_backbone": "dinov2_vits14", "affinity_input_size": 57}, "patch size 14"),
+        ({"affinity_backbone": "resnet"}, "unknown backbone 'resnet'"),
+    ],
+)
+def test_affinity_backbone_is_checked_before_anything_is_built(
+    tmp_path: Path, options: dict, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        export_bundle(tmp_path / "b", input_size=64, random_init=True, **options)
+    assert not (tmp_path / "b").exists()

@@ -253,3 +253,27 @@ def test_objects_one_all_and_no_object() -> None:
     assert every[0][1] == one[0][1] > every[1][1] >= 0.1
     assert objects(score_map, mask, main, PipelineConfig(min_box_score=0.9)) == []
     assert objects(score_map, mask, None, PipelineConfig()) == []
+
+
+def test_fusion_blends_the_cut_into_arms_map(small_bundle: Path, small_photo: np.ndarray) -> None:
+    """With a fusion weight, ``arm`` is :func:`fuse` of the unfused ARM map and the graph cut's
+    map (unoriented: TokenCut's rule), and its timings include the graph cut."""
+    from lcar_deploy.stages.fusion import FusionConfig, fuse
+
+    cut = {"graph_cut": {"orient": "tokencut"}}
+    plain = Localizer.from_bundle(small_bundle, settings=cut, threads=1)
+    fused = Localizer.from_bundle(
+        small_bundle, settings={**cut, "fusion": {"weight": 0.5, "min_agreement": 0.0}}, threads=1
+    )
+    assert fused.fuses and not plain.fuses
+    ref = plain.run_methods([small_photo], methods=("graphcut", "arm"))
+    got = fused.run_methods([small_photo], methods=("arm",))["arm"][0]
+    expected = fuse(
+        ref["arm"][0].map[None],
+        ref["graphcut"][0].map[None],
+        FusionConfig(weight=0.5, min_agreement=0.0),
+        fused.config.box_threshold,
+    )[0]
+    np.testing.assert_allclose(got.map, expected, atol=1e-6)
+    assert not np.allclose(got.map, ref["arm"][0].map)
+    assert "graph_cut" in got.timings_ms and "graph_cut" not in ref["arm"][0].timings_ms

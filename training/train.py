@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ..bundle import cache_dir as default_cache_root
 from ..config import preset
 from ..datasets import Dataset, load_dataset
-from ..errors import OutputError, printable
+from ..errors import OutputError, SettingError, printable
 from ..io import write_atomic
 from ..models.backbones import build_backbone
 from ..models.heads import Heads, HeadsConfig, save_heads, with_foreground
@@ -493,16 +493,23 @@ def train_and_export(
     out: str | Path,
     *,
     bundle: str | Path | None = None,
+    affinity_backbone: str | None = None,
+    affinity_input_size: int | None = None,
     notify: Callable[[str], None] | None = None,
     **options: Any,
 ) -> TrainResult:
     """``lcar-deploy train``: :func:`train` with ``TrainConfig(dataset, root, out, **options)``,
     then, with ``bundle``, a bundle of the trained heads there (the folder is checked before
-    training starts). ``notify`` is told of skipped images, the top-1 and the bundle."""
-    from ..export.exporter import check_bundle_target, export_bundle
+    training starts), its graph cut on ``affinity_backbone`` when given (training does not use
+    it: :func:`~lcar_deploy.export.exporter.export_bundle`). ``notify`` is told of skipped
+    images, the top-1 and the bundle."""
+    from ..export.exporter import check_affinity_backbone, check_bundle_target, export_bundle
 
     say = notify or (lambda _: None)
     config = TrainConfig(dataset=dataset, root=root, out=out, **options)
+    if affinity_backbone is not None and bundle is None:
+        raise SettingError("affinity_backbone", "is a property of the bundle; give --bundle too")
+    check_affinity_backbone(affinity_backbone, affinity_input_size)
     if bundle is not None:
         check_bundle_target(Path(bundle), "--bundle")
     result = train(config)
@@ -520,6 +527,8 @@ def train_and_export(
                 backbone=config.backbone,
                 weights=str(config.weights) if config.weights else None,
                 heads_path=str(result.heads_path),
+                affinity_backbone=affinity_backbone,
+                affinity_input_size=affinity_input_size,
             )
         say(f"bundle: {bundle}")
     return result

