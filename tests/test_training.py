@@ -277,6 +277,35 @@ def test_training_on_an_image_folder_with_a_test_split(tmp_path: Path) -> None:
     assert listed.metrics["num_images"]["train"] == 9 and listed.metrics["top1"]["test"] is None
 
 
+@pytest.mark.slow
+def test_train_exports_a_bundle_whose_graph_cut_is_a_second_backbones(tmp_path: Path) -> None:
+    """``train --affinity-backbone``: training is the first backbone's; the bundle's graph cut
+    reads DINOv2's keys and its ARM map is fused with that cut."""
+    from lcar_deploy.pipeline import Localizer
+
+    data = tmp_path / "data"
+    _synthetic_wsol(data, per_class=3)
+    folder = tmp_path / "folder"
+    for path in sorted((data / "img").iterdir()):
+        (folder / "train" / f"c{path.name[1]}").mkdir(parents=True, exist_ok=True)
+        (folder / "train" / f"c{path.name[1]}" / path.name).symlink_to(path)
+    train_and_export(
+        "folder", folder, tmp_path / "run", bundle=tmp_path / "bundle",
+        affinity_backbone="dinov2_vits14", affinity_input_size=56,
+        input_size=64, epochs=1, batch_size=4, teacher_hidden=0, val_fraction=0.0,
+        foreground=False, cache_dir=tmp_path / "cache", threads=1, progress=False,
+    )  # fmt: skip
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.manifest["affinity_backbone"] == {"name": "dinov2_vits14", "input_size": 56}
+    assert bundle.manifest["affinity_size"] == [4, 4]
+    assert bundle.settings["fusion"]["weight"] == 0.5
+    localizer = Localizer(bundle, threads=1)
+    assert localizer.fuses
+    image = np.asarray(Image.open(next((data / "img").iterdir())).convert("RGB"))
+    result = localizer.run_methods([image], methods=("arm",))["arm"][0]
+    assert "graph_cut" in result.timings_ms
+
+
 def test_bundle_settings_pick_arm_input_by_dataset() -> None:
     ilsvrc = TrainConfig("ilsvrc", "r", "o").bundle_settings()
     assert ilsvrc == {"arm_input": "foreground_cam", **MAP_SETTINGS["foreground_cam"]}
