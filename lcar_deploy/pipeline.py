@@ -322,11 +322,9 @@ class Localizer:
                 raise BundleError(f"{bundle.path / MANIFEST}: bundle {exc}") from None
         self.config = config
         spec = LocalizerSpec(bundle, config, device)
-        self.arm_input, self.fuses, self.arm_uses_cut = (
-            spec.arm_input,
-            spec.fuses,
-            spec.arm_uses_cut,
-        )
+        self.arm_input = spec.arm_input
+        self.fuses = spec.fuses
+        self.arm_uses_cut = spec.arm_uses_cut
         self.threads = check_threads(threads)
         self.session: OnnxRunner = bundle.session(device=device, threads=threads)
 

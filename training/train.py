@@ -509,7 +509,9 @@ def train_and_export(
     config = TrainConfig(dataset=dataset, root=root, out=out, **options)
     if affinity_backbone is not None and bundle is None:
         raise SettingError("affinity_backbone", "is a property of the bundle; give --bundle too")
-    check_affinity_backbone(affinity_backbone, affinity_input_size)
+    other = check_affinity_backbone(affinity_backbone, affinity_input_size)
+    if other is not None:
+        build_backbone(other)  # a missing weights package fails now, not after the training
     if bundle is not None:
         check_bundle_target(Path(bundle), "--bundle")
     result = train(config)
