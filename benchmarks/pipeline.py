@@ -85,15 +85,18 @@ def compare_bundles(
             for m in methods
         }
         quantized = " int8" if bundle.manifest.get("quantization") else ""
-        rows.append((f"{bundle.backbone} S={bundle.input_size}{quantized}", per_method))
+        other = bundle.manifest.get("affinity_backbone")
+        cut = f" + {other['name']} S={other['input_size']}" if other else ""
+        rows.append((f"{bundle.backbone} S={bundle.input_size}{cut}{quantized}", per_method))
     print(f"\nms/image per method and bundle ({len(images)} images, {threads} threads)")
-    print(f"{'bundle':<36}" + "".join(f"{m:>10}" for m in METHODS) + f"{'arm/first':>11}")
+    width = max(36, *(len(name) + 2 for name, _ in rows))
+    print(f"{'bundle':<{width}}" + "".join(f"{m:>10}" for m in METHODS) + f"{'arm/first':>11}")
     for name, per_method in rows:
         ratio = per_method["arm"] / rows[0][1]["arm"]
         cells = "".join(
             f"{per_method[m]:>10.0f}" if m in per_method else f"{'-':>10}" for m in METHODS
         )
-        print(f"{name:<36}{cells}{ratio:>11.2f}")
+        print(f"{name:<{width}}{cells}{ratio:>11.2f}")
 
 
 def main() -> None:
