@@ -1,9 +1,9 @@
 """``PipelineConfig``: how the stages are chained, and the one settings format.
 
 Settings are a JSON object: its keys are :class:`PipelineConfig`'s fields, and the stage tables
-``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are objects of their configs' fields (a table
-changes only the keys it names). A bundle records its settings; ``localize`` / ``eval`` take a
-named preset (:data:`PRESETS`) or the bundle's, then ``--settings`` on top
+``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are objects of their configs' fields (a
+table changes only the keys it names). A bundle records its settings; ``localize`` / ``eval``
+take a named preset (:data:`PRESETS`) or the bundle's, then ``--settings`` on top
 (:func:`resolve_config`). Every value is checked when the config is built, before any image is
 read: a bad one is a :class:`~lcar_deploy.errors.SettingError` naming it. What each setting
 means, its paper symbol and why its default is what it is: docs/method.md.
@@ -113,8 +113,8 @@ class PipelineConfig:
     def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> PipelineConfig:
         """Config from a bundle's ``settings`` ({"arm": {...}, "method": ..., ...}) + overrides.
 
-        The stage tables ``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are JSON objects of their
-        config's fields. Every value is checked here: ValueError naming the setting
+        The stage tables ``cam``, ``graph_cut``, ``arm``, ``fusion`` and ``sgrm`` are JSON objects
+        of their config's fields. Every value is checked here: ValueError naming the setting
         (``setting sgrm.max_steps: ...``) for a bad value, an unknown key or a table that is
         not an object.
         """

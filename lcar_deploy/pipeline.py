@@ -445,14 +445,15 @@ class Localizer:
         arm_uses_cut = self.arm_uses_cut
         need_cut = ("graphcut" in methods) or (deepest >= 2 and arm_uses_cut)
         cut_seeds = seeds if cfg.graph_cut.orient == "cam" else None
-        e_low = None
+        e_low = e_full = None
         if need_cut:
             tick = time.perf_counter()
             e_low = np.stack(
                 [second_eigenvector(a, cfg.graph_cut) for a in out["affinity"]]
             ).astype(np.float32)
-            if "graphcut" in methods:
+            if "graphcut" in methods or self.fuses:
                 e_full = eigen_scoremaps(e_low, work)
+            if "graphcut" in methods:
                 maps["graphcut"] = e_full if cut_seeds is None else orient(e_full, cut_seeds)
             times["graph_cut"] = time.perf_counter() - tick
 
@@ -469,9 +470,7 @@ class Localizer:
                 num_threads=self.threads,
             )
             if self.fuses:
-                maps["arm"] = fuse(
-                    maps["arm"], eigen_scoremaps(e_low, work), cfg.fusion, cfg.box_threshold
-                )
+                maps["arm"] = fuse(maps["arm"], e_full, cfg.fusion, cfg.box_threshold)
             times["arm"] = time.perf_counter() - tick
 
         sgrm_results = None
