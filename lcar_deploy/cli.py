@@ -127,7 +127,11 @@ def export(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Bundle folder to write. Default: the per-user cache.")
+        Path | None,
+        typer.Option(
+            help="Bundle folder to write. Default: the default bundle's folder in the per-user "
+            "cache, for the default export only."
+        ),
     ] = None,
     format: Annotated[ExportFormat, typer.Option(help="Model files to write.")] = ExportFormat.onnx,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
@@ -170,7 +174,25 @@ def export(
     """Export backbone + heads to a bundle (ONNX, optionally TorchScript) with a manifest."""
     from .bundle import default_bundle_dir
     from .export.exporter import export_bundle
+    from .models.backbones import BackboneConfig
 
+    default = BackboneConfig()
+    changes = {
+        "--backbone": backbone.value != default.name,
+        "--weights": weights is not None,
+        "--heads": heads is not None,
+        "--input-size": input_size not in (None, default.input_size),
+        "--quantize": quantize is not Quantize.none,
+        "--affinity-backbone": affinity_backbone is not None,
+        "--no-localizer": not localizer,
+        "--random-init": random_init,
+    }
+    given = [flag for flag, changed in changes.items() if changed]
+    if out is None and given:
+        raise fail(
+            f"--out is needed with {', '.join(given)}: without --out, export writes the default "
+            "bundle, which localize and eval use when no --bundle is given"
+        )
     try:
         target = out or default_bundle_dir()
         typer.echo(f"exporting {backbone.value} to {printable(target)} ...", err=True)

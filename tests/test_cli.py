@@ -61,7 +61,10 @@ def test_missing_empty_and_unwritable_folders(tmp_path: Path, photo: np.ndarray)
         (["eval", "--dataset", "ilsvrc", "--root", empty], r"split folder not found"),
         (["eval", "--dataset", "cub", "--root", empty, "--out", a_file], r"not a folder"),
         (["eval", "--dataset", "cub", "--root", empty, "--methods", "cam,magic"], r"unknown"),
-        (["export", "--input-size", "8"], r"setting input_size: must be an integer from 32 to"),
+        (
+            ["export", "--input-size", "8", "--out", tmp_path / "bundle"],
+            r"setting input_size: must be an integer from 32 to",
+        ),
     ]
     Image.fromarray(photo).save(tmp_path / "a.png")  # localize tmp_path has one image
     for args, message in cases:
@@ -69,6 +72,28 @@ def test_missing_empty_and_unwritable_folders(tmp_path: Path, photo: np.ndarray)
         assert code == cli.EXIT_ERROR, (args, stderr)
         assert re.search(message, stderr), (args, stderr)
     assert not (empty / "lcar-output").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--backbone", "dinov2_vits14"], "--backbone"),
+        (["--input-size", "448"], "--input-size"),
+        (["--heads", "heads.pt", "--no-localizer"], "--heads, --no-localizer"),
+        (["--affinity-backbone", "dinov2_vits14"], "--affinity-backbone"),
+        (["--random-init", "--quantize", "int8"], "--quantize, --random-init"),
+    ],
+)
+def test_export_writes_only_the_default_bundle_without_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], named: str
+) -> None:
+    """The default bundle's folder is what localize uses without --bundle: another bundle there
+    would silently replace it."""
+    monkeypatch.setenv("LCAR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    code, _, stderr = invoke("export", *args)
+    assert code == cli.EXIT_ERROR, stderr
+    assert stderr.startswith(f"error: --out is needed with {named}: without --out"), stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_export_help_shows_the_extra_in_brackets() -> None:
