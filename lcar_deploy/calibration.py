@@ -272,8 +272,17 @@ def calibrate(
 
 
 def calibrated_config(config: PipelineConfig, calibration: Calibration) -> PipelineConfig:
-    """``config`` with the calibrated box threshold and band."""
-    return replace(_band_config(config, calibration.band), box_threshold=calibration.box_threshold)
+    """``config`` with the calibrated box threshold and band; a fusion that read its ARM
+    foreground at the box threshold keeps reading it at the one calibrated on, so the maps stay
+    those the threshold was chosen on."""
+    fusion = config.fusion
+    if fusion.weight > 0 and not fusion.arm_threshold:
+        fusion = replace(fusion, arm_threshold=config.box_threshold)
+    return replace(
+        _band_config(config, calibration.band),
+        box_threshold=calibration.box_threshold,
+        fusion=fusion,
+    )
 
 
 def write_calibrated_bundle(

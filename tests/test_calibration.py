@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,13 +24,16 @@ from lcar_deploy.calibration import (
     band_values,
     best_index,
     calibrate,
+    calibrated_config,
     check_output,
     run_calibration,
 )
+from lcar_deploy.config import PipelineConfig
 from lcar_deploy.datasets import load_dataset
 from lcar_deploy.errors import DatasetError, OutputError, SettingError
 from lcar_deploy.io import MARK
 from lcar_deploy.pipeline import Localizer
+from lcar_deploy.stages.fusion import FusionConfig
 
 BANDS = CalibrationConfig(bands=((0.25, 0.5), (0.5, 0.7)), min_images=3)
 
@@ -85,6 +90,18 @@ def test_choices_are_the_best_on_the_images_and_go_into_a_copy(
     assert report["chosen"]["box_threshold"] == again.box_threshold
     loc = Localizer.from_bundle(written, device="cpu", threads=1)
     assert loc.config.box_threshold == again.box_threshold
+
+
+def test_a_calibrated_fusion_keeps_the_threshold_its_maps_were_measured_at() -> None:
+    chosen = SimpleNamespace(box_threshold=0.42, band=(0.3, 0.6))
+    fused = PipelineConfig(box_threshold=0.3, fusion=FusionConfig(weight=0.5))
+    calibrated = calibrated_config(fused, chosen)
+    assert calibrated.box_threshold == 0.42
+    assert calibrated.fusion == FusionConfig(weight=0.5, arm_threshold=0.3)
+    pinned = replace(fused, fusion=FusionConfig(weight=0.5, arm_threshold=0.25))
+    assert calibrated_config(pinned, chosen).fusion.arm_threshold == 0.25
+    unfused = calibrated_config(PipelineConfig(box_threshold=0.3), chosen)
+    assert unfused.fusion == FusionConfig()
 
 
 def test_best_index_prefers_a_plateau_to_a_spike_when_smoothed() -> None:

@@ -45,6 +45,17 @@ def test_agreement_threshold_decides_per_image() -> None:
     np.testing.assert_array_equal(out[1], arm[1])
 
 
+def test_arm_threshold_set_replaces_the_box_threshold() -> None:
+    arm = np.maximum(_square(2, 2, 14, value=0.4), _square(4, 4, 10, value=0.8))
+    cut = _square(4, 4, 10)  # IoU 100 / 196 with A >= 0.3, 1 with A >= 0.5
+    config = FusionConfig(weight=0.5, min_agreement=0.6)
+    follows = fuse(arm[None], cut[None], config, box_threshold=0.3)[0]
+    np.testing.assert_array_equal(follows, arm)
+    pinned = FusionConfig(weight=0.5, min_agreement=0.6, arm_threshold=0.5)
+    out = fuse(arm[None], cut[None], pinned, box_threshold=0.3)[0]
+    np.testing.assert_allclose(out, 0.5 * arm + 0.5 * cut)
+
+
 def test_weight_zero_is_off() -> None:
     arm = _square(4, 4, 10, value=0.7)
     out = fuse(arm[None], _square(4, 4, 10)[None], FusionConfig(), box_threshold=0.3)
@@ -52,7 +63,8 @@ def test_weight_zero_is_off() -> None:
 
 
 @pytest.mark.parametrize(
-    "field, value", [("weight", 1.5), ("min_agreement", -0.1), ("cut_threshold", 1.0)]
+    "field, value",
+    [("weight", 1.5), ("min_agreement", -0.1), ("cut_threshold", 1.0), ("arm_threshold", 1.0)],
 )
 def test_bad_settings_are_named(field: str, value: float) -> None:
     with pytest.raises(SettingError, match=field):

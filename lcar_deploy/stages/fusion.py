@@ -5,7 +5,8 @@ object in almost every image, but its edges are soft; the graph cut on a self-su
 keys (DINOv2's) misses the object in some images and, where it finds it, follows its outline.
 Per image, with ``G`` the graph cut's eigenvector map at work size, min-max scaled:
 
-1. the two foregrounds: ``A >= box_threshold`` and ``G >= cut_threshold``; the cut's side is
+1. the two foregrounds: ``A >= arm_threshold`` (the pipeline's ``box_threshold`` unless set)
+   and ``G >= cut_threshold``; the cut's side is
    the one (``G``'s foreground or the rest) whose IoU with ``A``'s is larger, and ``G`` is
    flipped to ``1 - G`` when it is the rest;
 2. ``agreement`` = that IoU;
@@ -31,19 +32,23 @@ class FusionConfig:
     weight: the graph cut's share of the fused map where the two agree, in [0, 1]; 0: off (the
         ARM map as is). Bundles whose graph cut comes from DINOv2 record 0.5.
     min_agreement: the IoU of the two foregrounds from which an image is fused, in [0, 1].
-    cut_threshold: the graph cut map's foreground threshold for that IoU, in (0, 1) (the ARM
-        map's is the pipeline's ``box_threshold``).
+    cut_threshold: the graph cut map's foreground threshold for that IoU, in (0, 1).
+    arm_threshold: the ARM map's foreground threshold for that IoU, in [0, 1); 0: the
+        pipeline's ``box_threshold``. ``lcar-deploy calibrate`` sets it to the box threshold it
+        measured the fused maps with, so that a calibrated box threshold does not change them.
     """
 
     weight: float = 0.0
     min_agreement: float = 0.4
     cut_threshold: float = 0.2
+    arm_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_range(self, "weight", 0.0, 1.0)
         check_range(self, "min_agreement", 0.0, 1.0)
         check_range(self, "cut_threshold", 0.0, 1.0, low_open=True, high_open=True)
+        check_range(self, "arm_threshold", 0.0, 1.0, high_open=True)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,11 +57,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def oriented_agreement(
-    arm_map: np.ndarray, cut_map: np.ndarray, box_threshold: float, cut_threshold: float
+    arm_map: np.ndarray, cut_map: np.ndarray, arm_threshold: float, cut_threshold: float
 ) -> tuple[np.ndarray, float]:
     """``cut_map`` turned to the side of the cut that agrees with ``arm_map`` (steps 1-2 of the
     module docstring) and that agreement, the IoU of the two foregrounds."""
-    fg = arm_map >= box_threshold
+    fg = arm_map >= arm_threshold
     cut_fg = cut_map >= cut_threshold
     same, flipped = _iou(fg, cut_fg), _iou(fg, ~cut_fg)
     if flipped > same:
@@ -68,14 +73,17 @@ def fuse(
     arm_maps: np.ndarray, cut_maps: np.ndarray, config: FusionConfig, box_threshold: float
 ) -> np.ndarray:
     """The fused maps (B, H, W) float32 of ARM's maps and the graph cut's, both (B, H, W) in
-    [0, 1] (the module docstring); ``arm_maps`` unchanged where ``config.weight`` is 0."""
+    [0, 1] (the module docstring); ``arm_maps`` unchanged where ``config.weight`` is 0.
+    ``box_threshold``: the pipeline's, the ARM map's foreground threshold unless
+    ``config.arm_threshold`` is set."""
     arm_maps = np.asarray(arm_maps, dtype=np.float32)
     if config.weight == 0:
         return arm_maps
+    arm_threshold = config.arm_threshold or box_threshold
     fused = []
     for arm_map, cut_map in zip(arm_maps, np.asarray(cut_maps, dtype=np.float32), strict=True):
         cut_map, agreement = oriented_agreement(
-            arm_map, cut_map, box_threshold, config.cut_threshold
+            arm_map, cut_map, arm_threshold, config.cut_threshold
         )
         if agreement >= config.min_agreement:
             arm_map = (1.0 - config.weight) * arm_map + config.weight * cut_map
