@@ -6,9 +6,8 @@ keys (DINOv2's) misses the object in some images and, where it finds it, follows
 Per image, with ``G`` the graph cut's eigenvector map at work size, min-max scaled:
 
 1. the two foregrounds: ``A >= arm_threshold`` (the pipeline's ``box_threshold`` unless set)
-   and ``G >= cut_threshold``; the cut's side is
-   the one (``G``'s foreground or the rest) whose IoU with ``A``'s is larger, and ``G`` is
-   flipped to ``1 - G`` when it is the rest;
+   and ``G >= cut_threshold``; the cut's side is the one (``G``'s foreground or the rest)
+   whose IoU with ``A``'s is larger, and ``G`` is flipped to ``1 - G`` when it is the rest;
 2. ``agreement`` = that IoU;
 3. ``F = (1 - weight) A + weight G`` when ``agreement >= min_agreement``, else ``A``.
 
